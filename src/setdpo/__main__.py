@@ -1,0 +1,5 @@
+import sys
+
+from setdpo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Thin CLI subcommands: parse, build a config, call a library function."""
