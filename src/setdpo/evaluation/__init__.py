@@ -1,0 +1,1 @@
+"""Evaluation: ranking metrics with bootstrap intervals, generation, catalog ranking, baselines."""
