@@ -45,7 +45,9 @@ class PreferenceExample:
             raise ValueError(f"{where}: duplicate candidate titles {dupes}")
         for i, level in enumerate(self.levels):
             if isinstance(level, bool) or not isinstance(level, int) or level < 1:
-                raise ValueError(f"{where}: candidate {i} has level {level!r}; levels are ints >= 1")
+                raise ValueError(
+                    f"{where}: candidate {i} has level {level!r}; levels are ints >= 1"
+                )
         if 1 not in self.levels:
             raise ValueError(f"{where}: no level-1 (positive) candidate")
         for i, title in enumerate(self.history):

@@ -1,0 +1,188 @@
+"""Interactions -> split contexts with candidate sets -> `PreferenceExample` rows.
+
+Steps (DESIGN.md section 2): sort each user's interactions by time; every position with
+at least `min_history` earlier items and a full target window is a context; split 8:1:1
+by target time (or leave-last-out per user); optionally keep a seeded sample per split;
+add negatives unseen by the user up to the last target, then shuffle the candidates.
+All randomness comes from `config.seed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from setdpo.data.config import PrepareConfig
+from setdpo.data.negatives import SeenIndex, sample_negatives
+from setdpo.data.prompts import render
+from setdpo.data.schema import PreferenceExample
+from setdpo.data.sequences import (
+    SPLIT_NAMES,
+    Contexts,
+    Sequences,
+    build_contexts,
+    build_sequences,
+    cap_splits,
+    split_contexts,
+    train_counts,
+)
+from setdpo.data.sources import Interactions
+from setdpo.errors import InputError
+
+
+@dataclass
+class Built:
+    """The selected contexts of all splits (concatenated, train first) and their candidates.
+
+    items / levels / ratings: [N, n] candidate item indices (-1 = none), levels (0 = none)
+    and ratings (NaN = sampled); ``bounds`` gives each split's slice of the N rows.
+    """
+
+    data: Interactions
+    seq: Sequences
+    ctx: Contexts
+    items: np.ndarray
+    levels: np.ndarray
+    ratings: np.ndarray
+    bounds: dict[str, slice]
+    train_count: np.ndarray
+    dropped: dict[str, int]
+
+
+def build(data: Interactions, config: PrepareConfig) -> Built:
+    """Contexts, split and candidates for `data` under `config`."""
+    seq = build_sequences(data)
+    ctx, dropped = build_contexts(seq, config, data.has_ratings)
+    if len(ctx) == 0:
+        raise InputError(
+            f"{data.name}: no user has {config.min_history} history items before a target window "
+            f"of {config.k if config.mode != 'next' else 1}; nothing to prepare"
+        )
+    splits = split_contexts(ctx, config)
+    counts = train_counts(seq, ctx, splits["train"], len(data.items))
+    splits = cap_splits(splits, config)
+    sizes = np.cumsum([0] + [len(splits[name]) for name in SPLIT_NAMES])
+    bounds = {name: slice(sizes[i], sizes[i + 1]) for i, name in enumerate(SPLIT_NAMES)}
+    ctx = ctx.take(np.concatenate([splits[name] for name in SPLIT_NAMES]))
+    items, levels, ratings = candidate_sets(seq, ctx, counts, config)
+    return Built(data, seq, ctx, items, levels, ratings, bounds, counts, dropped)
+
+
+def candidate_sets(
+    seq: Sequences, ctx: Contexts, counts: np.ndarray, config: PrepareConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Window candidates plus sampled negatives, shuffled per row: three [N, n] arrays."""
+    rng = np.random.default_rng([config.seed, 2])
+    kept = ctx.levels > 0
+    need = np.maximum(config.candidates - kept.sum(axis=1), 0)
+    seen = SeenIndex(seq.user, seq.item, seq.time, len(counts))
+    weights = counts + 1.0 if config.negatives == "popularity" else None
+    sampled = sample_negatives(rng, seen, ctx.user, ctx.cutoff_time, need, weights)
+    items = np.concatenate([np.where(kept, ctx.window, -1), sampled], axis=1)
+    levels = np.concatenate(
+        [ctx.levels, np.where(sampled >= 0, ctx.negative_level[:, None], 0)], axis=1
+    )
+    ratings = np.concatenate(
+        [np.where(kept, ctx.ratings, np.nan), np.full(sampled.shape, np.nan)], axis=1
+    )
+    keys = rng.random(items.shape)
+    keys[items < 0] = 2.0  # padding sorts last
+    order = np.argsort(keys, axis=1, kind="stable")
+    return tuple(np.take_along_axis(a, order, axis=1) for a in (items, levels, ratings))
+
+
+def iter_rows(built: Built, split: str, config: PrepareConfig) -> Iterator[dict[str, Any]]:
+    """The split's examples as `PreferenceExample.to_dict()` rows (validated), in time order."""
+    titles = built.data.items["title"].tolist()
+    item_ids = built.data.items["item_id"].tolist()
+    seq_items, user_ids = built.seq.item.tolist(), built.seq.user_ids
+    with_ratings = config.mode in ("rated", "levels")
+    part = built.bounds[split]
+    ctx = built.ctx
+    rows = zip(
+        built.items[part].tolist(),
+        built.levels[part].tolist(),
+        built.ratings[part].tolist(),
+        ctx.user[part].tolist(),
+        ctx.start[part].tolist(),
+        ctx.hist_start[part].tolist(),
+        ctx.target_time[part].tolist(),
+        strict=True,
+    )
+    offsets = built.seq.offsets
+    for items, levels, ratings, user, start, hist_start, time in rows:
+        n = sum(1 for i in items if i >= 0)
+        history = [titles[i] for i in seq_items[hist_start:start]]
+        candidates = [titles[i] for i in items[:n]]
+        meta = {
+            "candidate_ids": [item_ids[i] for i in items[:n]],
+            "domain": config.domain,
+            "mode": config.mode,
+            "source": config.source,
+            "template": config.template,
+        }
+        if with_ratings:
+            meta["candidate_ratings"] = [None if r != r else r for r in ratings[:n]]
+        example = PreferenceExample(
+            context_id=f"{user_ids[user]}:{start - offsets[user]}",
+            user=str(user_ids[user]),
+            history=history,
+            prompt=render(config.template, config.domain, history, candidates),
+            candidates=candidates,
+            levels=levels[:n],
+            target_time=time,
+            meta=meta,
+        )
+        yield vars(example)
+
+
+def catalog_rows(built: Built) -> list[dict[str, Any]]:
+    """items.json: the catalog with training interaction counts."""
+    items = built.data.items
+    return [
+        {"item_id": item_id, "title": title, "train_count": int(count)}
+        for item_id, title, count in zip(
+            items["item_id"], items["title"], built.train_count.tolist(), strict=True
+        )
+    ]
+
+
+def statistics(built: Built) -> dict[str, Any]:
+    """stats.json: sizes and per-split distributions of positives, candidates, history."""
+    stats: dict[str, Any] = {
+        "source": built.data.name,
+        "users": int(len(built.seq.user_ids)),
+        "items": int(len(built.data.items)),
+        "interactions": int(len(built.seq.user)),
+        "dropped_contexts": built.dropped,
+        "splits": {},
+    }
+    for name, part in built.bounds.items():
+        levels = built.levels[part]
+        history = built.ctx.start[part] - built.ctx.hist_start[part]
+        stats["splits"][name] = {
+            "examples": int(levels.shape[0]),
+            "positives": _summary((levels == 1).sum(axis=1)),
+            "candidates": _summary((levels > 0).sum(axis=1)),
+            "history_length": _summary(history),
+            "levels": {
+                str(g): int(c)
+                for g, c in zip(*np.unique(levels[levels > 0], return_counts=True), strict=True)
+            },
+            "target_time": _summary(built.ctx.target_time[part]),
+        }
+    return stats
+
+
+def _summary(values: np.ndarray) -> dict[str, float]:
+    if len(values) == 0:
+        return {"count": 0}
+    return {
+        "count": int(len(values)),
+        "mean": round(float(np.mean(values)), 4),
+        "min": float(np.min(values)),
+        "max": float(np.max(values)),
+    }

@@ -1,0 +1,107 @@
+"""`PrepareConfig`: every option of `setdpo data prepare`, validated once on construction.
+
+`config.json` in a prepared directory is `dataclasses.asdict` of the config that built it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from setdpo.errors import InputError
+
+SOURCES = ("ml-100k", "ml-1m", "ml-10m", "file")
+MODES = ("next", "next-k", "rated", "levels")
+SAMPLINGS = ("uniform", "popularity")
+SPLITS = ("chrono", "leave-last-out")
+TEMPLATES = ("listing", "open")
+DOMAINS = ("movie", "music", "book", "generic")
+FILE_FORMATS = ("auto", "csv", "tsv", "parquet", "jsonl")
+
+
+def _help(text: str, default: object) -> object:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class PrepareConfig:
+    """How to turn interactions into `PreferenceExample` splits (DESIGN.md section 2)."""
+
+    source: str = _help("ml-100k | ml-1m | ml-10m (downloaded) | file", "ml-100k")
+    out: str = _help("output directory (created atomically)", "prepared")
+    overwrite: bool = _help("replace an existing output directory", False)
+    mode: str = _help("next | next-k | rated | levels", "next")
+    k: int = _help("target window: next-k positives; rated/levels read the next k items", 3)
+    candidates: int = _help("candidates per example: positives plus negatives", 20)
+    negatives: str = _help("negative sampling: uniform | popularity (train counts + 1)", "uniform")
+    split: str = _help("chrono (8:1:1 by target time) | leave-last-out (per user)", "chrono")
+    split_ratios: tuple[float, float, float] = _help(
+        "train/valid/test shares (chrono)", (0.8, 0.1, 0.1)
+    )
+    history_window: int = _help("at most this many history items (the latest)", 10)
+    min_history: int = _help("skip contexts with fewer history items", 3)
+    positive_rating: float = _help("rated: ratings >= this are positives", 4.0)
+    negative_rating: float = _help("rated/levels: ratings <= this are explicit negatives", 2.0)
+    level_ratings: tuple[float, ...] = _help(
+        "levels: rating cut-offs, best first (5 > 4 > 3 > unobserved)", (5.0, 4.0, 3.0)
+    )
+    template: str = _help("prompt template: listing | open", "listing")
+    domain: str = _help("prompt wording: movie | music | book | generic", "movie")
+    seed: int = _help("seed of the example selection, negatives and shuffling", 0)
+    max_examples: int | None = _help("keep a seeded sample of at most this many per split", None)
+    max_examples_per_split: dict[str, int] | None = _help(
+        "per-split caps, e.g. {'train': 200, 'valid': 50, 'test': 50}", None
+    )
+    interactions: str | None = _help("file source: the interaction file", None)
+    items: str | None = _help("file source: the items file (id, title)", None)
+    file_format: str = _help("auto (by extension) | csv | tsv | parquet | jsonl", "auto")
+    user_col: str = _help("file source: user column", "user_id")
+    item_col: str = _help("file source: item column of the interactions", "item_id")
+    rating_col: str | None = _help("file source: rating column (none: implicit feedback)", None)
+    time_col: str = _help("file source: timestamp column (numeric)", "timestamp")
+    item_id_col: str = _help("file source: item id column of the items file", "item_id")
+    title_col: str = _help("file source: title column of the items file", "title")
+
+    def __post_init__(self) -> None:
+        self.split_ratios = tuple(float(r) for r in self.split_ratios)
+        self.level_ratings = tuple(float(r) for r in self.level_ratings)
+        for name, allowed in (
+            ("source", SOURCES),
+            ("mode", MODES),
+            ("negatives", SAMPLINGS),
+            ("split", SPLITS),
+            ("template", TEMPLATES),
+            ("domain", DOMAINS),
+            ("file_format", FILE_FORMATS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{name} {getattr(self, name)!r} is not one of {list(allowed)}")
+        self._check_sizes()
+        if self.source == "file" and not (self.interactions and self.items):
+            raise InputError("source 'file' needs both an interactions file and an items file")
+
+    def _check_sizes(self) -> None:
+        if self.k < 1:
+            raise InputError(f"k must be >= 1, got {self.k}")
+        if self.min_history < 0 or self.history_window < max(1, self.min_history):
+            raise InputError(
+                f"need history_window >= max(1, min_history); got {self.history_window}, "
+                f"{self.min_history}"
+            )
+        if self.candidates < 2:
+            raise InputError(f"candidates must be >= 2, got {self.candidates}")
+        if self.mode != "next" and self.candidates <= self.k:
+            raise InputError(
+                f"candidates ({self.candidates}) must exceed the target window k ({self.k}) "
+                f"in mode {self.mode!r}"
+            )
+        if len(self.split_ratios) != 3 or min(self.split_ratios) < 0 or sum(self.split_ratios) <= 0:
+            raise InputError(f"split_ratios must be three shares >= 0, got {self.split_ratios}")
+        if not self.level_ratings or list(self.level_ratings) != sorted(self.level_ratings)[::-1]:
+            raise InputError(f"level_ratings must be decreasing, got {self.level_ratings}")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise InputError(f"max_examples must be >= 1, got {self.max_examples}")
+
+    def split_cap(self, split: str) -> int | None:
+        """The most examples kept in `split` (None: all)."""
+        caps = self.max_examples_per_split or {}
+        return caps.get(split, self.max_examples)

@@ -1,0 +1,144 @@
+"""Writing a prepared directory atomically, and reading it back.
+
+Layout (docs/architecture.md): ``{train,valid,test}.jsonl``, ``hf/`` (a
+`datasets.DatasetDict`), ``items.json``, ``stats.json``, ``config.json``. Everything is
+written into a temporary directory next to the target, then renamed into place, so a
+failed or interrupted run leaves no output directory behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from setdpo.data.schema import PreferenceExample
+from setdpo.errors import InputError
+
+SPLITS = ("train", "valid", "test")
+_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, allow_nan=False)
+
+
+def dumps(value: Any) -> str:
+    """Canonical JSON (sorted keys, UTF-8 text): identical input gives identical bytes."""
+    return _ENCODER.encode(value)
+
+
+def check_target(out: str | Path, overwrite: bool) -> Path:
+    """Refuse an existing output directory unless `overwrite`; the parent must exist."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} already exists; choose another --out or pass --overwrite")
+    if not out.parent.is_dir():
+        raise InputError(f"{out.parent}: the parent of the output directory does not exist")
+    return out
+
+
+@contextmanager
+def atomic_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary directory that replaces `out` only if the block succeeds."""
+    out = check_target(out, overwrite)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / "dir")
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n", "utf-8")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]], total: int | None = None) -> int:
+    """One canonical JSON object a line; returns the number of rows."""
+    count = 0
+    with path.open("w", encoding="utf-8", newline="\n") as handle:
+        for row in tqdm(rows, total=total, desc=path.name, unit="ex", mininterval=2.0):
+            handle.write(dumps(row) + "\n")
+            count += 1
+    return count
+
+
+def write_prepared(
+    out: str | Path,
+    rows: Callable[[str], Iterable[dict[str, Any]]],
+    sizes: dict[str, int],
+    items: list[dict[str, Any]],
+    stats: dict[str, Any],
+    config: dict[str, Any],
+    overwrite: bool = False,
+) -> Path:
+    """Write a prepared directory: `rows(split)` yields that split's example rows."""
+    with atomic_directory(out, overwrite) as tmp:
+        for split in SPLITS:
+            write_jsonl(tmp / f"{split}.jsonl", rows(split), total=sizes.get(split))
+        write_json(tmp / "items.json", items)
+        write_json(tmp / "stats.json", stats)
+        write_json(tmp / "config.json", config)
+        save_hf(tmp)
+    return Path(out)
+
+
+def save_hf(folder: Path) -> None:
+    """The jsonl splits as a `datasets.DatasetDict` under `folder/hf` (read by pyarrow)."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    tables = {}
+    for split in SPLITS:
+        path = folder / f"{split}.jsonl"
+        if path.stat().st_size:
+            tables[split] = pj.read_json(path, read_options=pj.ReadOptions(block_size=1 << 26))
+        else:
+            tables[split] = pa.table({})
+    datasets.DatasetDict(
+        {name: datasets.Dataset(table) for name, table in tables.items()}
+    ).save_to_disk(str(folder / "hf"))
+
+
+def _prepared_file(folder: str | Path, name: str) -> Path:
+    path = Path(folder) / name
+    if not path.is_file():
+        raise InputError(f"{path}: missing; is {folder} a directory made by `setdpo data prepare`?")
+    return path
+
+
+def load_split(folder: str | Path, split: str) -> list[PreferenceExample]:
+    """The examples of one split (`train`, `valid` or `test`) of a prepared directory."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {list(SPLITS)}")
+    path = _prepared_file(folder, f"{split}.jsonl")
+    examples = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                examples.append(PreferenceExample.from_dict(json.loads(line)))
+            except (ValueError, KeyError, TypeError) as err:
+                raise InputError(f"{path}, line {number}: {err}") from err
+    return examples
+
+
+def load_items(folder: str | Path) -> list[dict[str, Any]]:
+    """The catalog: ``[{"item_id", "title", "train_count"}]``."""
+    return json.loads(_prepared_file(folder, "items.json").read_text("utf-8"))
+
+
+def load_json(folder: str | Path, name: str) -> dict[str, Any]:
+    """`stats.json` or `config.json` of a prepared directory."""
+    return json.loads(_prepared_file(folder, name).read_text("utf-8"))

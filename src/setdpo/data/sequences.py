@@ -1,0 +1,218 @@
+"""User sequences -> contexts (history window + target window) -> train/valid/test.
+
+Everything here is vectorised over numpy arrays: ML-1M has a million contexts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from setdpo.data.config import PrepareConfig
+from setdpo.data.sources import Interactions
+from setdpo.errors import InputError
+
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+@dataclass
+class Sequences:
+    """All interactions sorted by user, then time (stable: file order breaks ties).
+
+    Arrays of length M (interactions): ``user`` (index into ``user_ids``), ``item``,
+    ``rating``, ``time``, ``pos`` (position in the user's sequence); ``offsets`` [U+1].
+    """
+
+    user_ids: np.ndarray
+    user: np.ndarray
+    item: np.ndarray
+    rating: np.ndarray
+    time: np.ndarray
+    pos: np.ndarray
+    offsets: np.ndarray
+
+
+@dataclass
+class Contexts:
+    """N contexts; global positions index the `Sequences` arrays.
+
+    window [N, w]: item of each target-window slot; levels [N, w]: its preference level
+    (0 = not a candidate, e.g. a rating of 3 in `rated` mode); ``start`` the first target
+    position, ``end`` the last; history is positions ``hist_start .. start-1``.
+    ``cutoff_time``: the time of the last target; negatives are items the user had not
+    touched by then.
+    """
+
+    user: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    hist_start: np.ndarray
+    target_time: np.ndarray
+    cutoff_time: np.ndarray
+    window: np.ndarray
+    levels: np.ndarray
+    ratings: np.ndarray
+    negative_level: np.ndarray
+
+    def take(self, index: np.ndarray) -> Contexts:
+        return Contexts(**{name: value[index] for name, value in vars(self).items()})
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+
+def build_sequences(data: Interactions) -> Sequences:
+    table = data.table
+    user_codes, user_ids = pd.factorize(table["user"], sort=True)
+    order = np.lexsort((np.arange(len(table)), table["timestamp"].to_numpy(), user_codes))
+    user = user_codes[order]
+    offsets = np.searchsorted(user, np.arange(len(user_ids) + 1))
+    pos = np.arange(len(user)) - offsets[user]
+    return Sequences(
+        user_ids=np.asarray(user_ids, dtype=object),
+        user=user,
+        item=table["item"].to_numpy()[order],
+        rating=table["rating"].to_numpy()[order],
+        time=table["timestamp"].to_numpy()[order],
+        pos=pos,
+        offsets=offsets,
+    )
+
+
+def build_contexts(
+    seq: Sequences, config: PrepareConfig, has_ratings: bool
+) -> tuple[Contexts, dict]:
+    """Every position with >= min_history earlier items and a full target window.
+
+    Returns the contexts and counts of those dropped (and why).
+    """
+    if config.mode in ("rated", "levels") and not has_ratings:
+        raise InputError(f"mode {config.mode!r} needs ratings; the source has no rating column")
+    width = 1 if config.mode == "next" else config.k
+    user_end = seq.offsets[seq.user + 1]
+    ok = (seq.pos >= config.min_history) & (np.arange(len(seq.user)) + width <= user_end)
+    start = np.flatnonzero(ok)
+    slots = start[:, None] + np.arange(width)[None, :]
+    window, ratings = seq.item[slots], seq.rating[slots]
+    levels, negative_level = window_levels(ratings, config)
+    hist_start = np.maximum(seq.offsets[seq.user[start]], start - config.history_window)
+    contexts = Contexts(
+        user=seq.user[start],
+        start=start,
+        end=start + width - 1,
+        hist_start=hist_start,
+        target_time=seq.time[start],
+        cutoff_time=seq.time[start + width - 1],
+        window=window,
+        levels=levels,
+        ratings=ratings,
+        negative_level=negative_level,
+    )
+    has_positive = (levels == 1).any(axis=1)
+    clean = ~_overlaps(seq, contexts)
+    dropped = {
+        "no_positive_in_window": int((~has_positive).sum()),
+        "positive_repeats_history_or_window": int((has_positive & ~clean).sum()),
+    }
+    return contexts.take(np.flatnonzero(has_positive & clean)), dropped
+
+
+def window_levels(ratings: np.ndarray, config: PrepareConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Level of each target-window slot (1 best, 0 not a candidate) and of sampled negatives.
+
+    ratings [N, w] -> levels [N, w], negative_level [N].
+    """
+    binary = np.full(len(ratings), 2, dtype=np.int64)
+    if config.mode in ("next", "next-k"):
+        return np.ones(ratings.shape, dtype=np.int64), binary
+    if config.mode == "rated":
+        levels = np.zeros(ratings.shape, dtype=np.int64)
+        levels[ratings <= config.negative_rating] = 2
+        levels[ratings >= config.positive_rating] = 1
+        return levels, binary
+    # levels: 5 > 4 > 3 > (rated <= negative_rating, or sampled); then made dense per row
+    cuts = config.level_ratings
+    levels = np.zeros(ratings.shape, dtype=np.int64)
+    levels[ratings <= config.negative_rating] = len(cuts) + 1
+    for g, cut in reversed(list(enumerate(cuts, start=1))):
+        levels[ratings >= cut] = g
+    return dense_levels(levels, bottom=len(cuts) + 1)
+
+
+def dense_levels(levels: np.ndarray, bottom: int) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber each row's levels 1..G without gaps; `bottom` (sampled negatives) stays last.
+
+    levels [N, w] with 0 = not a candidate. A row without any level above `bottom` gets
+    no level 1 and is dropped by the caller. Returns (levels [N, w], bottom level [N]).
+    """
+    present = np.zeros((levels.shape[0], bottom + 1), dtype=np.int64)
+    for g in range(1, bottom):
+        present[:, g] = (levels == g).any(axis=1)
+    present[:, bottom] = 1
+    rank = np.cumsum(present, axis=1)  # rank[:, g] = new number of level g
+    dense = np.take_along_axis(rank, levels, axis=1)
+    dense[levels == 0] = 0
+    dense[~present[:, 1:bottom].any(axis=1)] = 0
+    return dense, rank[:, bottom]
+
+
+def _overlaps(seq: Sequences, ctx: Contexts) -> np.ndarray:
+    """[N] bool: a candidate of the window repeats another window candidate or a history item."""
+    window = np.where(ctx.levels > 0, ctx.window, -1)
+    w = window.shape[1]
+    same = window[:, :, None] == window[:, None, :]
+    same &= ~np.eye(w, dtype=bool)[None] & (window >= 0)[:, :, None]
+    bad = same.any(axis=(1, 2))
+    for back in range(1, int((ctx.start - ctx.hist_start).max(initial=0)) + 1):
+        index = ctx.start - back
+        valid = index >= ctx.hist_start
+        item = np.where(valid, seq.item[np.maximum(index, 0)], -2)
+        bad |= (window == item[:, None]).any(axis=1)
+    return bad
+
+
+def split_contexts(ctx: Contexts, config: PrepareConfig) -> dict[str, np.ndarray]:
+    """Indices of the contexts in each split, in chronological order within the split."""
+    if config.split == "chrono":
+        order = np.lexsort((np.arange(len(ctx)), ctx.target_time))
+        shares = np.cumsum(config.split_ratios) / sum(config.split_ratios)
+        cuts = np.round(shares * len(ctx)).astype(np.int64)
+        return dict(zip(SPLIT_NAMES, np.split(order, cuts[:2]), strict=True))
+    frame = pd.DataFrame({"user": ctx.user, "start": ctx.start, "end": ctx.end})
+    test_start = frame.groupby("user")["start"].transform("max").to_numpy()
+    test = np.flatnonzero(ctx.start == test_start)
+    before = frame[ctx.end < test_start]
+    valid_start = before.groupby("user")["start"].max()
+    valid_of_user = valid_start.reindex(ctx.user).to_numpy()  # NaN: user has no valid context
+    valid = np.flatnonzero(ctx.start == valid_of_user)
+    train = np.flatnonzero(ctx.end < valid_of_user)
+    by_time = {
+        name: idx[np.lexsort((idx, ctx.target_time[idx]))]
+        for name, idx in zip(SPLIT_NAMES, (train, valid, test), strict=True)
+    }
+    return by_time
+
+
+def cap_splits(splits: dict[str, np.ndarray], config: PrepareConfig) -> dict[str, np.ndarray]:
+    """A seeded sample of at most `config.split_cap(name)` contexts per split (order kept)."""
+    rng = np.random.default_rng([config.seed, 1])
+    capped = {}
+    for name in SPLIT_NAMES:
+        index, cap = splits[name], config.split_cap(name)
+        if cap is not None and len(index) > cap:
+            keep = np.sort(rng.choice(len(index), size=cap, replace=False))
+            index = index[keep]
+        capped[name] = index
+    return capped
+
+
+def train_counts(seq: Sequences, ctx: Contexts, train: np.ndarray, n_items: int) -> np.ndarray:
+    """Interactions per item in the training split: each user's interactions up to the last
+    target of their training contexts (these are the history and targets of those contexts).
+    """
+    last = np.full(len(seq.user_ids), -1, dtype=np.int64)
+    np.maximum.at(last, ctx.user[train], ctx.end[train])
+    seen = np.arange(len(seq.user)) <= last[seq.user]
+    return np.bincount(seq.item[seen], minlength=n_items)

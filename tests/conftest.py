@@ -1,0 +1,27 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ml100k_next_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared ML-100K directory (docs/architecture.md): `next` mode, 20 candidates
+    (1 positive + 19 uniform negatives), listing template, seed 0, chronological split,
+    a seeded sample of 200 train / 50 valid / 50 test examples. Read-only: do not write in it.
+    """
+    from setdpo.data import PrepareConfig, prepare
+
+    out = tmp_path_factory.mktemp("data") / "ml100k-next"
+    config = PrepareConfig(
+        source="ml-100k",
+        mode="next",
+        candidates=20,
+        seed=0,
+        out=str(out),
+        max_examples_per_split={"train": 200, "valid": 50, "test": 50},
+    )
+    return prepare(config)
