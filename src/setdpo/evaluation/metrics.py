@@ -104,6 +104,12 @@ def candidate_ranks(scores: Sequence[float], levels: Sequence[int]) -> np.ndarra
     return ranks
 
 
+def positive_ranks(scores: Sequence[float], levels: Sequence[int]) -> list[int]:
+    """Sorted 1-based ranks of the positive (level-1) candidates."""
+    ranks = candidate_ranks(scores, levels)
+    return sorted(int(r) for r in ranks[np.asarray(levels) == 1])
+
+
 def ranked_levels(scores: Sequence[float], levels: Sequence[int]) -> np.ndarray:
     """Levels of the real candidates in rank order [n_real]: the input of every metric."""
     return np.asarray(levels, dtype=np.int64)[rank_order(scores, levels)]

@@ -1,0 +1,125 @@
+"""Compare results files of several runs on the same contexts: one table with paired intervals.
+
+Each cell shows a metric with its 95% bootstrap interval; for every run but the
+baseline (the first file unless named), a second column shows the paired bootstrap
+difference run - baseline over the same contexts, marked ``*`` when its interval
+excludes zero. Files whose context ids differ are refused: a paired comparison needs
+the same contexts (and the same candidates, which the levels check).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from setdpo.errors import InputError
+from setdpo.evaluation.bootstrap import Interval, paired_difference
+from setdpo.evaluation.results import load_results, metric_columns, summarize
+
+
+@dataclass
+class Run:
+    label: str
+    path: Path
+    results: dict
+
+
+def _check_same_contexts(base: Run, other: Run) -> list[dict]:
+    """``other``'s contexts in ``base``'s order; refuses different ids or candidate levels."""
+    by_id = {c["context_id"]: c for c in other.results["contexts"]}
+    base_ids = [c["context_id"] for c in base.results["contexts"]]
+    only_base, only_other = set(base_ids) - set(by_id), set(by_id) - set(base_ids)
+    if only_base or only_other or len(by_id) != len(base_ids):
+        example = sorted(only_base | only_other)[:3]
+        raise InputError(
+            f"{other.path} and {base.path} evaluate different contexts "
+            f"({len(only_base)} only in the first, {len(only_other)} only in the second, "
+            f"e.g. {example}): a paired comparison needs the same split and subset"
+        )
+    for ctx in base.results["contexts"]:
+        theirs = by_id[ctx["context_id"]]
+        if "levels" in ctx and ctx["levels"] != theirs.get("levels"):
+            raise InputError(
+                f"{other.path}: context {ctx['context_id']!r} has other candidate levels than "
+                f"in {base.path}: the candidate sets differ"
+            )
+    return [by_id[i] for i in base_ids]
+
+
+def _fmt(iv: Interval, signed: bool = False) -> str:
+    f = "{:+.3f}" if signed else "{:.3f}"
+    text = f"{f.format(iv.value)} [{f.format(iv.low)}, {f.format(iv.high)}]"
+    return text + (" *" if signed and iv.excludes_zero() else "")
+
+
+def _labels(paths: Sequence[Path]) -> list[str]:
+    stems = [p.stem for p in paths]
+    return stems if len(set(stems)) == len(stems) else [str(p) for p in paths]
+
+
+def compare(
+    paths: Sequence[str | Path],
+    baseline: str | Path | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> str:
+    """The comparison table (text) of the results files ``paths``."""
+    paths = [Path(p) for p in paths]
+    if baseline is not None and Path(baseline) not in paths:
+        paths.insert(0, Path(baseline))
+    base_index = 0 if baseline is None else paths.index(Path(baseline))
+    runs = [Run(lab, p, load_results(p)) for lab, p in zip(_labels(paths), paths, strict=True)]
+    base = runs[base_index]
+    contexts = {r.label: _check_same_contexts(base, r) for r in runs}
+    names = [m for m in base.results["metrics"] if all(m in r.results["metrics"] for r in runs)]
+    header = ["metric"]
+    for r in runs:
+        header += [r.label] if r is base else [r.label, f"{r.label} - {base.label}"]
+    rows = [header]
+    for name in names:
+        row = [name]
+        for r in runs:
+            row.append(_fmt(summarize(contexts[r.label], [name], n_resamples, seed)[name]))
+            if r is not base:
+                diff = paired_difference(
+                    *_paired_columns(contexts[r.label], contexts[base.label], name),
+                    n_resamples=n_resamples,
+                    seed=seed,
+                )
+                row.append(_fmt(diff, signed=True))
+        rows.append(row)
+    return _preamble(base) + _table(rows) + _footer(n_resamples)
+
+
+def _paired_columns(contexts: list[dict], base_contexts: list[dict], name: str) -> tuple:
+    values, den = metric_columns(contexts, name)
+    base_values, base_den = metric_columns(base_contexts, name)
+    return values, base_values, den, base_den
+
+
+def _preamble(base: Run) -> str:
+    p = base.results["protocol"]
+    cands = p.get("candidates_per_context", {})
+    return (
+        f"split {p.get('split')} of {p.get('data')}: {p.get('n_contexts')} contexts, "
+        f"{cands.get('min')}-{cands.get('max')} candidates; baseline: {base.label}\n"
+        f"ties: {p.get('tie_rule')}\n"
+        f"HR@1: {p.get('hr_at_1')}\n\n"
+    )
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
+    ]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines) + "\n"
+
+
+def _footer(n_resamples: int) -> str:
+    return (
+        f"\nvalue [95% bootstrap interval, {n_resamples} resamples over contexts]; "
+        "differences are paired; * = the difference's interval excludes 0\n"
+    )

@@ -1,0 +1,292 @@
+"""The evaluation runner: score a split's candidates, rank them, summarise with intervals.
+
+`evaluate(config)` is a thin loop: a scorer (a model, ``random`` or ``popularity``)
+gives per-candidate scores, `metrics.compute_metrics` turns each context into metric
+values, `results.summarize` adds bootstrap intervals, and the protocol is written next
+to the numbers. Generation (``generate``/``constrained``) and catalog ranking
+(``catalog``) add their own per-context values to the same contexts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+import setdpo
+from setdpo.data import load_items, load_split
+from setdpo.data.schema import PreferenceExample
+from setdpo.errors import InputError
+from setdpo.evaluation.catalog import catalog_example
+from setdpo.evaluation.generation import generate_answers
+from setdpo.evaluation.matching import match_answer
+from setdpo.evaluation.metrics import (
+    CATALOG_METRICS,
+    DEFAULT_METRICS,
+    compute_metrics,
+    parse_metric_name,
+    positive_ranks,
+    protocol_notes,
+)
+from setdpo.evaluation.results import summarize
+from setdpo.evaluation.scorers import BASELINES, ModelScorer, Scorer, build_scorer
+
+GENERATION_METRICS = ["ValidRatio", "GenHR@1", "GenHR@1/valid"]
+CATALOG_PREFIX = "catalog/"
+
+
+def _help(text: str, default=None):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how; validated on construction."""
+
+    model: str = _help(
+        "run directory, model folder, hub id, 'embedded:smollm2-135m', 'tiny', "
+        "'random' or 'popularity'",
+        "embedded:smollm2-135m",
+    )
+    data: str = _help("prepared data directory (setdpo data prepare --out DIR)", "")
+    split: str = _help("split to evaluate: train, valid or test", "test")
+    limit: int | None = _help("evaluate a seeded random subset of this many contexts", None)
+    metrics: list[str] = field(
+        default_factory=lambda: list(DEFAULT_METRICS), metadata={"help": "ranking metrics"}
+    )
+    average: bool = _help("length-average candidate log-probs instead of summing", False)
+    share_prefix: bool = _help("run each prompt once for all its candidates", True)
+    batch_size: int = _help("contexts per forward batch", 4)
+    max_prompt_length: int | None = _help("drop oldest history items beyond this many tokens")
+    chat_template: bool = _help("wrap prompts in the tokenizer's chat template", False)
+    generate: bool = _help("also generate a greedy answer per context", False)
+    constrained: bool = _help(
+        "constrain generation to the candidate titles (implies generate)", False
+    )
+    max_new_tokens: int = _help("longest unconstrained answer, in tokens", 64)
+    catalog: bool = _help("also rank the whole catalog (open-template examples)", False)
+    chunk_size: int = _help("catalog items scored per forward chunk", 256)
+    n_resamples: int = _help("bootstrap resamples", 1000)
+    seed: int = _help("seed of the subset, the random baseline and the bootstrap", 0)
+    device: str = _help("device for the model: auto, cpu, cuda", "auto")
+    progress: bool = _help("show progress bars", True)
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise InputError("evaluation needs the prepared data directory (--data DIR)")
+        for name in self.metrics:
+            try:
+                parse_metric_name(name)
+            except ValueError as err:
+                raise InputError(str(err)) from err
+        self.generate = self.generate or self.constrained
+        if self.model in BASELINES and self.generate:
+            raise InputError(f"--model {self.model} scores candidates but cannot generate")
+        for name in ("batch_size", "chunk_size", "n_resamples", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 1:
+            raise InputError(f"limit must be >= 1, got {self.limit}")
+
+
+def load_contexts(config: EvalConfig) -> tuple[list[PreferenceExample], int]:
+    """The split's examples (a seeded subset under ``limit``, in file order) and its max level."""
+    examples = load_split(config.data, config.split)
+    if not examples:
+        raise InputError(f"{config.data}: split {config.split!r} has no examples")
+    max_level = max(max(ex.levels) for ex in examples)
+    if config.limit is not None and config.limit < len(examples):
+        keep = np.random.default_rng(config.seed).choice(len(examples), config.limit, replace=False)
+        examples = [examples[i] for i in sorted(keep)]
+    return examples, max(max_level, 2)
+
+
+def rank_contexts(
+    examples: list[PreferenceExample], scores: list[np.ndarray], names: list[str], max_level: int
+) -> list[dict]:
+    """Per context: scores, levels, ranks of the positives and the metric values."""
+    out = []
+    for ex, s in zip(examples, scores, strict=True):
+        out.append(
+            {
+                "context_id": ex.context_id,
+                "scores": [float(v) for v in s],
+                "levels": list(ex.levels),
+                "positive_ranks": positive_ranks(s, ex.levels),
+                "values": compute_metrics(s, ex.levels, names, max_level),
+            }
+        )
+    return out
+
+
+def generation_values(
+    scorer: ModelScorer, examples: list[PreferenceExample], config: EvalConfig
+) -> list[dict]:
+    """Per context: the greedy answer, the candidate it names (or None), and its values."""
+    tok = scorer.tokenizer
+    tokenized = scorer.tokenize(examples)
+    cands = [[list(c) for c in t.candidate_ids] for t in tokenized]
+    answers = generate_answers(
+        scorer.model,
+        [list(t.prompt_ids) for t in tokenized],
+        eos_id=tok.eos_token_id,
+        pad_id=tok.pad_token_id,
+        candidates=cands if config.constrained else None,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        progress=config.progress,
+    )
+    out = []
+    for ex, ids, seqs in zip(examples, answers, cands, strict=True):
+        text = tok.decode(ids, skip_special_tokens=True)
+        if config.constrained:  # the answer is one whole candidate sequence by construction
+            matched = seqs.index(ids + [tok.eos_token_id])
+        else:
+            matched = match_answer(text, ex.candidates)
+        hit = float(matched is not None and ex.levels[matched] == 1)
+        out.append(
+            {
+                "answer": text,
+                "matched": matched,
+                "values": {
+                    "ValidRatio": float(matched is not None),
+                    "GenHR@1": hit,
+                    "GenHR@1/valid": hit,
+                },
+            }
+        )
+    return out
+
+
+def catalog_values(
+    scorer: Scorer, examples: list[PreferenceExample], config: EvalConfig, max_level: int
+) -> list[dict]:
+    """Per context: the catalog ranks of its positives and the catalog metric values."""
+    items = load_items(config.data)
+    out = []
+    for ex in tqdm(examples, desc="catalog ranking", disable=not config.progress):
+        big = catalog_example(ex, items, max_level)
+        (scores,) = scorer.score([big])
+        values = compute_metrics(scores, big.levels, CATALOG_METRICS, max_level)
+        out.append(
+            {
+                "n_items": len(big.candidates),
+                "positive_ranks": positive_ranks(scores, big.levels),
+                "values": {CATALOG_PREFIX + k: v for k, v in values.items()},
+            }
+        )
+    return out
+
+
+def _spread(values: list[int]) -> dict[str, float]:
+    return {"min": int(min(values)), "max": int(max(values)), "mean": float(np.mean(values))}
+
+
+def protocol(config: EvalConfig, examples: list[PreferenceExample], max_level: int) -> dict:
+    """Everything a reader needs to know to interpret (and reproduce) the numbers."""
+    prepare_config = Path(config.data) / "config.json"
+    metas = examples[0].meta
+    return {
+        "model": config.model,
+        "data": str(config.data),
+        "split": config.split,
+        "n_contexts": len(examples),
+        "subset": "all contexts"
+        if config.limit is None
+        else f"seeded random subset (seed {config.seed}) of {config.limit}, in file order",
+        "candidates_per_context": _spread([len(ex.candidates) for ex in examples]),
+        "positives_per_context": _spread([ex.levels.count(1) for ex in examples]),
+        "max_level": max_level,
+        "template": sorted({str(ex.meta.get("template")) for ex in examples}),
+        "mode": metas.get("mode"),
+        "source": metas.get("source"),
+        "scoring": "baseline " + config.model
+        if config.model in BASELINES
+        else ("length-averaged" if config.average else "summed") + " candidate log-probability",
+        "share_prefix": config.share_prefix,
+        "chat_template": config.chat_template,
+        "max_prompt_length": config.max_prompt_length,
+        "metrics": list(config.metrics),
+        **protocol_notes(),
+        "hr_at_1": "ranking HR@1: a positive is ranked first among the candidates. Generation: "
+        "GenHR@1 = hits/all contexts (S-DPO), GenHR@1/valid = hits/valid answers (LLaRA); "
+        "valid = the answer names exactly one candidate",
+        "generation": {"constrained": config.constrained, "max_new_tokens": config.max_new_tokens}
+        if config.generate
+        else None,
+        "catalog": {"history_excluded": True, "chunk_size": config.chunk_size}
+        if config.catalog
+        else None,
+        "bootstrap": {"n_resamples": config.n_resamples, "confidence": 0.95, "seed": config.seed},
+        "prepare_config": json.loads(prepare_config.read_text())
+        if prepare_config.is_file()
+        else None,
+        "setdpo_version": setdpo.__version__,
+    }
+
+
+def evaluate(config: EvalConfig, scorer: Scorer | None = None) -> dict:
+    """Evaluate ``config.model`` (or the given ``scorer``) on ``config.split``: the results dict.
+
+    See `setdpo.evaluation.results` for the layout.
+    """
+    start = time.perf_counter()
+    examples, max_level = load_contexts(config)
+    if scorer is None:
+        scorer, _ = build_scorer(
+            config.model,
+            config.data,
+            seed=config.seed,
+            device=config.device,
+            share_prefix=config.share_prefix,
+            average=config.average,
+            batch_size=config.batch_size,
+            max_prompt_length=config.max_prompt_length,
+            chat_template=config.chat_template,
+            progress=config.progress,
+        )
+    timing = {}
+    t0 = time.perf_counter()
+    contexts = rank_contexts(examples, scorer.score(examples), config.metrics, max_level)
+    timing["ranking_s"] = time.perf_counter() - t0
+    names = list(config.metrics)
+    if config.generate:
+        if not isinstance(scorer, ModelScorer):
+            raise InputError(f"{scorer.name} cannot generate answers")
+        t0 = time.perf_counter()
+        _merge(contexts, generation_values(scorer, examples, config), "generation")
+        timing["generation_s"] = time.perf_counter() - t0
+        names += GENERATION_METRICS
+    if config.catalog:
+        t0 = time.perf_counter()
+        catalog_scorer = _catalog_scorer(scorer, config)
+        _merge(contexts, catalog_values(catalog_scorer, examples, config, max_level), "catalog")
+        timing["catalog_s"] = time.perf_counter() - t0
+        names += [CATALOG_PREFIX + m for m in CATALOG_METRICS]
+    summary = summarize(contexts, names, n_resamples=config.n_resamples, seed=config.seed)
+    timing["total_s"] = time.perf_counter() - start
+    timing["contexts_per_s"] = len(examples) / timing["ranking_s"] if timing["ranking_s"] else None
+    return {
+        "protocol": protocol(config, examples, max_level),
+        "metrics": {name: iv.to_dict() for name, iv in summary.items()},
+        "timing": timing,
+        "contexts": contexts,
+    }
+
+
+def _merge(contexts: list[dict], extra: list[dict], key: str) -> None:
+    """Move each extra entry's values into its context's values; keep the rest under ``key``."""
+    for ctx, entry in zip(contexts, extra, strict=True):
+        ctx["values"].update(entry.pop("values"))
+        ctx[key] = entry
+
+
+def _catalog_scorer(scorer: Scorer, config: EvalConfig) -> Scorer:
+    """One context at a time, its catalog scored in chunks of ``config.chunk_size`` items."""
+    if isinstance(scorer, ModelScorer):
+        return replace(scorer, batch_size=1, chunk_size=config.chunk_size, progress=False)
+    return scorer

@@ -1,0 +1,118 @@
+"""Scorers: anything that turns examples into per-candidate scores [n] (higher = better).
+
+`ModelScorer` scores with a causal LM's candidate log-probabilities (summed, or
+length-averaged with ``average=True``) through the shared-prefix engine of
+`setdpo.scoring`; `build_scorer` also accepts ``"random"`` and ``"popularity"``, the
+baselines of `setdpo.evaluation.baselines`, so one evaluation loop serves all three.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from setdpo.data import load_items
+from setdpo.data.schema import PreferenceExample
+from setdpo.evaluation.baselines import PopularityScorer, RandomScorer
+
+BASELINES = ("random", "popularity")
+
+
+class Scorer(Protocol):
+    name: str
+
+    def score(self, examples: Sequence[PreferenceExample]) -> list[np.ndarray]:
+        """Per example, a float array [n_candidates]."""
+        ...
+
+
+@dataclass
+class ModelScorer:
+    """Candidate log-probabilities under a causal LM (plain or peft).
+
+    ``batch_size`` contexts go through one `candidate_logps` call; ``chunk_size`` bounds
+    the candidates scored per forward pass (for catalogs of thousands of items).
+    """
+
+    model: Any
+    tokenizer: Any
+    name: str = "model"
+    share_prefix: bool = True
+    average: bool = False
+    batch_size: int = 4
+    chunk_size: int | None = None
+    max_prompt_length: int | None = None
+    chat_template: bool = False
+    progress: bool = True
+
+    def tokenize(self, examples: Sequence[PreferenceExample]) -> list:
+        """`setdpo.tokenization.TokenizedExample` per example, with this scorer's settings."""
+        from setdpo.tokenization import tokenize_example
+
+        return [
+            tokenize_example(
+                ex,
+                self.tokenizer,
+                max_prompt_length=self.max_prompt_length,
+                chat_template=self.chat_template,
+            )
+            for ex in examples
+        ]
+
+    def score(self, examples: Sequence[PreferenceExample]) -> list[np.ndarray]:
+        return self.score_tokenized(self.tokenize(examples))
+
+    @torch.no_grad()
+    def score_tokenized(self, tokenized: Sequence) -> list[np.ndarray]:
+        """Scores of already tokenized examples, ``batch_size`` contexts per forward batch."""
+        from setdpo.scoring import candidate_logps
+        from setdpo.tokenization import CandidateCollator
+
+        collate = CandidateCollator(pad_token_id=self.tokenizer.pad_token_id)
+        device = next(self.model.parameters()).device
+        self.model.eval()
+        out: list[np.ndarray] = []
+        starts = range(0, len(tokenized), self.batch_size)
+        for start in tqdm(starts, desc=f"scoring ({self.name})", disable=not self.progress):
+            chunk = tokenized[start : start + self.batch_size]
+            batch = {k: v.to(device) for k, v in collate(list(chunk)).items()}
+            result = candidate_logps(
+                self.model,
+                batch,
+                share_prefix=self.share_prefix,
+                average=self.average,
+                chunk_size=self.chunk_size,
+            )
+            logps = result.logps.float().cpu().numpy()
+            out.extend(logps[i, : len(t.candidate_ids)] for i, t in enumerate(chunk))
+        return out
+
+
+def build_scorer(
+    model: str,
+    data_dir: str | Path | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    **model_options,
+) -> tuple[Scorer, object | None]:
+    """A scorer for ``model`` (``"random"``, ``"popularity"``, or anything `setdpo.model.load`
+    accepts) and the loaded tokenizer (None for the baselines).
+
+    Popularity reads ``DATA_DIR/items.json``. ``model_options`` go to `ModelScorer`.
+    """
+    if model == "random":
+        return RandomScorer(seed), None
+    if model == "popularity":
+        if data_dir is None:
+            raise ValueError("the popularity baseline needs the prepared data directory")
+        return PopularityScorer(load_items(data_dir)), None
+    from setdpo.model import load
+
+    lm, tokenizer = load(model, device=device)
+    return ModelScorer(lm, tokenizer, name=str(model), **model_options), tokenizer
