@@ -1,0 +1,269 @@
+"""Training configurations: dataclasses over `transformers.TrainingArguments` (as TRL's DPOConfig).
+
+Project defaults live once in `_SetdpoArguments`; `SFTConfig` and `PrefConfig` add their stage's
+fields. Every field carries `metadata={"help": ...}` so that `HfArgumentParser` turns it into a
+command-line option, and all validation lives in `__post_init__`.
+
+A configuration is built from a YAML file plus overrides (`load_config`); the resolved result is
+written to the run directory as `resolved_config.yaml` (`write_resolved_config`), and loading that
+file gives the same configuration back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from setdpo.errors import InputError
+
+RESOLVED_CONFIG = "resolved_config.yaml"
+
+
+@dataclass
+class _SetdpoArguments(TrainingArguments):
+    """Fields and defaults shared by both stages (data, prompt length, LoRA, logging)."""
+
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Run directory: checkpoints, final adapter, logs.", "aliases": ["--out"]},
+    )
+    data: str | None = field(
+        default=None,
+        metadata={"help": "Prepared data directory (`setdpo data prepare --out DIR`)."},
+    )
+    max_train_examples: int | None = field(
+        default=None,
+        metadata={"help": "Use only the first N training examples (small budgets); None = all."},
+    )
+    max_eval_examples: int | None = field(
+        default=None,
+        metadata={"help": "Use only the first N valid examples for evaluation; None = all."},
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Prompt token budget; older history items are dropped to fit."},
+    )
+    chat_template: bool = field(
+        default=False,
+        metadata={"help": "Wrap prompts with the tokenizer's chat template."},
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        metadata={"help": "Module names that receive a LoRA adapter."},
+    )
+    # Project defaults over TrainingArguments.
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate."})
+    per_device_train_batch_size: int = field(
+        default=4, metadata={"help": "Contexts per device per optimisation micro-step."}
+    )
+    per_device_eval_batch_size: int = field(
+        default=8, metadata={"help": "Contexts per device per evaluation step."}
+    )
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Training epochs."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every N optimisation steps."})
+    save_steps: float = field(default=50, metadata={"help": "Checkpoint every N steps."})
+    save_total_limit: int | None = field(
+        default=2, metadata={"help": "Keep at most this many checkpoints."}
+    )
+    report_to: None | str | list[str] = field(
+        default="none", metadata={"help": "Experiment trackers (`none` = only trainer_state.json)."}
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Must stay False: batches are built by setdpo's collators."},
+    )
+
+    def __post_init__(self) -> None:
+        if not self.output_dir:
+            raise InputError("output_dir (--out) is required: the run directory")
+        if not self.data:
+            raise InputError("data (--data) is required: a prepared data directory")
+        if self.remove_unused_columns:
+            raise InputError(
+                "remove_unused_columns must be False: setdpo's collators build batches"
+            )
+        for name in ("max_train_examples", "max_eval_examples", "max_prompt_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"{name} must be >= 1 or None, got {value}")
+        if self.lora_r < 1 or not self.lora_target_modules:
+            raise InputError(f"lora_r must be >= 1 with target modules, got r={self.lora_r}")
+        super().__post_init__()
+
+    def lora_settings(self) -> Any:
+        """The `setdpo.model.LoraSettings` these fields describe."""
+        from setdpo.model import LoraSettings
+
+        return LoraSettings(
+            r=self.lora_r,
+            alpha=self.lora_alpha,
+            dropout=self.lora_dropout,
+            target_modules=list(self.lora_target_modules),
+        )
+
+
+@dataclass
+class SFTConfig(_SetdpoArguments):
+    """Supervised fine-tuning on the positive titles, loss on the answer tokens only."""
+
+    model: str = field(
+        default="embedded:smollm2-135m",
+        metadata={
+            "help": "Base model: `tiny`, `embedded:smollm2-135m`, a hub id or a local folder."
+        },
+    )
+    positives: Literal["each", "one"] = field(
+        default="each",
+        metadata={
+            "help": "With several positives: `each` = one row per positive (all of them), "
+            "`one` = one positive per context, drawn again each epoch."
+        },
+    )
+
+
+@dataclass
+class PrefConfig(_SetdpoArguments):
+    """Preference alignment from an SFT run with one of `setdpo.losses.OBJECTIVES`."""
+
+    init: str | None = field(
+        default=None,
+        metadata={"help": "SFT run directory: the starting policy and the reference."},
+    )
+    loss: str = field(
+        default="mult", metadata={"help": "Objective: dpo, dmpo, sdpo, mult, mult2, pl."}
+    )
+    beta: float = field(default=1.0, metadata={"help": "Reward scale: r = beta (s_theta - s_ref)."})
+    num_negatives: int = field(
+        default=3,
+        metadata={"help": "Negatives drawn per step from each example's negatives; 0 = all."},
+    )
+    negatives: Literal["random", "hard"] = field(
+        default="random",
+        metadata={
+            "help": "`random` = uniform draw; `hard` = drawn from the policy's softmax over the "
+            "negatives (temperature `hard_temperature`), refreshed each epoch."
+        },
+    )
+    hard_temperature: float = field(
+        default=1.0, metadata={"help": "Temperature of the hard-negative softmax."}
+    )
+    sft_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of an added NLL term (token-averaged) on the positives."},
+    )
+    share_prefix: bool = field(
+        default=True, metadata={"help": "Score all candidates of a prompt with one prompt pass."}
+    )
+    precompute_ref: bool = field(
+        default=True,
+        metadata={"help": "Compute reference log-probs once before training (cached in the run)."},
+    )
+    average_logps: bool = field(
+        default=False, metadata={"help": "Length-average candidate log-probs instead of summing."}
+    )
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak AdamW learning rate."})
+
+    def __post_init__(self) -> None:
+        from setdpo.losses import canonical_name
+
+        if not self.init:
+            raise InputError("init (--init) is required: the SFT run directory")
+        try:
+            self.loss = canonical_name(self.loss)
+        except (KeyError, ValueError) as err:
+            raise InputError(f"unknown loss {self.loss!r}: {err}") from err
+        if self.beta <= 0:
+            raise InputError(f"beta must be > 0, got {self.beta}")
+        if self.num_negatives < 0:
+            raise InputError(f"num_negatives must be >= 0 (0 = all), got {self.num_negatives}")
+        if self.hard_temperature <= 0:
+            raise InputError(f"hard_temperature must be > 0, got {self.hard_temperature}")
+        if self.sft_weight < 0:
+            raise InputError(f"sft_weight must be >= 0, got {self.sft_weight}")
+        super().__post_init__()
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise InputError(f"{path}: cannot read the configuration: {err}") from err
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: a configuration is a mapping of field: value")
+    return raw
+
+
+def load_config(
+    cls: type[_SetdpoArguments],
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Any:
+    """Build `cls` from a YAML file (optional) with `overrides` taking precedence.
+
+    Unknown keys raise `InputError` naming the file and the keys.
+    """
+    values = _read_yaml(config_file) if config_file else {}
+    values.update(overrides or {})
+    known = {f.name for f in fields(cls) if f.init}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        where = config_file or "overrides"
+        raise InputError(f"{where}: unknown {cls.__name__} fields {unknown}")
+    (config,) = HfArgumentParser(cls).parse_dict(values)
+    return config
+
+
+def override_parser(cls: type[_SetdpoArguments]) -> HfArgumentParser:
+    """A parser of `--field value` options for every field of `cls`.
+
+    Defaults are suppressed, so the parsed namespace holds only the fields given explicitly:
+    those override the YAML file.
+    """
+    parser = HfArgumentParser(cls, prog=f"setdpo train ({cls.__name__} fields)", allow_abbrev=False)
+    for action in parser._actions:
+        # On the actions, not `set_defaults`: argparse would copy parser-level defaults in.
+        if action.dest != "help":
+            action.default = argparse.SUPPRESS
+    return parser
+
+
+def parse_overrides(cls: type[_SetdpoArguments], argv: list[str]) -> dict[str, Any]:
+    """Typed field values from `--max-steps 20 --beta 0.5 ...` (exits with usage on errors)."""
+    return vars(override_parser(cls).parse_args(argv))
+
+
+def write_resolved_config(config: _SetdpoArguments, run_dir: str | Path) -> Path:
+    """Write `config` as `run_dir/resolved_config.yaml` atomically; `load_config` reads it back."""
+    values = config.to_dict()
+    # Fields that TrainingArguments fills in from others would not round-trip as set values.
+    for name in ("logging_dir",):
+        values.pop(name, None)
+    text = yaml.safe_dump(values, sort_keys=True)
+    return atomic_write_text(Path(run_dir) / RESOLVED_CONFIG, text)
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

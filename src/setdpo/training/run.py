@@ -1,0 +1,67 @@
+"""What both stages share: loading and tokenizing a split, and closing a run directory."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import Trainer
+
+from setdpo.data import load_split
+from setdpo.data.schema import PreferenceExample
+from setdpo.errors import InputError
+from setdpo.tokenization import tokenize_example
+from setdpo.training.config import write_resolved_config
+
+TRAINER_STATE = "trainer_state.json"
+
+
+def load_examples(data_dir: str | Path, split: str, limit: int | None) -> list[PreferenceExample]:
+    """The first `limit` examples of a split (all if None); [] for a missing valid split."""
+    path = Path(data_dir) / f"{split}.jsonl"
+    if split != "train" and not path.is_file():
+        return []
+    examples = load_split(data_dir, split)
+    if split == "train" and not examples:
+        raise InputError(f"{path}: the training split is empty")
+    return examples[:limit] if limit else examples
+
+
+def tokenize_all(examples: Sequence[PreferenceExample], tokenizer: Any, config: Any) -> list[Any]:
+    """`tokenize_example` over `examples` with the config's prompt budget and chat template."""
+    return [
+        tokenize_example(
+            ex,
+            tokenizer,
+            max_prompt_length=config.max_prompt_length,
+            chat_template=config.chat_template,
+        )
+        for ex in examples
+    ]
+
+
+def write_trainer_state(trainer: Trainer, run_dir: Path) -> None:
+    """transformers' `trainer_state.json` (the per-step log), written atomically."""
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{TRAINER_STATE}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        trainer.state.save_to_json(tmp)
+        os.replace(tmp, run_dir / TRAINER_STATE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def close_run(trainer: Trainer, config: Any, save_model: Any) -> Path:
+    """On the main process: `save_model(run_dir)`, the resolved config and the trainer state."""
+    run_dir = Path(config.output_dir)
+    if trainer.is_world_process_zero():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_model(run_dir)
+        write_resolved_config(config, run_dir)
+        write_trainer_state(trainer, run_dir)
+    trainer.accelerator.wait_for_everyone()
+    return run_dir

@@ -1,0 +1,89 @@
+"""Supervised fine-tuning: the model learns to answer a prompt with a positive title and EOS.
+
+The loss is the usual token-averaged cross-entropy, on the answer tokens only: prompt and
+padding carry label -100 (`SFTCollator`). With several positives per context, `positives`
+picks one row per positive (`each`) or one positive per context and epoch (`one`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, set_seed
+
+from setdpo import model as models
+from setdpo.training.callbacks import EpochCallback, check_finite_loss
+from setdpo.training.config import SFTConfig
+from setdpo.training.data import SFTCollator, SFTDataset
+from setdpo.training.run import close_run, load_examples, tokenize_all
+
+
+class SFTTrainer(Trainer):
+    """transformers' Trainer with the non-finite loss guard; the model computes the loss."""
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        if model.training:
+            check_finite_loss(loss, self.state.global_step, self.args.output_dir)
+        return result
+
+
+def _tiny_texts(examples: list[Any]) -> list[str]:
+    """Texts that decide the tiny tokenizer's merges: prompts and candidate titles."""
+    return [ex.prompt for ex in examples] + [t for ex in examples for t in ex.candidates]
+
+
+def build_sft_trainer(config: SFTConfig) -> SFTTrainer:
+    """Load the base model, add a fresh LoRA adapter and wire data, collator and callbacks."""
+    train_examples = load_examples(config.data, "train", config.max_train_examples)
+    eval_examples = load_examples(config.data, "valid", config.max_eval_examples)
+    model, tokenizer = models.load(
+        config.model,
+        device="cpu",  # the Trainer moves it to `config.device`
+        dtype=torch.float32,
+        tiny_texts=_tiny_texts(train_examples + eval_examples),
+    )
+    set_seed(config.seed)  # LoRA's A matrices draw from the global generator
+    model = models.add_lora(model, config.lora_settings())
+    train = SFTDataset(
+        tokenize_all(train_examples, tokenizer, config), config.seed, config.positives
+    )
+    valid = SFTDataset(tokenize_all(eval_examples, tokenizer, config), config.seed, "each")
+    return SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=train,
+        eval_dataset=valid if len(valid) else None,
+        data_collator=SFTCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[EpochCallback([train])],
+    )
+
+
+def train_sft(config: SFTConfig, resume: bool = False) -> Path:
+    """Run SFT into `config.output_dir`; `resume` continues from its last checkpoint.
+
+    The run directory ends with the adapter, the tokenizer and `setdpo_model.json` (so
+    `setdpo.model.load(run_dir)` reloads the model), `resolved_config.yaml` and
+    `trainer_state.json`.
+    """
+    trainer = build_sft_trainer(config)
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    if trainer.eval_dataset is not None:
+        trainer.evaluate()
+
+    def save(run_dir: Path) -> None:
+        models.save_run_model(
+            trainer.model, trainer.processing_class, run_dir, base_model=config.model
+        )
+
+    return close_run(trainer, config, save)
