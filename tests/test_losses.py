@@ -1,0 +1,295 @@
+"""The set-wise objectives: closed forms, equivalences, the PL bound, gradients, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from setdpo import losses
+from setdpo.losses import compute
+
+F64 = torch.float64
+NAMES = list(losses.OBJECTIVES)
+
+
+def _logps(seed: int, shape: tuple[int, int], scale: float = 1.0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=gen, dtype=F64) * scale
+
+
+def _binary_levels(k: int, n_neg: int, pad: int = 0) -> torch.Tensor:
+    return torch.tensor([[1] * k + [2] * n_neg + [0] * pad])
+
+
+seeds = st.integers(0, 2**31 - 1)
+betas = st.floats(0.05, 5.0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=seeds, beta=betas)
+def test_dpo_one_pair_is_standard_dpo(seed, beta):
+    pol, ref = _logps(seed, (1, 2), 5.0), _logps(seed + 1, (1, 2), 5.0)
+    (pc, pr), (rc, rr) = pol[0], ref[0]
+    expected = -F.logsigmoid(beta * ((pc - rc) - (pr - rr)))
+    out = compute("dpo", pol, ref, torch.tensor([[1, 2]]), beta)
+    torch.testing.assert_close(out.loss, expected, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=seeds, beta=betas, k=st.integers(1, 4), n_neg=st.integers(1, 8))
+def test_sdpo_is_the_sdpo_formula(seed, beta, k, n_neg):
+    # |r| <= 5 * 3 * 5 scale-wise: the naive sum of exps cannot overflow in float64.
+    pol, ref = _logps(seed, (1, k + n_neg), 3.0), _logps(seed + 1, (1, k + n_neg), 3.0)
+    r = beta * (pol - ref)[0]
+    naive = [-F.logsigmoid(-torch.log(torch.exp(r[k:] - r[p]).sum())) for p in range(k)]
+    out = compute("sdpo", pol, ref, _binary_levels(k, n_neg), beta)
+    torch.testing.assert_close(out.loss, torch.stack(naive).mean(), rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=seeds, beta=betas, n_neg=st.integers(1, 12), pad=st.integers(0, 3))
+def test_k1_mult_and_pl_equal_sdpo(seed, beta, n_neg, pad):
+    n = 1 + n_neg + pad
+    pol, ref = _logps(seed, (1, n), 10.0), _logps(seed + 1, (1, n), 10.0)
+    levels = _binary_levels(1, n_neg, pad)
+    sdpo = compute("sdpo", pol, ref, levels, beta).per_context
+    torch.testing.assert_close(compute("mult", pol, ref, levels, beta).per_context, sdpo)
+    pl = compute("pl", pol, ref, levels, beta).per_context
+    torch.testing.assert_close(pl, sdpo, rtol=1e-9, atol=1e-10)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    seed=seeds,
+    beta=betas,
+    k=st.integers(1, 6),
+    n_neg=st.integers(1, 10),
+    worse=st.integers(2, 5),
+)
+def test_mult2_with_two_levels_is_mult(seed, beta, k, n_neg, worse):
+    # Two levels, 1 and any later value, in shuffled columns with padding.
+    levels = torch.tensor([[1] * k + [worse] * n_neg + [0, 0]])
+    levels = levels[
+        :, torch.randperm(levels.shape[1], generator=torch.Generator().manual_seed(seed))
+    ]
+    pol, ref = _logps(seed, tuple(levels.shape), 4.0), _logps(seed + 1, tuple(levels.shape), 4.0)
+    mult = compute("mult", pol, ref, levels, beta).per_context
+    torch.testing.assert_close(compute("mult2", pol, ref, levels, beta).per_context, mult)
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=seeds, k=st.integers(1, 8), n_neg=st.integers(1, 15), scale=st.floats(0.01, 20.0))
+def test_mult_pl_bound(seed, k, n_neg, scale):
+    # 0 <= (L_mult - log k!) - L_pl <= (k - 1) log(1 + A/B)   (DESIGN.md, "The bound").
+    levels = _binary_levels(k, n_neg)
+    pol = _logps(seed, tuple(levels.shape), scale)
+    r = pol[0]
+    mult = compute("mult", pol, None, levels, 1.0)
+    gap = mult.loss - math.lgamma(k + 1) - compute("pl", pol, None, levels, 1.0).loss
+    log_a_over_b = torch.logsumexp(r[:k], 0) - torch.logsumexp(r[k:], 0)
+    upper = (k - 1) * F.softplus(log_a_over_b)
+    assert -1e-9 <= gap.item() <= upper.item() + 1e-9
+    assert mult.metrics["bound_gap"] == pytest.approx(gap.item(), abs=1e-9)
+    assert mult.metrics["bound_gap_max"] == pytest.approx(upper.item(), rel=1e-12)
+
+
+def test_mult2_bound_per_level():
+    # Per-level generalisation: the gaps and bounds of stages 1|{2,3} and 2|3 add up.
+    levels = torch.tensor([[1, 1, 2, 2, 2, 3, 3, 0], [3, 1, 2, 1, 1, 3, 3, 3]])
+    pol = _logps(11, tuple(levels.shape), 2.0)
+    out = compute("mult2", pol, None, levels, 1.0)
+    pl = compute("pl", pol, None, levels, 1.0).per_context
+    gaps, uppers = [], []
+    for b in range(2):
+        r, lv = pol[b], levels[b]
+        gap, upper = out.per_context[b] - pl[b], 0.0
+        for g in (1, 2):
+            here, later = r[lv == g], r[lv > g]
+            gap = gap - math.lgamma(len(here) + 1)
+            log_ratio = torch.logsumexp(here, 0) - torch.logsumexp(later, 0)
+            upper += (len(here) - 1) * F.softplus(log_ratio).item()
+        assert -1e-9 <= gap.item() <= upper + 1e-9
+        gaps.append(gap.item())
+        uppers.append(upper)
+    assert out.metrics["bound_gap"] == pytest.approx(sum(gaps) / 2, abs=1e-9)
+    assert out.metrics["bound_gap_max"] == pytest.approx(sum(uppers) / 2, rel=1e-12)
+
+
+def test_hand_computed_losses():
+    # Rewards r = (2, 0 | 1, -1) with levels (1, 1 | 2, 2); beta 1, reference-free.
+    pol = torch.tensor([[2.0, 0.0, 1.0, -1.0]], dtype=F64)
+    levels = torch.tensor([[1, 1, 2, 2]])
+    sp = F.softplus
+    t = torch.tensor
+
+    def check(name: str, expected: float) -> None:
+        got = compute(name, pol, None, levels, 1.0).loss
+        torch.testing.assert_close(got, t(expected, dtype=F64), msg=name)
+
+    # dpo: mean of softplus(-(r_p - r_n)) over the 4 pairs: diffs 1, 3, -1, 1.
+    check("dpo", float(sum(sp(t(-d)) for d in (1.0, 3.0, -1.0, 1.0)) / 4))
+    # dmpo: mean negative reward 0; mean of softplus(-2), softplus(0).
+    check("dmpo", float((sp(t(-2.0)) + sp(t(0.0))) / 2))
+    lse_n = math.log(math.e + math.exp(-1))
+    # sdpo: mean over p of log(e^{r_p} + e^1 + e^-1) - r_p.
+    check("sdpo", (math.log(math.e**2 + math.exp(lse_n)) - 2 + math.log(1 + math.exp(lse_n))) / 2)
+    lse_all = math.log(math.e**2 + 1 + math.e + math.exp(-1))
+    check("mult", 2 * lse_all - 2.0)
+    check("mult2", 2 * lse_all - 2.0)
+    # pl: P = sum over both orders of the two positives of the sequential choices.
+    w = [math.e**2, 1.0, math.e, math.exp(-1)]
+    total = sum(w)
+    prob = w[0] / total * w[1] / (total - w[0]) + w[1] / total * w[0] / (total - w[1])
+    check("pl", -math.log(prob))
+
+
+def test_dpo_over_levels_is_lipo_pairwise():
+    # Levels 1 > 2 > 3 with rewards (0, 1, 3): pairs (1,2), (1,3), (2,3).
+    pol = torch.tensor([[0.0, 1.0, 3.0]], dtype=F64)
+    out = compute("dpo", pol, None, torch.tensor([[1, 2, 3]]), 1.0)
+    expected = sum(F.softplus(torch.tensor(d, dtype=F64)) for d in (1.0, 3.0, 2.0)) / 3
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_positives_without_negatives():
+    # Two positives with equal reward and no negative.
+    pol = torch.tensor([[0.5, 0.5, 0.0], [0.3, -1.0, 2.0]], dtype=F64)
+    levels = torch.tensor([[1, 1, 0], [1, 2, 2]])
+    pl = compute("pl", pol, None, levels, 1.0).per_context
+    assert pl[0].item() == 0.0  # probability 1
+    mult = compute("mult", pol, None, levels, 1.0).per_context
+    assert mult[0].item() == pytest.approx(2 * math.log(2), rel=1e-12)  # 2 (lse_P - r_p)
+    assert compute("mult2", pol, None, levels, 1.0).per_context[0].item() == 0.0
+    for name in ("dpo", "dmpo", "sdpo", "S-DPO"):
+        with pytest.raises(ValueError, match=r"context 0 has positives but no negative"):
+            compute(name, pol, None, levels, 1.0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradcheck(name):
+    levels = torch.tensor([[1, 2, 2, 1, 0], [2, 1, 3, 2, 3]])
+    if name in ("dmpo", "sdpo", "mult"):
+        levels = levels.clamp(max=2)
+    pol = _logps(21, (2, 5), 2.0).requires_grad_()
+    ref = _logps(22, (2, 5), 2.0).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda p, r: compute(name, p, r, levels, 0.7).per_context, (pol, ref)
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_padding_never_changes_results(name):
+    levels = torch.tensor([[1, 2, 2, 2], [2, 1, 1, 2]])
+    if name in ("dpo", "mult2", "pl"):
+        levels[1, 3] = 3
+    pol, ref = _logps(31, (2, 4), 3.0), _logps(32, (2, 4), 3.0)
+    base = compute(name, pol, ref, levels, 0.5)
+    junk = _logps(33, (2, 3), 1e3)
+    junk[0, 1] = math.nan  # padding may hold anything, even NaN
+    padded = compute(
+        name,
+        torch.cat([junk, pol], 1),
+        torch.cat([-junk, ref], 1),
+        torch.cat([torch.zeros(2, 3, dtype=levels.dtype), levels], 1),
+        0.5,
+    )
+    torch.testing.assert_close(padded.per_context, base.per_context, rtol=1e-12, atol=1e-13)
+    assert padded.metrics == pytest.approx(base.metrics, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1e4, -1e4])
+def test_extreme_rewards_finite(name, dtype, scale):
+    levels = torch.tensor([[1, 2, 2, 2, 2, 0], [1, 1, 1, 2, 3, 3], [1, 1, 1, 1, 1, 2]])
+    if name in ("dmpo", "sdpo", "mult"):
+        levels = levels.clamp(max=2)
+    pol = (_logps(41, (3, 6)) * scale).to(dtype).requires_grad_()
+    out = compute(name, pol, None, levels, 1.0)
+    (grad,) = torch.autograd.grad(out.loss, pol)
+    assert torch.isfinite(out.per_context).all() and torch.isfinite(grad).all()
+
+
+def test_metrics_hand_computed():
+    # Context 0: rewards (3 | 1, 2), ordered. Context 1: (0, 2 | 1), not ordered.
+    pol = torch.tensor([[3.0, 1.0, 2.0], [0.0, 2.0, 1.0]], dtype=F64)
+    levels = torch.tensor([[1, 2, 2], [1, 1, 2]])
+    m = compute("mult", pol, None, levels, 1.0).metrics
+    assert m["reward_positive"] == pytest.approx((3.0 + 1.0) / 2)
+    assert m["reward_negative"] == pytest.approx((1.5 + 1.0) / 2)
+    assert m["reward_margin"] == pytest.approx((1.5 + 0.0) / 2)
+    assert m["reward_accuracy"] == 0.5
+    a_over_b = (math.exp(3) / (math.e + math.e**2) + (1 + math.e**2) / math.e) / 2
+    assert m["a_over_b"] == pytest.approx(a_over_b, rel=1e-12)
+    assert "bound_gap" not in compute("sdpo", pol, None, levels, 1.0).metrics
+    # Three levels: accuracy needs level 2 above level 3 too.
+    m3 = compute("pl", pol[:1], None, torch.tensor([[1, 3, 2]]), 1.0).metrics
+    assert m3["reward_accuracy"] == 1.0
+    m3 = compute("pl", pol[:1], None, torch.tensor([[1, 2, 3]]), 1.0).metrics
+    assert m3["reward_accuracy"] == 0.0
+
+
+def test_rewards_reference_free_and_names():
+    pol, ref = _logps(51, (2, 3)), _logps(52, (2, 3))
+    levels = torch.tensor([[1, 2, 0], [1, 2, 2]])
+    out = compute("SDPO", pol.requires_grad_(), ref, levels, 2.0)
+    expected = torch.where(levels > 0, 2.0 * (pol - ref), 0.0).detach()
+    torch.testing.assert_close(out.rewards, expected)
+    assert not out.rewards.requires_grad and out.loss.requires_grad
+    torch.testing.assert_close(
+        compute("sdpo", pol, None, levels, 2.0).loss,
+        compute("sdpo", pol, torch.zeros_like(pol), levels, 2.0).loss,
+    )
+    for alias, key in [("s-dpo", "sdpo"), ("Mult-DPO", "mult"), ("MULT2-dpo", "mult2")]:
+        assert losses.canonical_name(alias) == key
+        torch.testing.assert_close(
+            compute(alias, pol, ref, levels, 1.0).loss, compute(key, pol, ref, levels, 1.0).loss
+        )
+    assert [losses.canonical_name(n.upper()) for n in NAMES] == NAMES
+
+
+GOOD_LEVELS = torch.tensor([[1, 2, 2], [1, 2, 0]])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "ipo"}, r"unknown loss 'ipo'; valid names: dpo, dmpo, sdpo, mult, mult2, pl"),
+        ({"beta": 0.0}, r"beta must be a finite number > 0; got 0.0"),
+        ({"beta": -1.0}, r"beta must be a finite number > 0; got -1.0"),
+        ({"beta": math.nan}, r"beta must be a finite number > 0; got nan"),
+        ({"policy_logps": torch.zeros(3)}, r"policy_logps must be 2-D \[B, n\]; got shape \(3,\)"),
+        ({"ref_logps": torch.zeros(2, 4)}, r"ref_logps has shape \(2, 4\) but policy_logps .*\(2, 3\)"),
+        ({"levels": torch.ones(2, 4, dtype=torch.long)}, r"levels has shape \(2, 4\) but"),
+        ({"levels": torch.ones(3, 3, dtype=torch.long)}, r"levels has shape \(3, 3\) but"),
+        ({"policy_logps": torch.zeros(2, 3, dtype=torch.long)}, r"policy_logps must be a float tensor; got dtype torch.int64"),
+        ({"ref_logps": torch.zeros(2, 3, dtype=torch.float32)}, r"ref_logps has dtype torch.float32 but policy_logps has torch.float64"),
+        ({"levels": GOOD_LEVELS.double()}, r"levels must be an integer tensor; got dtype torch.float64"),
+        ({"levels": torch.tensor([[1, 2, 2], [2, 2, 0]])}, r"context 1 has no positive \(level 1\) candidate; levels \[2, 2, 0\]"),
+        ({"levels": torch.tensor([[1, 2, 2], [0, 0, 0]])}, r"context 1 has no positive \(level 1\)"),
+        ({"levels": torch.tensor([[1, 2, -1], [1, 2, 0]])}, r"context 0: levels must be >= 0; got \[1, 2, -1\]"),
+        ({"policy_logps": torch.tensor([[0.0, 1.0, 2.0], [0.0, math.nan, 0.0]], dtype=F64)}, r"policy_logps is nan at context 1, candidate 1"),
+        ({"ref_logps": torch.tensor([[0.0, 1.0, math.inf], [0.0, 0.0, 0.0]], dtype=F64)}, r"ref_logps is inf at context 0, candidate 2"),
+        ({"policy_logps": torch.zeros(0, 3, dtype=F64), "ref_logps": None, "levels": torch.zeros(0, 3, dtype=torch.long)}, r"empty batch"),
+    ],
+)  # fmt: skip
+def test_bad_input_messages(kwargs, message):
+    args = {
+        "name": "pl",
+        "policy_logps": _logps(61, (2, 3)),
+        "ref_logps": _logps(62, (2, 3)),
+        "levels": GOOD_LEVELS,
+        "beta": 1.0,
+    }
+    with pytest.raises(ValueError, match=message):
+        compute(**{**args, **kwargs})
+
+
+def test_unknown_name_in_canonical_name():
+    with pytest.raises(ValueError, match=r"unknown loss 'orpo'; valid names: .*s-dpo, mult-dpo"):
+        losses.canonical_name("orpo")
