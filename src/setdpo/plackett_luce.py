@@ -28,7 +28,7 @@ import math
 
 import torch
 
-DEFAULT_GRID_SIZE = 256
+DEFAULT_GRID_SIZE = 192
 # Quadrature range in s = log v. Left end: -min(max(max_i log a_i, 0) + 14, 30). The
 # integrand is increasing for s < 0 and, per factor, 1 - exp(-a e^s) >= e^s (1 - exp(-a))
 # there, so the mass left of s0 is below e^s0 / 0.3 of the total whatever the a_i: the
@@ -83,8 +83,8 @@ def _stage_log_prob_quadrature(
     """log P_PL(positives before negatives) for each row, by quadrature.
 
     Args:
-        log_a: [B, n] log(w_i / B) for every candidate (only positive entries are used).
-        pos: [B, n] bool, the positives of this stage; every row has at least one.
+        log_a: [B, m] log(w_i / B) (only the entries where ``pos`` are used).
+        pos: [B, m] bool, the positives of this stage; every row has at least one.
         grid_size: number of quadrature nodes.
 
     Returns:
@@ -101,7 +101,7 @@ def _stage_log_prob_quadrature(
         # Trapezoid weights: half at both ends.
         log_w = torch.zeros_like(t)
         log_w[0] = log_w[-1] = -math.log(2.0)
-    factors = _log1mexp_of_log(log_a[:, :, None] + s[:, None, :])  # [B, n, J]
+    factors = _log1mexp_of_log(log_a[:, :, None] + s[:, None, :])  # [B, m, J]
     factors = torch.where(pos[:, :, None], factors, 0.0).sum(1)  # [B, J]
     integrand = s - torch.exp(s) + factors + log_w  # log of e^{-v} v prod(...) in s
     return torch.logsumexp(integrand, -1) + torch.log(step)
@@ -118,14 +118,14 @@ def setwise_log_prob(
     """Exact Plackett-Luce log-probability of the ordered partition given by ``levels``.
 
     ``sum_g log P_PL(level g before all levels > g)`` per context, each factor by the
-    log-space quadrature of the module docstring: O(n x grid_size) per level and
+    log-space quadrature of the module docstring: O(k_g x grid_size) per level g and
     context, differentiable in ``rewards``. A level with no later level contributes 0
     (probability 1), so a context holding a single level gets 0.
 
     Args:
         rewards: [B, n] float rewards r_i (PL weights e^{r_i}); padded entries ignored.
         levels: [B, n] int levels, 1 = most preferred, 0 = padding.
-        grid_size: quadrature nodes per stage; 256 matches enumeration to ~1e-13
+        grid_size: quadrature nodes per stage; 192 matches enumeration to ~1e-12
             relative in float64 (benchmarks/RESULTS.md).
 
     Returns:
@@ -142,9 +142,15 @@ def setwise_log_prob(
             continue
         log_a = rewards - masked_logsumexp(rewards, neg)[:, None]
         # Inactive rows get a harmless dummy (log_a = 0, one positive) and are dropped.
-        safe_pos = torch.where(active[:, None], pos, torch.arange(pos.shape[1]) == 0)
+        first = torch.arange(pos.shape[1], device=pos.device) == 0
+        safe_pos = torch.where(active[:, None], pos, first)
         safe_log_a = torch.where(active[:, None], log_a, 0.0)
-        stage = _stage_log_prob_quadrature(safe_log_a, safe_pos, grid_size)
+        # Only this stage's items enter the integrand: gather them to the front, [B, k_max].
+        k_max = int(safe_pos.sum(-1).max())
+        front = torch.argsort((~safe_pos).to(torch.int8), dim=-1, stable=True)[:, :k_max]
+        stage = _stage_log_prob_quadrature(
+            safe_log_a.gather(1, front), safe_pos.gather(1, front), grid_size
+        )
         total = total + torch.where(active, stage, 0.0)
     return total
 
