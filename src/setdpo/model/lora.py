@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
 
 # Attention and MLP projections of the Llama/Qwen2/Mistral and GPT-2 families.
 _KNOWN_LORA_TARGETS = (
@@ -61,6 +62,8 @@ def add_lora(model: PreTrainedModel, settings: LoraSettings | None = None) -> Pe
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=list(targets) if isinstance(targets, tuple) else targets,
+        # GPT-2's Conv1D stores weights transposed; peft must know (it warns otherwise)
+        fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()),
         bias="none",
         task_type="CAUSAL_LM",
     )
