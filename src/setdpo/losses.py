@@ -14,6 +14,10 @@ A context with positives but no negatives: ``pl`` and ``mult2`` give 0 (the only
 ordered partition has probability 1), ``mult`` gives ``sum_{p in P} (lse_P r - r_p)``
 (the multinomial surrogate over the positives alone, >= log k!), and ``dpo``, ``dmpo``,
 ``sdpo`` raise ``ValueError``: they have no negative to compare against.
+
+The objectives assume a batch that ``compute`` has validated (every context has a
+positive, and a negative where the objective needs one); called directly on other
+input they may return NaN.
 """
 
 from __future__ import annotations
