@@ -126,7 +126,7 @@ def setwise_log_prob(
             relative in float64 (benchmarks/RESULTS.md).
 
     Returns:
-        [B] log-probabilities (<= 0).
+        [B] log-probabilities (<= 0 up to rounding).
     """
     _check_shapes(rewards, levels)
     if grid_size < 2:
