@@ -4,7 +4,6 @@ embedded SmolLM2 (marked ``smollm2``)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -15,7 +14,15 @@ import huggingface_hub.constants
 import pytest
 import torch
 from peft import PeftModel
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from setdpo.errors import InputError
 from setdpo.model import (
@@ -287,6 +294,40 @@ def test_run_dir_errors(sft_run: Path, tmp_path: Path) -> None:
         load(broken)
 
 
+# ----------------------------------------------------------------------------- local folders
+
+_FAMILIES = {
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, LLAMA_PROJECTIONS),
+    "mistral": (MistralConfig, MistralForCausalLM, LLAMA_PROJECTIONS),
+    "gpt2": (GPT2Config, GPT2LMHeadModel, ["c_attn", "c_proj", "c_fc"]),
+}
+
+
+@pytest.mark.parametrize("family", sorted(_FAMILIES))
+def test_local_folder_of_each_family_loads_with_eos_padding(
+    family: str, tmp_path: Path, input_ids: torch.Tensor
+) -> None:
+    config_class, model_class, projections = _FAMILIES[family]
+    _, tokenizer = build_tiny(TEXTS)
+    tokenizer.pad_token = None  # as GPT-2's tokenizer: load must fall back to EOS
+    sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
+    sizes |= {"num_attention_heads": 2, "num_key_value_heads": 1}
+    if family == "gpt2":
+        sizes = {"n_embd": 32, "n_layer": 1, "n_head": 2}
+    torch.manual_seed(0)
+    original = model_class(config_class(vocab_size=len(tokenizer), **sizes))
+    original.save_pretrained(tmp_path / family)
+    tokenizer.save_pretrained(tmp_path / family)
+    model, loaded_tokenizer = load(tmp_path / family, device="cpu")
+    assert type(model) is model_class
+    assert loaded_tokenizer.pad_token == "</s>"
+    assert model.config.pad_token_id == loaded_tokenizer.eos_token_id
+    torch.testing.assert_close(
+        _logits(model, input_ids), _logits(original.eval(), input_ids), rtol=0, atol=0
+    )
+    assert default_target_modules(model) == projections
+
+
 # ----------------------------------------------------------------------------- loading errors
 
 
@@ -319,43 +360,40 @@ def test_folder_without_weights_or_config_is_refused(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- embedded SmolLM2
 
-_CONVERT = """
-import json, sys
-from setdpo.model import embedded_model_folder
-folder, converted = embedded_model_folder()
-print(json.dumps({"folder": str(folder), "converted": converted}))
+_HOLD_LOCK = """
+import os, sys, time
+from pathlib import Path
+from filelock import FileLock
+models = Path(sys.argv[1])
+with FileLock(str(models / "smollm2-135m-instruct.lock")):
+    print("locked", flush=True)
+    time.sleep(1.0)
+    work = models / ".converting"
+    work.mkdir()
+    (work / "config.json").write_text("{}")
+    os.replace(work, models / "smollm2-135m-instruct")
 """
 
 
-@pytest.mark.smollm2
-def test_embedded_converts_once_even_with_two_processes_racing(
+def test_a_second_process_waits_for_the_conversion_lock_and_does_not_convert(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two processes start on an empty cache: one converts, the other waits for its lock and
-    reads the folder; later calls do not convert and leave the folder untouched."""
-    env = {**os.environ, "SETDPO_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    start = time.perf_counter()
-    racers = [
-        subprocess.Popen(
-            [sys.executable, "-c", _CONVERT], env=env, stdout=subprocess.PIPE, text=True
-        )
-        for _ in range(2)
-    ]
-    results = [
-        json.loads(racer.communicate(timeout=600)[0].strip().splitlines()[-1]) for racer in racers
-    ]
-    print(f"two racing processes, one conversion: {time.perf_counter() - start:.1f} s")
-    assert sorted(r["converted"] for r in results) == [False, True]
-    folder = tmp_path / "models" / "smollm2-135m-instruct"
-    assert {r["folder"] for r in results} == {str(folder)}
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
-        "smollm2-135m-instruct",
-        "smollm2-135m-instruct.lock",
-    ]  # no temporary folder left behind
-    mtime = (folder / "model.safetensors").stat().st_mtime_ns
+    """Another process holds the conversion lock and publishes the folder; this one waits for
+    the lock, finds the folder and does not convert (a conversion takes 20-70 s here)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(models)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "locked"
     monkeypatch.setenv("SETDPO_CACHE", str(tmp_path))
-    assert embedded_model_folder() == (folder, False)
-    assert (folder / "model.safetensors").stat().st_mtime_ns == mtime
+    start = time.perf_counter()
+    folder, converted = embedded_model_folder()
+    waited = time.perf_counter() - start
+    assert holder.wait(timeout=60) == 0
+    assert (folder, converted) == (models / "smollm2-135m-instruct", False)
+    assert waited > 0.5  # it blocked on the holder's lock (held 1 s) instead of converting
+    assert json.loads((folder / "config.json").read_text()) == {}
 
 
 @pytest.mark.smollm2
@@ -364,9 +402,12 @@ def test_embedded_loads_offline_and_generates_readable_text(
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    embedded_model_folder()  # converts into the default cache on a fresh machine
-    folder, converted = embedded_model_folder()
-    assert not converted
+    start = time.perf_counter()
+    folder, converted = embedded_model_folder()  # converts into the default cache once
+    print(f"embedded_model_folder: converted={converted} in {time.perf_counter() - start:.1f} s")
+    mtime = (folder / "model.safetensors").stat().st_mtime_ns
+    assert embedded_model_folder() == (folder, False)
+    assert (folder / "model.safetensors").stat().st_mtime_ns == mtime
     model, tokenizer = load(device="cpu")
     assert isinstance(model, LlamaForCausalLM)
     assert getattr(model.config, "quantization_config", None) is None
@@ -386,7 +427,7 @@ def test_embedded_loads_offline_and_generates_readable_text(
     )
     start = time.perf_counter()
     with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+        output = model.generate(**inputs, max_new_tokens=20, do_sample=False)
     text = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     print(f"greedy answer ({time.perf_counter() - start:.1f} s): {text!r}")
     words = re.findall(r"[A-Za-z]{2,}", text)
