@@ -190,7 +190,9 @@ def test_sft_run_round_trip(sft_run: Path, input_ids: torch.Tensor) -> None:
     )
     base, _ = build_tiny(TEXTS)
     assert (_logits(model, input_ids) - _logits(base, input_ids)).abs().max() > 1e-2
-    assert tokenizer.backend_tokenizer.to_str() == build_tiny(TEXTS)[1].backend_tokenizer.to_str()
+    original_tokenizer = build_tiny(TEXTS)[1]
+    assert tokenizer.backend_tokenizer.to_str() == original_tokenizer.backend_tokenizer.to_str()
+    assert tokenizer.chat_template == original_tokenizer.chat_template
 
 
 def test_lora_save_load_round_trip_is_exact(tmp_path: Path, input_ids: torch.Tensor) -> None:
@@ -356,6 +358,8 @@ def test_folder_without_weights_or_config_is_refused(tmp_path: Path) -> None:
         load(tmp_path / "empty")
     with pytest.raises(InputError, match=r"model folder ./no/such/folder does not exist"):
         load("./no/such/folder")
+    with pytest.raises(InputError, match=r"unknown embedded model 'embedded:nope'"):
+        load("embedded:nope")
 
 
 # ----------------------------------------------------------------------------- embedded SmolLM2
@@ -415,6 +419,7 @@ def test_embedded_loads_offline_and_generates_readable_text(
     config = model.config
     assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (30, 576, 49152)
     assert tokenizer.pad_token_id == model.config.pad_token_id
+    assert "<|im_start|>assistant" in tokenizer.chat_template  # the GGUF's template is kept
     messages = [
         {
             "role": "user",
