@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from setdpo.data import load_split
+from setdpo.evaluation.evaluate import EvalConfig, generation_values
 from setdpo.evaluation.generation import TitleTrie, generate_answers
+from setdpo.evaluation.matching import match_answer
+from setdpo.evaluation.scorers import ModelScorer
+from setdpo.model import build_tiny
 
-EOS, PAD = 2, 0
+EOS, PAD = 2, 0  # the tiny tokenizer's </s> and <pad>
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=40,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=1,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-    )
-    return LlamaForCausalLM(config).eval()
+    model, tokenizer = build_tiny()
+    assert (tokenizer.eos_token_id, tokenizer.pad_token_id) == (EOS, PAD)
+    return model
 
 
 # Three contexts with different prompt lengths; candidates share prefixes (5 6 .. / 5 7 ..),
@@ -85,3 +78,32 @@ def test_unconstrained_greedy_matches_a_plain_forward_loop(tiny_model):
     answers = generate_answers(tiny_model, PROMPTS, EOS, PAD, max_new_tokens=5, progress=False)
     assert answers[0] == seq
     assert all(len(a) <= 5 for a in answers)
+
+
+@pytest.fixture(scope="module")
+def tiny_scorer(ml100k_next_dir):
+    examples = load_split(ml100k_next_dir, "test")[:6]
+    texts = [ex.prompt for ex in examples] + [c for ex in examples for c in ex.candidates]
+    model, tokenizer = build_tiny(texts)
+    return ModelScorer(model, tokenizer, name="tiny", progress=False), examples
+
+
+def test_constrained_generation_names_a_candidate_for_every_context(ml100k_next_dir, tiny_scorer):
+    scorer, examples = tiny_scorer
+    config = EvalConfig(model="tiny", data=str(ml100k_next_dir), constrained=True, progress=False)
+    entries = generation_values(scorer, examples, config)
+    for ex, entry in zip(examples, entries, strict=True):
+        assert entry["values"]["ValidRatio"] == 1.0
+        # The decoded answer is the matched title itself, and matching the text agrees.
+        assert entry["answer"] == ex.candidates[entry["matched"]]
+        assert match_answer(entry["answer"], ex.candidates) == entry["matched"]
+        assert entry["values"]["GenHR@1"] == float(ex.levels[entry["matched"]] == 1)
+
+
+def test_unconstrained_generation_of_a_random_model_is_rarely_valid(ml100k_next_dir, tiny_scorer):
+    scorer, examples = tiny_scorer
+    config = EvalConfig(model="tiny", data=str(ml100k_next_dir), max_new_tokens=8, progress=False)
+    entries = generation_values(scorer, examples, config)
+    # Greedy tokens of a random model do not spell a whole title with its year (seeded).
+    assert all(e["matched"] is None and e["values"]["ValidRatio"] == 0.0 for e in entries)
+    assert all(isinstance(e["answer"], str) for e in entries)
