@@ -348,7 +348,7 @@ def test_offline_hub_id_names_the_id_and_the_missing_network(
     assert "no network" in message and "local cache" in message
 
 
-def test_folder_without_weights_or_config_is_refused(tmp_path: Path) -> None:
+def test_folder_without_weights_or_config_is_refused(tmp_path: Path, sft_run: Path) -> None:
     model, _ = build_tiny(TEXTS)
     model.config.save_pretrained(tmp_path / "config-only")
     with pytest.raises(InputError, match=r"config-only has no weights: expected model.safetensors"):
@@ -358,6 +358,8 @@ def test_folder_without_weights_or_config_is_refused(tmp_path: Path) -> None:
         load(tmp_path / "empty")
     with pytest.raises(InputError, match=r"model folder ./no/such/folder does not exist"):
         load("./no/such/folder")
+    with pytest.raises(InputError, match=r"sft is a LoRA adapter, not a model: load its base"):
+        load(sft_run / "adapters" / "sft")
     with pytest.raises(InputError, match=r"unknown embedded model 'embedded:nope'"):
         load("embedded:nope")
 

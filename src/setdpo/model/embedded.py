@@ -102,7 +102,8 @@ def _convert_gguf(spec: _EmbeddedModel, target: Path) -> None:
         model.tie_weights()  # assign=True replaced the tied parameters one by one
         model.save_pretrained(work)
         tokenizer.save_pretrained(work)
-        work.chmod(0o755)  # mkdtemp makes it private; the cache folder is shared
+        for path in (work, *work.iterdir()):  # mkdtemp and temp files are private: share
+            path.chmod(0o755 if path.is_dir() else 0o644)
         os.replace(work, target)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

@@ -104,6 +104,7 @@ def _load_pretrained(
     local = Path(name).expanduser()
     if local.is_dir():
         _check_model_folder(local)
+        name = str(local)
     elif name.startswith((".", "/", "~")):
         raise InputError(f"model folder {name} does not exist")
     try:
@@ -123,6 +124,10 @@ def _load_pretrained(
 
 
 def _check_model_folder(folder: Path) -> None:
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        raise InputError(
+            f"{folder} is a LoRA adapter, not a model: load its base with adapter={folder}"
+        )
     if not (folder / "config.json").is_file():
         raise InputError(f"model folder {folder} has no config.json: it is not a model folder")
     if not any(any(folder.glob(pattern)) for pattern in _WEIGHT_PATTERNS):
