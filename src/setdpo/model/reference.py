@@ -21,6 +21,7 @@ def prepare_preference_model(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     trust_remote_code: bool = False,
+    tiny_texts: Sequence[str] | None = None,
 ) -> tuple[PeftModel, PreTrainedTokenizerBase]:
     """The policy of a LoRA preference stage and, in the same network, its reference.
 
@@ -41,6 +42,7 @@ def prepare_preference_model(
         dtype=dtype,
         trust_remote_code=trust_remote_code,
         merge_all=True,
+        tiny_texts=tiny_texts,
     )
     return add_lora(model, lora), tokenizer
 
