@@ -9,7 +9,6 @@ All randomness comes from `config.seed`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +16,6 @@ import numpy as np
 
 from setdpo.data.config import PrepareConfig
 from setdpo.data.negatives import SeenIndex, sample_negatives
-from setdpo.data.prompts import render
-from setdpo.data.schema import PreferenceExample
 from setdpo.data.sequences import (
     SPLIT_NAMES,
     Contexts,
@@ -88,55 +85,11 @@ def candidate_sets(
     ratings = np.concatenate(
         [np.where(kept, ctx.ratings, np.nan), np.full(sampled.shape, np.nan)], axis=1
     )
-    keys = rng.random(items.shape)
-    keys[items < 0] = 2.0  # padding sorts last
-    order = np.argsort(keys, axis=1, kind="stable")
+    order = rng.permuted(np.tile(np.arange(items.shape[1]), (len(items), 1)), axis=1)
+    if (items < 0).any():  # move padding last, keeping the shuffled order of the rest
+        pad = np.take_along_axis(items, order, axis=1) < 0
+        order = np.take_along_axis(order, np.argsort(pad, axis=1, kind="stable"), axis=1)
     return tuple(np.take_along_axis(a, order, axis=1) for a in (items, levels, ratings))
-
-
-def iter_rows(built: Built, split: str, config: PrepareConfig) -> Iterator[dict[str, Any]]:
-    """The split's examples as `PreferenceExample.to_dict()` rows (validated), in time order."""
-    titles = built.data.items["title"].tolist()
-    item_ids = built.data.items["item_id"].tolist()
-    seq_items, user_ids = built.seq.item.tolist(), built.seq.user_ids
-    with_ratings = config.mode in ("rated", "levels")
-    part = built.bounds[split]
-    ctx = built.ctx
-    rows = zip(
-        built.items[part].tolist(),
-        built.levels[part].tolist(),
-        built.ratings[part].tolist(),
-        ctx.user[part].tolist(),
-        ctx.start[part].tolist(),
-        ctx.hist_start[part].tolist(),
-        ctx.target_time[part].tolist(),
-        strict=True,
-    )
-    offsets = built.seq.offsets
-    for items, levels, ratings, user, start, hist_start, time in rows:
-        n = sum(1 for i in items if i >= 0)
-        history = [titles[i] for i in seq_items[hist_start:start]]
-        candidates = [titles[i] for i in items[:n]]
-        meta = {
-            "candidate_ids": [item_ids[i] for i in items[:n]],
-            "domain": config.domain,
-            "mode": config.mode,
-            "source": config.source,
-            "template": config.template,
-        }
-        if with_ratings:
-            meta["candidate_ratings"] = [None if r != r else r for r in ratings[:n]]
-        example = PreferenceExample(
-            context_id=f"{user_ids[user]}:{start - offsets[user]}",
-            user=str(user_ids[user]),
-            history=history,
-            prompt=render(config.template, config.domain, history, candidates),
-            candidates=candidates,
-            levels=levels[:n],
-            target_time=time,
-            meta=meta,
-        )
-        yield vars(example)
 
 
 def catalog_rows(built: Built) -> list[dict[str, Any]]:

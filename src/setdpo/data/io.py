@@ -8,15 +8,17 @@ failed or interrupted run leaves no output directory behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from tqdm.auto import tqdm
 
 from setdpo.data.schema import PreferenceExample
@@ -64,52 +66,50 @@ def write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n", "utf-8")
 
 
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]], total: int | None = None) -> int:
-    """One canonical JSON object a line; returns the number of rows."""
+def write_jsonl(path: Path, lines: Iterable[str], total: int | None = None) -> int:
+    """Write JSON lines (each without its newline); returns the number of lines."""
     count = 0
     with path.open("w", encoding="utf-8", newline="\n") as handle:
-        for row in tqdm(rows, total=total, desc=path.name, unit="ex", mininterval=2.0):
-            handle.write(dumps(row) + "\n")
+        for line in tqdm(lines, total=total, desc=path.name, unit="ex", mininterval=2.0):
+            handle.write(line)
+            handle.write("\n")
             count += 1
     return count
 
 
-def write_prepared(
+def save_hf(folder: Path, tables: dict[str, pa.Table], fingerprint: str) -> None:
+    """The splits as a `datasets.DatasetDict` under `folder/hf`.
+
+    An explicit fingerprint spares `datasets` from hashing every byte of the tables.
+    """
+    import datasets
+
+    splits = {
+        name: datasets.Dataset(tables[name], fingerprint=f"{fingerprint}-{name}") for name in SPLITS
+    }
+    datasets.DatasetDict(splits).save_to_disk(str(folder / "hf"))
+
+
+def write_examples(
     out: str | Path,
-    rows: Callable[[str], Iterable[dict[str, Any]]],
-    sizes: dict[str, int],
+    splits: dict[str, list[PreferenceExample]],
     items: list[dict[str, Any]],
     stats: dict[str, Any],
     config: dict[str, Any],
     overwrite: bool = False,
 ) -> Path:
-    """Write a prepared directory: `rows(split)` yields that split's example rows."""
+    """Write a prepared directory from examples in memory (imports; small sets)."""
     with atomic_directory(out, overwrite) as tmp:
+        tables = {}
         for split in SPLITS:
-            write_jsonl(tmp / f"{split}.jsonl", rows(split), total=sizes.get(split))
+            rows = [example.to_dict() for example in splits.get(split, [])]
+            write_jsonl(tmp / f"{split}.jsonl", (dumps(row) for row in rows), total=len(rows))
+            tables[split] = pa.Table.from_pylist(rows) if rows else pa.table({})
         write_json(tmp / "items.json", items)
         write_json(tmp / "stats.json", stats)
         write_json(tmp / "config.json", config)
-        save_hf(tmp)
+        save_hf(tmp, tables, hashlib.sha256(dumps(config).encode()).hexdigest()[:16])
     return Path(out)
-
-
-def save_hf(folder: Path) -> None:
-    """The jsonl splits as a `datasets.DatasetDict` under `folder/hf` (read by pyarrow)."""
-    import datasets
-    import pyarrow as pa
-    import pyarrow.json as pj
-
-    tables = {}
-    for split in SPLITS:
-        path = folder / f"{split}.jsonl"
-        if path.stat().st_size:
-            tables[split] = pj.read_json(path, read_options=pj.ReadOptions(block_size=1 << 26))
-        else:
-            tables[split] = pa.table({})
-    datasets.DatasetDict(
-        {name: datasets.Dataset(table) for name, table in tables.items()}
-    ).save_to_disk(str(folder / "hf"))
 
 
 def _prepared_file(folder: str | Path, name: str) -> Path:

@@ -54,11 +54,19 @@ def sample_negatives(
     if out.shape[1] == 0:
         return out
     cdf = None if weights is None else np.cumsum(weights) / np.sum(weights)
+    width = out.shape[1]
     starts = range(0, len(user), chunk)
     for lo in tqdm(starts, desc="negatives", unit="chunk", disable=len(starts) < 4):
         part = slice(lo, lo + chunk)
-        out[part] = _sample_rows(rng, seen, user[part], cutoff[part], need[part], out.shape[1], cdf)
-    for row in np.flatnonzero((out >= 0).sum(axis=1) < need):  # heavy users: sample exactly
+        out[part] = _sample_rows(
+            rng, seen, user[part], cutoff[part], need[part], width, width + 8, cdf
+        )
+    # Users who have seen much of the catalog: more draws, then exact sampling.
+    short = np.flatnonzero((out >= 0).sum(axis=1) < need)
+    out[short] = _sample_rows(
+        rng, seen, user[short], cutoff[short], need[short], width, 4 * width + 32, cdf
+    )
+    for row in np.flatnonzero((out >= 0).sum(axis=1) < need):
         pool = seen.unseen_items(int(user[row]), float(cutoff[row]))
         size = min(int(need[row]), len(pool))
         p = None if weights is None else weights[pool] / weights[pool].sum()
@@ -67,10 +75,10 @@ def sample_negatives(
     return out
 
 
-def _sample_rows(rng, seen, user, cutoff, need, width, cdf) -> np.ndarray:
+def _sample_rows(rng, seen, user, cutoff, need, width, draws, cdf) -> np.ndarray:
     """One chunk of rejection sampling: [n, width], -1 where too few draws were usable."""
     out = np.full((len(user), width), -1, dtype=np.int64)
-    items = _draw(rng, cdf, seen.n_items, (len(user), 2 * width + 16))
+    items = _draw(rng, cdf, seen.n_items, (len(user), draws))
     ok = ~seen.seen_by(user, items, cutoff) & ~_repeats(items)
     rank = np.cumsum(ok, axis=1)
     take = ok & (rank <= need[:, None])

@@ -2,30 +2,48 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict
 from pathlib import Path
 
-from setdpo.data.builders import build, catalog_rows, iter_rows, statistics
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from setdpo.data.builders import Built, build, catalog_rows, statistics
 from setdpo.data.config import PrepareConfig
-from setdpo.data.io import check_target, write_prepared
+from setdpo.data.examples import Catalog, arrow_table, chunks, json_lines, write_lines
+from setdpo.data.io import SPLITS, atomic_directory, check_target, dumps, save_hf, write_json
 from setdpo.data.sources import load_source
 
 
 def prepare(config: PrepareConfig) -> Path:
     """Build the train/valid/test examples of `config.source` and write them to `config.out`.
 
-    Returns the output directory. Nothing is left behind if anything fails.
+    Returns the output directory. It appears only once complete: nothing is left behind
+    if anything fails.
     """
     check_target(config.out, config.overwrite)  # fail before the slow part
     data = load_source(config)
     built = build(data, config)
-    sizes = {name: part.stop - part.start for name, part in built.bounds.items()}
-    return write_prepared(
-        config.out,
-        lambda split: iter_rows(built, split, config),
-        sizes,
-        catalog_rows(built),
-        statistics(built),
-        asdict(config),
-        overwrite=config.overwrite,
-    )
+    with atomic_directory(config.out, config.overwrite) as tmp:
+        tables = {split: write_split(tmp, built, split, config) for split in SPLITS}
+        write_json(tmp / "items.json", catalog_rows(built))
+        write_json(tmp / "stats.json", statistics(built))
+        write_json(tmp / "config.json", asdict(config))
+        fingerprint = hashlib.sha256(dumps(asdict(config)).encode()).hexdigest()[:16]
+        save_hf(tmp, tables, fingerprint)
+    return Path(config.out)
+
+
+def write_split(folder: Path, built: Built, split: str, config: PrepareConfig) -> pa.Table:
+    """Write `folder/<split>.jsonl`; return the split as an Arrow table for `hf/`."""
+    catalog, tables = Catalog.of(built), []
+    part = built.bounds[split]
+    with (folder / f"{split}.jsonl").open("wb") as handle:
+        progress = tqdm(total=part.stop - part.start, desc=f"{split}.jsonl", unit="ex")
+        for chunk in chunks(built, split):
+            write_lines(handle, json_lines(chunk, catalog, config))
+            tables.append(arrow_table(chunk, catalog, config))
+            progress.update(len(chunk.user))
+        progress.close()
+    return pa.concat_tables(tables) if tables else pa.table({})
