@@ -20,6 +20,9 @@ from tqdm.auto import tqdm
 from setdpo.data import load_items
 from setdpo.data.schema import PreferenceExample
 from setdpo.evaluation.baselines import PopularityScorer, RandomScorer
+from setdpo.model import load
+from setdpo.scoring import candidate_logps
+from setdpo.tokenization import CandidateCollator, tokenize_example
 
 BASELINES = ("random", "popularity")
 
@@ -53,8 +56,6 @@ class ModelScorer:
 
     def tokenize(self, examples: Sequence[PreferenceExample]) -> list:
         """`setdpo.tokenization.TokenizedExample` per example, with this scorer's settings."""
-        from setdpo.tokenization import tokenize_example
-
         return [
             tokenize_example(
                 ex,
@@ -71,9 +72,6 @@ class ModelScorer:
     @torch.no_grad()
     def score_tokenized(self, tokenized: Sequence) -> list[np.ndarray]:
         """Scores of already tokenized examples, ``batch_size`` contexts per forward batch."""
-        from setdpo.scoring import candidate_logps
-        from setdpo.tokenization import CandidateCollator
-
         collate = CandidateCollator(pad_token_id=self.tokenizer.pad_token_id)
         device = next(self.model.parameters()).device
         self.model.eval()
@@ -112,7 +110,5 @@ def build_scorer(
         if data_dir is None:
             raise ValueError("the popularity baseline needs the prepared data directory")
         return PopularityScorer(load_items(data_dir)), None
-    from setdpo.model import load
-
     lm, tokenizer = load(model, device=device)
     return ModelScorer(lm, tokenizer, name=str(model), **model_options), tokenizer

@@ -1,0 +1,96 @@
+"""Recommend: rank candidate titles, or a whole catalog, for one viewing history.
+
+With candidates, the prompt lists them (the ``listing`` template); with a catalog (a
+prepared data directory's ``items.json``), the prompt is the ``open`` template and
+every catalog item not in the history is scored, in chunks. Titles are ranked by the
+model's log-probability of the title after the prompt, as in evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from setdpo.data import load_items, prompts
+from setdpo.data.io import load_json
+from setdpo.errors import InputError
+from setdpo.evaluation.metrics import rank_order
+from setdpo.model import load
+from setdpo.scoring import score_texts
+
+
+@dataclass
+class RecommendConfig:
+    """One recommendation request; validated on construction."""
+
+    model: str = "embedded:smollm2-135m"
+    history: list[str] = field(default_factory=list)
+    candidates: list[str] | None = None
+    catalog: str | None = None
+    domain: str | None = None
+    top: int = 10
+    average: bool = False
+    chat_template: bool = False
+    chunk_size: int = 256
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.history = [h.strip() for h in self.history if h.strip()]
+        if not self.history:
+            raise InputError("recommend needs at least one history title (--history)")
+        if (self.candidates is None) == (self.catalog is None):
+            raise InputError("give either candidate titles (--candidates) or --catalog DIR")
+        if self.candidates is not None and not [c for c in self.candidates if c.strip()]:
+            raise InputError("--candidates needs at least one non-empty title")
+        if self.top < 1 or self.chunk_size < 1:
+            raise InputError(f"top ({self.top}) and chunk_size ({self.chunk_size}) must be >= 1")
+
+
+def _candidate_titles(config: RecommendConfig) -> tuple[list[str], str, str]:
+    """The titles to rank, the template and the domain."""
+    if config.candidates is not None:
+        titles = list(dict.fromkeys(c.strip() for c in config.candidates if c.strip()))
+        return titles, "listing", config.domain or "movie"
+    if not Path(config.catalog, "items.json").is_file():
+        raise InputError(f"{config.catalog}: no items.json (a `setdpo data prepare` directory)")
+    history = set(config.history)
+    titles = [it["title"] for it in load_items(config.catalog) if it["title"] not in history]
+    titles = list(dict.fromkeys(titles))
+    domain = config.domain
+    if domain is None and Path(config.catalog, "config.json").is_file():
+        domain = load_json(config.catalog, "config.json").get("domain")
+    return titles, "open", domain or "movie"
+
+
+def rank_titles(
+    model, tokenizer, prompt: str, titles: Sequence[str], config: RecommendConfig
+) -> list[dict]:
+    """``[{"rank", "title", "score"}]`` best first (ties: earlier title first), top ``config.top``."""
+    (scores,) = score_texts(
+        model,
+        tokenizer,
+        [prompt],
+        [list(titles)],
+        chat_template=config.chat_template,
+        average=config.average,
+        batch_size=1,
+        chunk_size=config.chunk_size,
+    )
+    order = rank_order(scores, [1] * len(titles))[: config.top]
+    return [
+        {"rank": r + 1, "title": titles[i], "score": float(scores[i])} for r, i in enumerate(order)
+    ]
+
+
+def recommend(config: RecommendConfig) -> list[dict]:
+    """Load the model, render the prompt for the history, rank the titles."""
+    titles, template, domain = _candidate_titles(config)
+    if not titles:
+        raise InputError("nothing to rank: every catalog title is in the history")
+    try:
+        prompt = prompts.render(template, domain, config.history, titles)
+    except ValueError as err:
+        raise InputError(str(err)) from err
+    model, tokenizer = load(config.model, device=config.device)
+    return rank_titles(model, tokenizer, prompt, titles, config)
