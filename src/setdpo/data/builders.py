@@ -118,19 +118,20 @@ def statistics(built: Built) -> dict[str, Any]:
         history = built.ctx.start[part] - built.ctx.hist_start[part]
         stats["splits"][name] = {
             "examples": int(levels.shape[0]),
-            "positives": _summary((levels == 1).sum(axis=1)),
-            "candidates": _summary((levels > 0).sum(axis=1)),
-            "history_length": _summary(history),
+            "positives": summary((levels == 1).sum(axis=1)),
+            "candidates": summary((levels > 0).sum(axis=1)),
+            "history_length": summary(history),
             "levels": {
                 str(g): int(c)
                 for g, c in zip(*np.unique(levels[levels > 0], return_counts=True), strict=True)
             },
-            "target_time": _summary(built.ctx.target_time[part]),
+            "target_time": summary(built.ctx.target_time[part]),
         }
     return stats
 
 
-def _summary(values: np.ndarray) -> dict[str, float]:
+def summary(values) -> dict[str, float]:
+    """count, mean, min and max of a sequence of numbers."""
     if len(values) == 0:
         return {"count": 0}
     return {

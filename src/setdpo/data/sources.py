@@ -8,6 +8,7 @@ different ids get the id appended ("Title (1998) [id 123]"), never merged.
 from __future__ import annotations
 
 import importlib.util
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +119,7 @@ def _read_dat(path: Path, names: list[str]) -> RecordFile:
     text = decode_utf8(path).replace("::", "\t")
     header = "\t".join(names) + "\n"
     frame = pd.read_csv(
-        pd.io.common.StringIO(header + text), sep="\t", dtype=str, keep_default_na=False, quoting=3
+        io.StringIO(header + text), sep="\t", dtype=str, keep_default_na=False, quoting=3
     )
     return RecordFile(path, frame, np.arange(1, len(frame) + 1))
 

@@ -1,0 +1,147 @@
+"""`setdpo data prepare|inspect|import|export|download`: parse, build a config, call the library.
+
+`prepare` has one option per `PrepareConfig` field (same name, dashes for underscores,
+help from the field's metadata); `--config FILE` (YAML or JSON, e.g. a previous
+`config.json`) sets fields first and explicit options override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from setdpo.errors import InputError
+
+
+def _caps(text: str) -> dict[str, int]:
+    """ "train=200,valid=50" -> {"train": 200, "valid": 50}."""
+    try:
+        return {k.strip(): int(v) for k, v in (part.split("=") for part in text.split(","))}
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected split=N[,split=N], got {text!r}") from err
+
+
+def _option(field: dataclasses.Field) -> dict:
+    """argparse keywords for a `PrepareConfig` field, from its annotation."""
+    kind = str(field.type)
+    keywords = {"help": field.metadata.get("help"), "default": argparse.SUPPRESS}
+    if kind == "bool":
+        return keywords | {"action": "store_true"}
+    if kind.startswith("tuple"):
+        return keywords | {"nargs": "+", "type": float}
+    if kind.startswith("dict"):
+        return keywords | {"type": _caps}
+    return keywords | {"type": int if kind.startswith("int") else str}
+
+
+def add_parser(subparsers) -> None:
+    from setdpo.data.config import PrepareConfig
+
+    parser = subparsers.add_parser("data", help="prepare, inspect, import, export, download data")
+    commands = parser.add_subparsers(dest="data_command", required=True)
+
+    prep = commands.add_parser("prepare", help="interactions -> train/valid/test examples")
+    prep.add_argument("--config", help="YAML/JSON file of PrepareConfig fields")
+    for field in dataclasses.fields(PrepareConfig):
+        prep.add_argument("--" + field.name.replace("_", "-"), dest=field.name, **_option(field))
+    prep.set_defaults(func=run_prepare)
+
+    inspect = commands.add_parser("inspect", help="print stats and a few rendered examples")
+    inspect.add_argument("dir")
+    inspect.add_argument("--split", default="train", choices=["train", "valid", "test"])
+    inspect.add_argument("-n", type=int, default=3, help="examples to print")
+    inspect.set_defaults(func=run_inspect)
+
+    imp = commands.add_parser("import", help="LLaRA/S-DPO JSON or TRL JSONL -> prepared dir")
+    imp.add_argument("--format", required=True, choices=["llara", "trl"])
+    for split in ("train", "valid", "test"):
+        imp.add_argument(f"--{split}", help=f"{split} file", required=split == "train")
+    imp.add_argument("--out", required=True)
+    imp.add_argument("--overwrite", action="store_true")
+    imp.add_argument("--template", default="listing", help="llara prompts: listing | open")
+    imp.add_argument("--domain", default="movie", help="llara prompts: movie|music|book|generic")
+    imp.set_defaults(func=run_import)
+
+    exp = commands.add_parser("export", help="a prepared split -> TRL JSON lines")
+    exp.add_argument("dir")
+    exp.add_argument("--split", default="train", choices=["train", "valid", "test"])
+    exp.add_argument("--out", required=True, help="output .jsonl file")
+    exp.add_argument("--pairs", action="store_true", help="one row per preferred pair (strings)")
+    exp.set_defaults(func=run_export)
+
+    down = commands.add_parser("download", help="fetch a GroupLens MovieLens release")
+    down.add_argument("name", help="ml-100k | ml-1m | ml-10m")
+    down.add_argument("--url", help="another address for the zip")
+    down.add_argument("--sha256", help="expected SHA-256 of the zip")
+    down.add_argument("--no-checksum", action="store_true", help="accept an unverified zip")
+    down.add_argument("--force", action="store_true", help="download again if cached")
+    down.set_defaults(func=run_download)
+
+
+def _config_file(path: str) -> dict:
+    import yaml
+
+    try:
+        values = yaml.safe_load(Path(path).read_text("utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise InputError(f"{path}: cannot read the config ({err})") from err
+    if not isinstance(values, dict):
+        raise InputError(f"{path}: expected a mapping of PrepareConfig fields")
+    return values
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from setdpo.data import PrepareConfig, prepare
+
+    values = _config_file(args.config) if args.config else {}
+    values |= {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("config", "func", "command", "data_command")
+    }
+    known = {f.name for f in dataclasses.fields(PrepareConfig)}
+    if unknown := sorted(set(values) - known):
+        raise InputError(f"unknown PrepareConfig fields {unknown}")
+    out = prepare(PrepareConfig(**values))
+    print(f"prepared {out}")
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from setdpo.data import load_split
+    from setdpo.data.io import load_json
+
+    print(json.dumps(load_json(args.dir, "stats.json"), indent=2, sort_keys=True))
+    for example in load_split(args.dir, args.split)[: args.n]:
+        print(f"\n--- {args.split} {example.context_id} (user {example.user})")
+        print(example.prompt)
+        for title, level in zip(example.candidates, example.levels, strict=True):
+            print(f"  [{level}] {title}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from setdpo.data.formats import ImportConfig, import_examples
+
+    files = {s: getattr(args, s) for s in ("train", "valid", "test") if getattr(args, s)}
+    config = ImportConfig(args.format, files, args.out, args.overwrite, args.template, args.domain)
+    print(f"imported {import_examples(config)}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from setdpo.data.formats import export_trl
+
+    rows = export_trl(args.dir, args.split, args.out, pairs=args.pairs)
+    print(f"wrote {rows} rows to {args.out}")
+    return 0
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from setdpo.data.download import fetch_dataset
+
+    folder = fetch_dataset(args.name, args.url, args.sha256, args.no_checksum, args.force)
+    print(f"{args.name} in {folder}")
+    return 0

@@ -1,0 +1,266 @@
+"""Ready-made example sets: the LLaRA / S-DPO JSON layout and TRL preference rows.
+
+LLaRA / S-DPO: a JSON list of records with ``historyList`` ("a::b::c" or a list),
+``itemList`` (the candidate titles, a list or "a::b") and ``trueSelection`` (the
+positive). TRL: JSON lines with ``prompt``, ``chosen`` and ``rejected`` (each a string or
+a list) and optionally ``levels`` (one per title of chosen + rejected). Exported rows also
+carry the remaining `PreferenceExample` fields (``context_id``, ``user``, ``history``,
+``target_time``, ``meta``) and ``candidate_order`` so that an import restores them exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from setdpo.data.builders import summary
+from setdpo.data.config import DOMAINS, TEMPLATES
+from setdpo.data.io import SPLITS, dumps, load_split, write_examples
+from setdpo.data.prompts import render
+from setdpo.data.records import decode_utf8
+from setdpo.data.schema import PreferenceExample
+from setdpo.errors import InputError
+
+FORMATS = ("llara", "trl")
+
+
+@dataclass
+class ImportConfig:
+    """`setdpo data import`: which files, in which layout, rendered how (LLaRA only)."""
+
+    format: str = field(default="llara", metadata={"help": "llara | trl"})
+    files: dict[str, str] = field(default_factory=dict, metadata={"help": "split -> file"})
+    out: str = field(default="imported", metadata={"help": "output directory"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing output"})
+    template: str = field(default="listing", metadata={"help": "llara prompts: listing | open"})
+    domain: str = field(default="movie", metadata={"help": "llara prompts: wording"})
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise InputError(f"format {self.format!r} is not one of {list(FORMATS)}")
+        if self.template not in TEMPLATES or self.domain not in DOMAINS:
+            raise InputError(f"template/domain must be in {list(TEMPLATES)} / {list(DOMAINS)}")
+        unknown = set(self.files) - set(SPLITS)
+        if unknown or "train" not in self.files:
+            raise InputError(f"files must name a train file and only splits {list(SPLITS)}")
+
+
+def import_examples(config: ImportConfig) -> Path:
+    """Read each split's file and write a prepared directory (docs/architecture.md)."""
+    splits = {
+        split: read_llara(path, config.template, config.domain)
+        if config.format == "llara"
+        else read_trl(path)
+        for split, path in config.files.items()
+    }
+    return write_examples(
+        config.out,
+        splits,
+        catalog_of(splits),
+        examples_stats(splits, source=config.format),
+        asdict(config),
+        overwrite=config.overwrite,
+    )
+
+
+def _titles(value: Any, where: str, key: str) -> list[str]:
+    """A "::"-joined string or a list of strings, as a list of stripped titles."""
+    if isinstance(value, str):
+        value = value.split("::")
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise InputError(f"{where}: {key!r} must be a '::'-joined string or a list of strings")
+    titles = [t.strip() for t in value]
+    if any(not t for t in titles):
+        raise InputError(f"{where}: {key!r} has an empty title")
+    return titles
+
+
+def _load_json_records(path: Path) -> list[dict[str, Any]]:
+    text = decode_utf8(path)
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}, line {err.lineno}: invalid JSON ({err.msg})") from err
+    if not isinstance(records, list):
+        raise InputError(f"{path}: expected a JSON list of records, got a {type(records).__name__}")
+    if not records:
+        raise InputError(f"{path}: the list of records is empty")
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise InputError(f"{path}, record {i}: expected an object, got {type(record).__name__}")
+    return records
+
+
+def read_llara(path: str | Path, template: str, domain: str) -> list[PreferenceExample]:
+    """LLaRA / S-DPO records as examples: candidates in ``itemList`` order, the true one at level 1."""
+    path = Path(path)
+    examples = []
+    for i, record in enumerate(_load_json_records(path)):
+        where = f"{path}, record {i}"
+        for key in ("historyList", "itemList", "trueSelection"):
+            if key not in record:
+                raise InputError(f"{where}: missing {key!r}")
+        history = _titles(record["historyList"], where, "historyList")
+        candidates = _titles(record["itemList"], where, "itemList")
+        true = record["trueSelection"]
+        if not isinstance(true, str) or true.strip() not in candidates:
+            raise InputError(f"{where}: trueSelection {true!r} is not in its itemList")
+        examples.append(
+            _example(
+                where,
+                context_id=str(i),
+                user=str(record.get("user", "")),
+                history=history,
+                prompt=render(template, domain, history, candidates),
+                candidates=candidates,
+                levels=[1 if c == true.strip() else 2 for c in candidates],
+                meta={
+                    "candidate_ids": candidates,
+                    "domain": domain,
+                    "mode": "next",
+                    "source": "llara",
+                    "template": template,
+                },
+            )
+        )
+    return examples
+
+
+def _example(where: str, **fields: Any) -> PreferenceExample:
+    try:
+        return PreferenceExample(**fields)
+    except ValueError as err:
+        raise InputError(f"{where}: {err}") from err
+
+
+def _trl_row(row: dict[str, Any], where: str, index: int) -> PreferenceExample:
+    if not isinstance(row.get("prompt"), str):
+        raise InputError(f"{where}: 'prompt' must be a string")
+    if "chosen" not in row or "rejected" not in row:
+        raise InputError(f"{where}: missing 'chosen' or 'rejected'")
+    chosen = [row["chosen"]] if isinstance(row["chosen"], str) else row["chosen"]
+    rejected = [row["rejected"]] if isinstance(row["rejected"], str) else row["rejected"]
+    for key, titles in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(titles, list) or not all(isinstance(t, str) for t in titles):
+            raise InputError(f"{where}: {key!r} must be a string or a list of strings")
+    combined = chosen + rejected
+    levels = row.get("levels", [1] * len(chosen) + [2] * len(rejected))
+    if not isinstance(levels, list) or len(levels) != len(combined):
+        raise InputError(f"{where}: 'levels' must list one level per title of chosen + rejected")
+    order = row.get("candidate_order", list(range(len(combined))))
+    if sorted(order) != list(range(len(combined))):
+        raise InputError(
+            f"{where}: 'candidate_order' is not a permutation of 0..{len(combined) - 1}"
+        )
+    candidates, ranked = [""] * len(combined), [0] * len(combined)
+    for source, target in enumerate(order):
+        candidates[target], ranked[target] = combined[source], levels[source]
+    return _example(
+        where,
+        context_id=str(row.get("context_id", index)),
+        user=str(row.get("user", "")),
+        history=list(row.get("history", [])),
+        prompt=row["prompt"],
+        candidates=candidates,
+        levels=ranked,
+        target_time=row.get("target_time"),
+        meta=dict(row.get("meta") or {"candidate_ids": candidates, "source": "trl"}),
+    )
+
+
+def read_trl(path: str | Path) -> list[PreferenceExample]:
+    """TRL-style preference rows (JSON lines) as examples."""
+    path = Path(path)
+    examples = []
+    for number, line in enumerate(decode_utf8(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{where}: invalid JSON ({err.msg})") from err
+        if not isinstance(row, dict):
+            raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        examples.append(_trl_row(row, where, len(examples)))
+    return examples
+
+
+def trl_rows(example: PreferenceExample, pairs: bool = False) -> list[dict[str, Any]]:
+    """TRL rows of one example: one set-wise row (lossless), or one row per preferred pair
+    (i, j) with level_i < level_j, with plain strings as TRL's DPOTrainer reads them."""
+    order = sorted(range(len(example.levels)), key=lambda i: (example.levels[i] > 1, i))
+    if pairs:
+        return [
+            {"prompt": example.prompt, "chosen": example.candidates[i],
+             "rejected": example.candidates[j], "context_id": example.context_id}
+            for i in order for j in order if example.levels[i] < example.levels[j]
+        ]  # fmt: skip
+    return [
+        {
+            "prompt": example.prompt,
+            "chosen": [
+                c for c, g in zip(example.candidates, example.levels, strict=True) if g == 1
+            ],
+            "rejected": [
+                c for c, g in zip(example.candidates, example.levels, strict=True) if g > 1
+            ],
+            "levels": [example.levels[i] for i in order],
+            "candidate_order": order,
+            "context_id": example.context_id,
+            "user": example.user,
+            "history": example.history,
+            "target_time": example.target_time,
+            "meta": example.meta,
+        }
+    ]
+
+
+def export_trl(folder: str | Path, split: str, out: str | Path, pairs: bool = False) -> int:
+    """Write a prepared split as TRL JSON lines (atomically); returns the number of rows."""
+    out = Path(out)
+    rows = [row for ex in load_split(folder, split) for row in trl_rows(ex, pairs)]
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.writelines(dumps(row) + "\n" for row in rows)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(rows)
+
+
+def catalog_of(splits: dict[str, list[PreferenceExample]]) -> list[dict[str, Any]]:
+    """items.json of imported examples: each candidate id and title; train_count counts how
+    often the item is a level-1 candidate in the training split."""
+    titles: dict[str, str] = {}
+    counts: Counter[str] = Counter()
+    for split, examples in splits.items():
+        for ex in examples:
+            ids = ex.meta.get("candidate_ids") or ex.candidates
+            for item_id, title, level in zip(ids, ex.candidates, ex.levels, strict=True):
+                titles.setdefault(str(item_id), title)
+                counts[str(item_id)] += int(split == "train" and level == 1)
+    return [{"item_id": i, "title": titles[i], "train_count": counts[i]} for i in sorted(titles)]
+
+
+def examples_stats(splits: dict[str, list[PreferenceExample]], source: str) -> dict[str, Any]:
+    """stats.json of imported examples (the same per-split summaries as `prepare`)."""
+    stats: dict[str, Any] = {"source": source, "splits": {}}
+    for split in SPLITS:
+        examples = splits.get(split, [])
+        levels = Counter(g for ex in examples for g in ex.levels)
+        stats["splits"][split] = {
+            "examples": len(examples),
+            "positives": summary([len(ex.positives) for ex in examples]),
+            "candidates": summary([len(ex.candidates) for ex in examples]),
+            "history_length": summary([len(ex.history) for ex in examples]),
+            "levels": {str(g): levels[g] for g in sorted(levels)},
+        }
+    return stats
