@@ -1,0 +1,296 @@
+"""setdpo.scoring: shared-prefix scoring equals the repeated reference and a plain forward
+pass, in values and gradients, with LoRA on and off, on mixed batches and in chunks."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+from setdpo.data import load_split, prompts
+from setdpo.model import LoraSettings, add_lora, build_tiny, load
+from setdpo.scoring import candidate_logps, score_texts
+from setdpo.tokenization import CandidateCollator, TokenizedExample, tokenize_example
+
+TEXTS = ["Toy Story (1995)", "GoldenEye (1995)", "Heat (1995)", "The user watched"] * 3
+
+
+def _randomize_lora_b(model: torch.nn.Module, seed: int) -> None:
+    """LoRA's B starts at zero (a no-op adapter); nonzero B makes the adapter matter."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+
+
+@pytest.fixture(scope="module")
+def tiny_lora():
+    model, tokenizer = build_tiny(TEXTS, seed=0)
+    model = add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0))
+    _randomize_lora_b(model, seed=1)
+    return model.eval(), tokenizer
+
+
+def _random_batch(vocab: int, prompt_lens, cand_lens, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Contexts with the given prompt lengths and, per context, candidate lengths."""
+    g = torch.Generator().manual_seed(seed)
+
+    def ids(k: int) -> list[int]:
+        return torch.randint(3, vocab, (k,), generator=g).tolist()
+
+    items = [
+        TokenizedExample(ids(p), [ids(c) for c in cs], [1] + [2] * (len(cs) - 1))
+        for p, cs in zip(prompt_lens, cand_lens, strict=True)
+    ]
+    return CandidateCollator(pad_token_id=0)(items)
+
+
+# prompts of 9, 3 and 15 tokens; 3, 1 and 5 candidates of 1 to 6 tokens
+MIXED = ([9, 3, 15], [[3, 1, 5], [2], [4, 6, 2, 2, 3]])
+
+
+def _grads(model, batch, weights, params, **kwargs) -> torch.Tensor:
+    scores = candidate_logps(model, batch, **kwargs)
+    loss = (weights * scores.logps).sum()
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return torch.cat(
+        [
+            (g if g is not None else torch.zeros_like(p)).flatten()
+            for g, p in zip(grads, params, strict=True)
+        ]
+    )
+
+
+def _assert_grads_close(shared: torch.Tensor, repeated: torch.Tensor) -> None:
+    assert repeated.norm() > 0
+    assert (shared - repeated).norm() / repeated.norm() < 1e-4
+
+
+@contextlib.contextmanager
+def _base_params_trainable(model):
+    """With the adapter disabled, differentiate w.r.t. the (otherwise frozen) base weights."""
+    base = [p for n, p in model.named_parameters() if "lora_" not in n]
+    for p in base:
+        p.requires_grad_(True)
+    try:
+        yield base
+    finally:
+        for p in base:
+            p.requires_grad_(False)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 3])
+@pytest.mark.parametrize("adapter", ["lora", "disabled"])
+def test_shared_equals_repeated_values_and_gradients(tiny_lora, chunk_size, adapter) -> None:
+    model, tokenizer = tiny_lora
+    batch = _random_batch(len(tokenizer), *MIXED)
+    weights = torch.randn(batch["levels"].shape, generator=torch.Generator().manual_seed(2))
+    off = model.disable_adapter() if adapter == "disabled" else contextlib.nullcontext()
+    with off:
+        params_ctx = (
+            _base_params_trainable(model)
+            if adapter == "disabled"
+            else contextlib.nullcontext([p for n, p in model.named_parameters() if "lora_" in n])
+        )
+        with params_ctx as params:
+            shared = candidate_logps(model, batch, chunk_size=chunk_size)
+            repeated = candidate_logps(model, batch, share_prefix=False, chunk_size=chunk_size)
+            torch.testing.assert_close(shared.logps, repeated.logps, atol=1e-4, rtol=0)
+            torch.testing.assert_close(shared.token_logps, repeated.token_logps, atol=1e-4, rtol=0)
+            g_shared = _grads(model, batch, weights, params, chunk_size=chunk_size)
+            g_repeated = _grads(model, batch, weights, params, share_prefix=False)
+    _assert_grads_close(g_shared, g_repeated)
+
+
+def test_adapter_changes_the_scores(tiny_lora) -> None:
+    """Otherwise the LoRA/disabled cases above would test the same network twice."""
+    model, tokenizer = tiny_lora
+    batch = _random_batch(len(tokenizer), *MIXED)
+    with torch.no_grad():
+        on = candidate_logps(model, batch).logps
+        with model.disable_adapter():
+            off = candidate_logps(model, batch).logps
+    assert (on - off).abs().max() > 0.1
+
+
+def test_gradient_reaches_the_prompt_embeddings(tiny_lora) -> None:
+    """The shared prompt runs once; its tokens' embeddings must still get gradient."""
+    model, tokenizer = tiny_lora
+    batch = _random_batch(len(tokenizer), [6], [[3, 4]])
+    with model.disable_adapter(), _base_params_trainable(model):
+        emb = model.get_input_embeddings().weight
+        (grad,) = torch.autograd.grad(candidate_logps(model, batch).logps.sum(), [emb])
+    only_prompt = set(batch["prompt_ids"][0].tolist()) - set(
+        batch["candidate_ids"].flatten().tolist()
+    )
+    assert only_prompt and all(grad[t].abs().sum() > 0 for t in only_prompt)
+
+
+def test_matches_a_plain_forward_of_prompt_plus_candidate(tiny_lora) -> None:
+    model, tokenizer = tiny_lora
+    batch = _random_batch(len(tokenizer), *MIXED)
+    with torch.no_grad():
+        shared = candidate_logps(model, batch, chunk_size=2)
+        averaged = candidate_logps(model, batch, average=True)
+        for b, (p_len, lens) in enumerate(zip(*MIXED, strict=True)):
+            prompt = batch["prompt_ids"][b, :p_len]
+            for j, c_len in enumerate(lens):
+                cand = batch["candidate_ids"][b, j, :c_len]
+                logits = model(input_ids=torch.cat([prompt, cand])[None]).logits[0]
+                # token t of the candidate is predicted at position p_len - 1 + t
+                logp = logits[p_len - 1 : p_len - 1 + c_len].log_softmax(-1)
+                expected = logp[torch.arange(c_len), cand]
+                torch.testing.assert_close(
+                    shared.token_logps[b, j, :c_len], expected, atol=1e-4, rtol=0
+                )
+                torch.testing.assert_close(shared.logps[b, j], expected.sum(), atol=1e-4, rtol=0)
+                torch.testing.assert_close(averaged.logps[b, j], expected.mean(), atol=1e-4, rtol=0)
+
+
+def test_padding_candidates_are_masked_and_zero(tiny_lora) -> None:
+    model, tokenizer = tiny_lora
+    batch = _random_batch(len(tokenizer), *MIXED)
+    with torch.no_grad():
+        scores = candidate_logps(model, batch)
+    assert scores.mask.tolist() == [[True] * 3 + [False] * 2, [True] + [False] * 4, [True] * 5]
+    assert scores.logps.shape == (3, 5) and scores.token_logps.shape == (3, 5, 6)
+    assert bool((scores.logps[~scores.mask] == 0).all())
+    assert bool((scores.token_logps[batch["candidate_mask"] == 0] == 0).all())
+    assert bool((scores.logps[scores.mask] < 0).all())
+
+
+def test_hundreds_of_candidates_in_chunks(tiny_lora) -> None:
+    model, tokenizer = tiny_lora
+    g = torch.Generator().manual_seed(3)
+    lens = torch.randint(2, 8, (150,), generator=g).tolist()
+    batch = _random_batch(len(tokenizer), [12, 20], [lens, lens[:40]])
+    with torch.no_grad():
+        chunked = candidate_logps(model, batch, chunk_size=32)
+        repeated = candidate_logps(model, batch, share_prefix=False, chunk_size=64)
+    torch.testing.assert_close(chunked.logps, repeated.logps, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_other_families_and_attention_implementations(family, attention) -> None:
+    """GPT-2 has absolute position embeddings: packed candidates need the right position ids."""
+    torch.manual_seed(0)
+    if family == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2))
+    else:
+        config = Qwen2Config(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+        model = Qwen2ForCausalLM(config)
+    model.set_attn_implementation(attention)
+    model.eval()
+    batch = _random_batch(64, *MIXED)
+    with torch.no_grad():
+        shared = candidate_logps(model, batch, chunk_size=4)
+        repeated = candidate_logps(model, batch, share_prefix=False)
+    torch.testing.assert_close(shared.token_logps, repeated.token_logps, atol=1e-4, rtol=0)
+
+
+def test_bad_batches_are_refused(tiny_lora) -> None:
+    model, tokenizer = tiny_lora
+    batch = _random_batch(len(tokenizer), *MIXED)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        candidate_logps(model, batch, chunk_size=0)
+    holed = dict(batch, prompt_mask=batch["prompt_mask"].clone())
+    holed["prompt_mask"][0, 1] = 0
+    with pytest.raises(ValueError, match="prompt_mask must be right-padded"):
+        candidate_logps(model, holed)
+    empty = dict(batch, prompt_mask=batch["prompt_mask"].clone())
+    empty["prompt_mask"][1] = 0
+    with pytest.raises(ValueError, match=r"contexts \[1\] have an empty prompt"):
+        candidate_logps(model, empty)
+
+
+def test_gradient_checkpointing_needs_the_repeated_path() -> None:
+    model, tokenizer = build_tiny(TEXTS, seed=0)
+    model.gradient_checkpointing_enable()
+    model.train()
+    batch = _random_batch(len(tokenizer), [5], [[3, 2]])
+    with pytest.raises(ValueError, match="pass share_prefix=False"):
+        candidate_logps(model, batch)
+    assert candidate_logps(model, batch, share_prefix=False).logps.requires_grad
+
+
+def test_score_texts_shared_equals_repeated_and_restores_the_mode(tiny_lora) -> None:
+    model, tokenizer = tiny_lora
+    prompts_ = ["The user watched Heat (1995).", "The user watched"]
+    candidates = [["Toy Story (1995)", "GoldenEye (1995)"], ["Heat (1995)"]]
+    model.train()
+    try:
+        shared = score_texts(model, tokenizer, prompts_, candidates, batch_size=1)
+        assert model.training
+        repeated = score_texts(model, tokenizer, prompts_, candidates, share_prefix=False)
+    finally:
+        model.eval()
+    assert [len(s) for s in shared] == [2, 1]
+    torch.testing.assert_close(
+        torch.tensor(shared[0]), torch.tensor(repeated[0]), atol=1e-4, rtol=0
+    )
+    # by hand: the summed log-prob of "Heat (1995)</s>" after "<s>The user watched"
+    prompt = tokenizer(prompts_[1])["input_ids"]
+    cand = tokenizer(candidates[1][0], add_special_tokens=False)["input_ids"] + [
+        tokenizer.eos_token_id
+    ]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt + cand])).logits[0]
+    logp = logits[len(prompt) - 1 : -1].log_softmax(-1)[torch.arange(len(cand)), torch.tensor(cand)]
+    assert shared[1][0] == pytest.approx(logp.sum().item(), abs=1e-4)
+    with pytest.raises(ValueError, match="prompt 1 has no candidates"):
+        score_texts(model, tokenizer, prompts_, [["Heat (1995)"], []])
+
+
+@pytest.mark.smollm2
+def test_smollm2_shared_equals_repeated_on_ml100k(ml100k_next_dir: Path) -> None:
+    """Two real listing prompts (ML-100K test split), each re-rendered with its positive and
+    its first 3 negatives, oldest history dropped to fit 96 tokens; LoRA r=4 with random B."""
+    start = time.perf_counter()
+    model, tokenizer = load("embedded:smollm2-135m", device="cpu")
+    model = add_lora(
+        model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj"))
+    )
+    _randomize_lora_b(model, seed=0)
+    model.eval()
+    examples = load_split(ml100k_next_dir, "test")[:2]
+    tokenized = []
+    for ex in examples:
+        keep = [ex.levels.index(1)] + [j for j, g in enumerate(ex.levels) if g > 1][:3]
+        ex.candidates = [ex.candidates[j] for j in keep]
+        ex.levels = [ex.levels[j] for j in keep]
+        ex.prompt = prompts.render(
+            ex.meta["template"], ex.meta["domain"], ex.history, ex.candidates
+        )
+        tokenized.append(tokenize_example(ex, tokenizer, max_prompt_length=96))
+    assert all(t.dropped_history > 0 and len(t.prompt_ids) <= 96 for t in tokenized)
+    assert len({len(t.prompt_ids) for t in tokenized}) == 2  # prompts of different lengths
+    batch = CandidateCollator(tokenizer.pad_token_id)(tokenized)
+    weights = torch.randn(batch["levels"].shape, generator=torch.Generator().manual_seed(0))
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    shared = _grads(model, batch, weights, lora)
+    repeated = _grads(model, batch, weights, lora, share_prefix=False)
+    _assert_grads_close(shared, repeated)
+    with model.disable_adapter(), torch.no_grad():
+        off_shared = candidate_logps(model, batch, chunk_size=3).logps
+        off_repeated = candidate_logps(model, batch, share_prefix=False).logps
+    torch.testing.assert_close(off_shared, off_repeated, atol=1e-4, rtol=0)
+    with torch.no_grad():
+        on = candidate_logps(model, batch).logps
+    torch.testing.assert_close(
+        on, candidate_logps(model, batch, share_prefix=False).logps, atol=1e-4, rtol=0
+    )
+    assert (on - off_shared).abs().max() > 0.01  # the adapter is active in the first pair
+    print(f"smollm2 scoring test: {time.perf_counter() - start:.1f} s")
