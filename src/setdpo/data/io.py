@@ -77,17 +77,28 @@ def write_jsonl(path: Path, lines: Iterable[str], total: int | None = None) -> i
     return count
 
 
-def save_hf(folder: Path, tables: dict[str, pa.Table], fingerprint: str) -> None:
-    """The splits as a `datasets.DatasetDict` under `folder/hf`.
+def save_hf_split(folder: Path, split: str, table: pa.Table, fingerprint: str) -> None:
+    """One split of the `datasets.DatasetDict` under `folder/hf` (see `finish_hf`).
 
-    An explicit fingerprint spares `datasets` from hashing every byte of the tables.
+    An explicit fingerprint spares `datasets` from hashing every byte of the table.
     """
     import datasets
 
-    splits = {
-        name: datasets.Dataset(tables[name], fingerprint=f"{fingerprint}-{name}") for name in SPLITS
-    }
-    datasets.DatasetDict(splits).save_to_disk(str(folder / "hf"))
+    dataset = datasets.Dataset(table, fingerprint=f"{fingerprint}-{split}")
+    dataset.save_to_disk(str(folder / "hf" / split))
+
+
+def finish_hf(folder: Path) -> None:
+    """Write `hf/dataset_dict.json`, as `DatasetDict.save_to_disk` does after its splits
+    (saving split by split lets `prepare` free each table once written)."""
+    (folder / "hf" / "dataset_dict.json").write_text(json.dumps({"splits": list(SPLITS)}), "utf-8")
+
+
+def save_hf(folder: Path, tables: dict[str, pa.Table], fingerprint: str) -> None:
+    """All splits as a `datasets.DatasetDict` under `folder/hf`."""
+    for split in SPLITS:
+        save_hf_split(folder, split, tables[split], fingerprint)
+    finish_hf(folder)
 
 
 def write_examples(

@@ -12,7 +12,15 @@ from tqdm.auto import tqdm
 from setdpo.data.builders import Built, build, catalog_rows, statistics
 from setdpo.data.config import PrepareConfig
 from setdpo.data.examples import Catalog, arrow_table, chunks, json_lines, write_lines
-from setdpo.data.io import SPLITS, atomic_directory, check_target, dumps, save_hf, write_json
+from setdpo.data.io import (
+    SPLITS,
+    atomic_directory,
+    check_target,
+    dumps,
+    finish_hf,
+    save_hf_split,
+    write_json,
+)
 from setdpo.data.sources import load_source
 
 
@@ -25,13 +33,14 @@ def prepare(config: PrepareConfig) -> Path:
     check_target(config.out, config.overwrite)  # fail before the slow part
     data = load_source(config)
     built = build(data, config)
+    fingerprint = hashlib.sha256(dumps(asdict(config)).encode()).hexdigest()[:16]
     with atomic_directory(config.out, config.overwrite) as tmp:
-        tables = {split: write_split(tmp, built, split, config) for split in SPLITS}
+        for split in SPLITS:
+            save_hf_split(tmp, split, write_split(tmp, built, split, config), fingerprint)
+        finish_hf(tmp)
         write_json(tmp / "items.json", catalog_rows(built))
         write_json(tmp / "stats.json", statistics(built))
         write_json(tmp / "config.json", asdict(config))
-        fingerprint = hashlib.sha256(dumps(asdict(config)).encode()).hexdigest()[:16]
-        save_hf(tmp, tables, fingerprint)
     return Path(config.out)
 
 
