@@ -19,6 +19,16 @@ from setdpo.tokenization import CandidateCollator, TokenizedExample, tokenize_ex
 TEXTS = ["Toy Story (1995)", "GoldenEye (1995)", "Heat (1995)", "The user watched"] * 3
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on this shared 2-core machine, 2 threads ran SmolLM2 about 10x slower
+    (threads spinning against the other processes) than 1."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _randomize_lora_b(model: torch.nn.Module, seed: int) -> None:
     """LoRA's B starts at zero (a no-op adapter); nonzero B makes the adapter matter."""
     generator = torch.Generator().manual_seed(seed)
@@ -54,16 +64,15 @@ def _random_batch(vocab: int, prompt_lens, cand_lens, seed: int = 0) -> dict[str
 MIXED = ([9, 3, 15], [[3, 1, 5], [2], [4, 6, 2, 2, 3]])
 
 
-def _grads(model, batch, weights, params, **kwargs) -> torch.Tensor:
-    scores = candidate_logps(model, batch, **kwargs)
-    loss = (weights * scores.logps).sum()
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return torch.cat(
-        [
-            (g if g is not None else torch.zeros_like(p)).flatten()
-            for g, p in zip(grads, params, strict=True)
-        ]
-    )
+def _grads(model, batch, weights, params, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs [B, n] and the gradient of ``sum(weights * logps)`` w.r.t. ``params``, flat."""
+    logps = candidate_logps(model, batch, **kwargs).logps
+    grads = torch.autograd.grad((weights * logps).sum(), params, allow_unused=True)
+    flat = [
+        (g if g is not None else torch.zeros_like(p)).flatten()
+        for g, p in zip(grads, params, strict=True)
+    ]
+    return logps.detach(), torch.cat(flat)
 
 
 def _assert_grads_close(shared: torch.Tensor, repeated: torch.Tensor) -> None:
@@ -102,8 +111,8 @@ def test_shared_equals_repeated_values_and_gradients(tiny_lora, chunk_size, adap
             repeated = candidate_logps(model, batch, share_prefix=False, chunk_size=chunk_size)
             torch.testing.assert_close(shared.logps, repeated.logps, atol=1e-4, rtol=0)
             torch.testing.assert_close(shared.token_logps, repeated.token_logps, atol=1e-4, rtol=0)
-            g_shared = _grads(model, batch, weights, params, chunk_size=chunk_size)
-            g_repeated = _grads(model, batch, weights, params, share_prefix=False)
+            _, g_shared = _grads(model, batch, weights, params, chunk_size=chunk_size)
+            _, g_repeated = _grads(model, batch, weights, params, share_prefix=False)
     _assert_grads_close(g_shared, g_repeated)
 
 
@@ -257,7 +266,7 @@ def test_score_texts_shared_equals_repeated_and_restores_the_mode(tiny_lora) -> 
 @pytest.mark.smollm2
 def test_smollm2_shared_equals_repeated_on_ml100k(ml100k_next_dir: Path) -> None:
     """Two real listing prompts (ML-100K test split), each re-rendered with its positive and
-    its first 3 negatives, oldest history dropped to fit 96 tokens; LoRA r=4 with random B."""
+    its first 2 negatives, oldest history dropped to fit 96 tokens; LoRA r=4 with random B."""
     start = time.perf_counter()
     model, tokenizer = load("embedded:smollm2-135m", device="cpu")
     model = add_lora(
@@ -268,7 +277,7 @@ def test_smollm2_shared_equals_repeated_on_ml100k(ml100k_next_dir: Path) -> None
     examples = load_split(ml100k_next_dir, "test")[:2]
     tokenized = []
     for ex in examples:
-        keep = [ex.levels.index(1)] + [j for j, g in enumerate(ex.levels) if g > 1][:3]
+        keep = [ex.levels.index(1)] + [j for j, g in enumerate(ex.levels) if g > 1][:2]
         ex.candidates = [ex.candidates[j] for j in keep]
         ex.levels = [ex.levels[j] for j in keep]
         ex.prompt = prompts.render(
@@ -280,17 +289,22 @@ def test_smollm2_shared_equals_repeated_on_ml100k(ml100k_next_dir: Path) -> None
     batch = CandidateCollator(tokenizer.pad_token_id)(tokenized)
     weights = torch.randn(batch["levels"].shape, generator=torch.Generator().manual_seed(0))
     lora = [p for n, p in model.named_parameters() if "lora_" in n]
-    shared = _grads(model, batch, weights, lora)
-    repeated = _grads(model, batch, weights, lora, share_prefix=False)
-    _assert_grads_close(shared, repeated)
-    with model.disable_adapter(), torch.no_grad():
-        off_shared = candidate_logps(model, batch, chunk_size=3).logps
-        off_repeated = candidate_logps(model, batch, share_prefix=False).logps
+    on_shared, g_shared = _grads(model, batch, weights, lora, chunk_size=3)
+    on_repeated, g_repeated = _grads(model, batch, weights, lora, share_prefix=False)
+    torch.testing.assert_close(on_shared, on_repeated, atol=1e-4, rtol=0)
+    _assert_grads_close(g_shared, g_repeated)
+    # adapter disabled: gradient w.r.t. a first-layer base weight, back through every layer
+    (first,) = [
+        p for n, p in model.named_parameters() if n.endswith("layers.0.self_attn.k_proj.weight")
+    ]
+    first.requires_grad_(True)
+    try:
+        with model.disable_adapter():
+            off_shared, g_shared = _grads(model, batch, weights, [first])
+            off_repeated, g_repeated = _grads(model, batch, weights, [first], share_prefix=False)
+    finally:
+        first.requires_grad_(False)
     torch.testing.assert_close(off_shared, off_repeated, atol=1e-4, rtol=0)
-    with torch.no_grad():
-        on = candidate_logps(model, batch).logps
-    torch.testing.assert_close(
-        on, candidate_logps(model, batch, share_prefix=False).logps, atol=1e-4, rtol=0
-    )
-    assert (on - off_shared).abs().max() > 0.01  # the adapter is active in the first pair
+    _assert_grads_close(g_shared, g_repeated)
+    assert (on_shared - off_shared).abs().max() > 0.01  # the adapter is active in the first pair
     print(f"smollm2 scoring test: {time.perf_counter() - start:.1f} s")
