@@ -20,16 +20,19 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the run stopped before applying it."""
 
 
-def check_finite_loss(loss: torch.Tensor, step: int, output_dir: str | None) -> None:
-    """Raise `NonFiniteLossError` naming the step and the last good checkpoint."""
-    if bool(torch.isfinite(loss.detach()).all()):
+def check_finite(value: torch.Tensor, what: str, step: int, output_dir: str | None) -> None:
+    """Raise `NonFiniteLossError` if `value` (the loss, log-probs) holds NaN or inf.
+
+    The message names `what`, the step (1-based) and the last good checkpoint.
+    """
+    if bool(torch.isfinite(value.detach()).all()):
         return
     last = None
     if output_dir and Path(output_dir).is_dir():
         last = get_last_checkpoint(output_dir)
     keep = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
     raise NonFiniteLossError(
-        f"training loss is {loss.detach().float().tolist()} at step {step + 1}; stopped before "
+        f"{what} not finite at step {step + 1}; stopped before "
         f"applying it ({keep}). Lower the learning rate or beta, then rerun with --resume."
     )
 

@@ -78,6 +78,10 @@ class _SetdpoArguments(TrainingArguments):
     report_to: None | str | list[str] = field(
         default="none", metadata={"help": "Experiment trackers (`none` = only trainer_state.json)."}
     )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "DDP: every LoRA weight gets a gradient, so no unused-parameter scan."},
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Must stay False: batches are built by setdpo's collators."},
@@ -172,6 +176,9 @@ class PrefConfig(_SetdpoArguments):
         default=False, metadata={"help": "Length-average candidate log-probs instead of summing."}
     )
     learning_rate: float = field(default=5e-5, metadata={"help": "Peak AdamW learning rate."})
+    eval_on_start: bool = field(
+        default=True, metadata={"help": "Evaluate on the valid split before the first step."}
+    )
 
     def __post_init__(self) -> None:
         from setdpo.losses import canonical_name

@@ -19,7 +19,7 @@ from transformers import Trainer, set_seed
 from setdpo import losses
 from setdpo import model as models
 from setdpo.scoring import CandidateScores, candidate_logps
-from setdpo.training.callbacks import EpochCallback, check_finite_loss
+from setdpo.training.callbacks import EpochCallback, check_finite
 from setdpo.training.config import PrefConfig
 from setdpo.training.data import PreferenceCollator, PreferenceDataset
 from setdpo.training.reference import (
@@ -48,6 +48,21 @@ def tokens_scored(batch: dict[str, torch.Tensor], share_prefix: bool) -> int:
     candidates = (batch["levels"] > 0).sum(-1)  # [B]
     prompt_tokens = prompt.sum() if share_prefix else (prompt * candidates).sum()
     return int(prompt_tokens + batch["candidate_mask"].sum())
+
+
+class _DistributedView:
+    """A DDP-wrapped model as `candidate_logps` needs it: calls go through the wrapper (so
+    gradients are all-reduced), attribute reads (`get_input_embeddings`, `config`) go to the
+    model inside."""
+
+    def __init__(self, wrapped: torch.nn.Module, inner: torch.nn.Module) -> None:
+        self._wrapped, self._inner = wrapped, inner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wrapped(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 class PreferenceTrainer(Trainer):
@@ -88,12 +103,21 @@ class PreferenceTrainer(Trainer):
         num_items_in_batch: Any = None,
     ) -> Any:
         args = self.args
+        start = time.perf_counter()
         ref = inputs.get("ref_logps")
         if ref is None:
             ref = self.reference_logps(model, inputs)
+        inner = self.accelerator.unwrap_model(model)
+        policy = model if inner is model else _DistributedView(model, inner)
         scores = candidate_logps(
-            model, inputs, share_prefix=args.share_prefix, average=args.average_logps
+            policy, inputs, share_prefix=args.share_prefix, average=args.average_logps
         )
+        training = model.training
+        if training:  # before losses.compute, which rejects non-finite log-probs outright
+            valid = inputs["levels"] > 0
+            check_finite(
+                scores.logps[valid], "policy log-probs", self.state.global_step, args.output_dir
+            )
         out = losses.compute(
             args.loss, scores.logps, ref.to(scores.logps.dtype), inputs["levels"], args.beta
         )
@@ -103,9 +127,11 @@ class PreferenceTrainer(Trainer):
             nll = positive_nll(scores, inputs)
             loss = loss + args.sft_weight * nll
             metrics["nll"] = float(nll.detach())
-        mode = "train" if model.training else "eval"
-        if mode == "train":
-            check_finite_loss(loss, self.state.global_step, args.output_dir)
+        mode = "train" if training else "eval"
+        if training:
+            check_finite(loss, "training loss", self.state.global_step, args.output_dir)
+            if self._counts["contexts"] == 0:  # first batch since the last log: restart clock
+                self._counts["since"] = start
             self._counts["tokens"] += tokens_scored(inputs, args.share_prefix)
             self._counts["contexts"] += int(inputs["levels"].shape[0])
         for key, value in metrics.items():
@@ -192,8 +218,9 @@ def _reference_logps(
 def build_pref_trainer(config: PrefConfig) -> PreferenceTrainer:
     """The SFT run's model with a fresh adapter, datasets (reference attached) and callbacks."""
     set_seed(config.seed)  # the fresh adapter's A matrices draw from the global generator
-    model, tokenizer = models.prepare_preference_model(config.init, config.lora_settings())
-    model.to(config.device)
+    model, tokenizer = models.prepare_preference_model(
+        config.init, config.lora_settings(), device=config.device, dtype=torch.float32
+    )
     splits = {
         "train": tokenize_all(
             load_examples(config.data, "train", config.max_train_examples), tokenizer, config
@@ -236,13 +263,13 @@ def build_pref_trainer(config: PrefConfig) -> PreferenceTrainer:
 def train_pref(config: PrefConfig, resume: bool = False) -> Path:
     """Preference-train from `config.init` into `config.output_dir` (`resume`: last checkpoint).
 
-    Evaluates on the valid split before and after training (`eval_*` in trainer_state.json;
-    the first is logged at step 0). The run directory ends as `train_sft`'s does, its
+    Evaluates on the valid split before the first step (`eval_on_start`, logged at step 0)
+    and after the last (`eval_*` entries of trainer_state.json). The run directory ends as `train_sft`'s does, its
     `setdpo_model.json` listing the SFT adapter then this run's.
     """
     trainer = build_pref_trainer(config)
-    if trainer.eval_dataset is not None and not resume:
-        trainer.evaluate()
+    if trainer.eval_dataset is None:  # no valid split: nothing to evaluate at the start
+        config.eval_on_start = False
     trainer.train(resume_from_checkpoint=True if resume else None)
     if trainer.eval_dataset is not None:
         trainer.evaluate()

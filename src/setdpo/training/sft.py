@@ -14,7 +14,7 @@ import torch
 from transformers import Trainer, set_seed
 
 from setdpo import model as models
-from setdpo.training.callbacks import EpochCallback, check_finite_loss
+from setdpo.training.callbacks import EpochCallback, check_finite
 from setdpo.training.config import SFTConfig
 from setdpo.training.data import SFTCollator, SFTDataset
 from setdpo.training.run import close_run, load_examples, tokenize_all
@@ -33,7 +33,7 @@ class SFTTrainer(Trainer):
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = result[0] if return_outputs else result
         if model.training:
-            check_finite_loss(loss, self.state.global_step, self.args.output_dir)
+            check_finite(loss, "training loss", self.state.global_step, self.args.output_dir)
         return result
 
 

@@ -1,0 +1,148 @@
+"""Preference-training throughput: shared prefix on/off x precomputed reference on/off.
+
+Trains Mult-DPO from a one-step SFT run of the embedded SmolLM2-135M on ML-100K `next`
+contexts (listing prompt, 1 positive + `--negatives` sampled negatives per step), on the CPU,
+float32, LoRA r=8 on q/k/v/o. For each setting it runs `--steps` optimisation steps of
+`--batch` contexts with the real `PreferenceTrainer` and reports contexts/s and tokens/s
+(tokens the policy pass reads: the prompt once per context when shared, once per candidate
+when repeated), averaged over the steps after the first; the one-off reference pass of the
+precomputed settings is timed apart. Writes `## Training (bench_training.py)` of RESULTS.md.
+
+    .venv/bin/python benchmarks/bench_training.py --steps 5 --batch 2 --negatives 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from setdpo.data import PrepareConfig, prepare
+from setdpo.training import PrefConfig, SFTConfig, load_config, train_sft
+from setdpo.training.preference import build_pref_trainer
+
+SECTION = "## Training (bench_training.py)"
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=5, help="optimisation steps per setting")
+    parser.add_argument("--batch", type=int, default=2, help="contexts per step")
+    parser.add_argument("--negatives", type=int, default=3, help="negatives per context")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    return parser.parse_args()
+
+
+def sft_init(data: Path, root: Path) -> Path:
+    """A one-step SFT run: a valid init run directory for the preference stage."""
+    values = {"data": str(data), "output_dir": str(root / "sft"), "max_steps": 1}
+    values |= {"per_device_train_batch_size": 1, "save_strategy": "no", "disable_tqdm": True}
+    return train_sft(load_config(SFTConfig, None, values))
+
+
+def run_setting(data: Path, init: Path, out: Path, args: argparse.Namespace, **flags) -> dict:
+    values = {
+        "data": str(data),
+        "init": str(init),
+        "output_dir": str(out),
+        "loss": "mult",
+        "max_steps": args.steps,
+        "per_device_train_batch_size": args.batch,
+        "per_device_eval_batch_size": args.batch,
+        "max_train_examples": args.steps * args.batch,
+        "num_negatives": args.negatives,
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "logging_steps": 1,
+        **flags,
+    }
+    start = time.perf_counter()
+    trainer = build_pref_trainer(load_config(PrefConfig, None, values))
+    build = time.perf_counter() - start
+    trainer.train()
+    steps = [e for e in trainer.state.log_history if "tokens_per_second" in e][1:]
+    return {
+        "build_s": build,
+        "contexts_per_s": statistics.mean(e["contexts_per_second"] for e in steps),
+        "tokens_per_s": statistics.mean(e["tokens_per_second"] for e in steps),
+    }
+
+
+def table(results: dict, args: argparse.Namespace, elapsed: float) -> str:
+    lines = [
+        SECTION,
+        "",
+        f"Command: `.venv/bin/python benchmarks/bench_training.py --steps {args.steps} "
+        f"--batch {args.batch} --negatives {args.negatives}`",
+        "",
+        f"SmolLM2-135M (embedded), CPU ({os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{platform.machine()}), float32, LoRA r=8 q/k/v/o, Mult-DPO, ML-100K `next` listing "
+        f"prompts, {1 + args.negatives} candidates per context, batch {args.batch}, mean over "
+        f"steps 2..{args.steps}. Setup = model load + reference pass over the "
+        f"{args.steps * args.batch} training contexts (when precomputed). Total {elapsed:.0f} s. "
+        "The machine is shared with other jobs: timings are noisy.",
+        "",
+        "| share_prefix | precompute_ref | contexts/s | tokens/s | setup s |",
+        "|---|---|---|---|---|",
+    ]
+    for (share, pre), r in results.items():
+        lines.append(
+            f"| {share} | {pre} | {r['contexts_per_s']:.2f} | {r['tokens_per_s']:.0f} "
+            f"| {r['build_s']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str, path: Path = RESULTS) -> None:
+    """Replace (or append) this benchmark's section of RESULTS.md, leaving the others."""
+    old = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(old):
+        new = pattern.sub(lambda _: text + "\n", old)
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(new, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    args = parse_args()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        sizes = {"train": args.steps * args.batch, "valid": 2, "test": 2}
+        data = prepare(
+            PrepareConfig(
+                source="ml-100k",
+                mode="next",
+                candidates=20,
+                seed=0,
+                out=str(root / "data"),
+                max_examples_per_split=sizes,
+            )
+        )
+        init = sft_init(data, root)
+        results = {}
+        for share in (True, False):
+            for pre in (True, False):
+                out = root / f"pref-{share}-{pre}"
+                flags = {"share_prefix": share, "precompute_ref": pre}
+                results[share, pre] = run_setting(data, init, out, args, **flags)
+                print(share, pre, results[share, pre], flush=True)
+    text = table(results, args, time.perf_counter() - start)
+    print(text)
+    if not args.no_write:
+        write_section(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Training rows: completion-only masking, negative draws, epoch-keyed sampling, collation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from setdpo.tokenization import TokenizedExample
+from setdpo.training.data import (
+    IGNORE_INDEX,
+    PreferenceCollator,
+    PreferenceDataset,
+    SFTCollator,
+    SFTDataset,
+    draw_negatives,
+    example_rng,
+)
+
+
+def _tok(prompt: list[int], candidates: list[list[int]], levels: list[int]) -> TokenizedExample:
+    return TokenizedExample(
+        prompt_ids=prompt, candidate_ids=candidates, levels=levels, dropped_history=0
+    )
+
+
+def test_sft_collator_masks_prompt_and_padding() -> None:
+    batch = SFTCollator(pad_token_id=0)(
+        [
+            {"prompt_ids": [5, 6, 7], "answer_ids": [8, 2]},
+            {"prompt_ids": [5], "answer_ids": [9, 9, 2]},
+        ]
+    )
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 2], [5, 9, 9, 2, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    m = IGNORE_INDEX
+    assert batch["labels"].tolist() == [[m, m, m, 8, 2], [m, 9, 9, 2, m]]
+
+
+def test_sft_dataset_one_row_per_positive_or_one_per_context() -> None:
+    toks = [_tok([1], [[3, 2], [4, 2], [5, 2]], [1, 2, 1]), _tok([1], [[6, 2], [7, 2]], [2, 1])]
+    each = SFTDataset(toks, seed=0, positives="each")
+    assert [row["answer_ids"] for row in each] == [[3, 2], [5, 2], [7, 2]]
+    one = SFTDataset(toks, seed=0, positives="one")
+    assert len(one) == 2
+    drawn = set()
+    for epoch in range(20):
+        one.set_epoch(epoch)
+        drawn.add(tuple(one[0]["answer_ids"]))
+        assert one[1]["answer_ids"] == [7, 2]  # a single positive is always the answer
+    assert drawn == {(3, 2), (5, 2)}  # both positives of context 0 come up over epochs
+
+
+def test_draw_negatives_all_uniform_and_deterministic() -> None:
+    negatives = [1, 2, 4, 5, 7]
+    assert draw_negatives(example_rng(0, 0, 0), negatives, 0) == negatives
+    assert draw_negatives(example_rng(0, 0, 0), negatives, 9) == negatives
+    a = draw_negatives(example_rng(3, 1, 7), negatives, 3)
+    assert a == draw_negatives(example_rng(3, 1, 7), negatives, 3)
+    assert len(a) == 3 and set(a) <= set(negatives) and a == sorted(a)
+
+
+def test_hard_draw_follows_the_tempered_softmax() -> None:
+    # k=1 from scores [0, log 3]: P(second) = 3 / (1 + 3) = 0.75 at temperature 1;
+    # at temperature 2 the weights are [1, sqrt 3]: P = sqrt3 / (1 + sqrt3) = 0.634.
+    scores = [0.0, math.log(3.0)]
+    for temperature, expected in [(1.0, 0.75), (2.0, math.sqrt(3) / (1 + math.sqrt(3)))]:
+        hits = sum(
+            draw_negatives(example_rng(0, 0, i), [10, 11], 1, scores, temperature) == [11]
+            for i in range(4000)
+        )
+        assert abs(hits / 4000 - expected) < 0.025  # 3.5 standard errors
+
+
+def test_preference_dataset_draws_by_seed_epoch_and_index() -> None:
+    toks = [_tok([1, 2], [[10 + j, 2] for j in range(8)], [1, 2, 2, 1, 2, 2, 2, 2])] * 3
+    data = PreferenceDataset(toks, seed=5, num_negatives=2)
+    data.ref_logps = [[-float(j) for j in range(8)]] * 3
+    first = [data.candidate_indices(i) for i in range(3)]
+    assert [data.candidate_indices(i) for i in reversed(range(3))][::-1] == first
+    for keep in first:
+        assert {0, 3} <= set(keep) and len(keep) == 4  # both positives + 2 negatives
+    item = data[1]
+    assert item["example"].levels == [toks[1].levels[j] for j in first[1]]
+    assert item["ref_logps"] == [-float(j) for j in first[1]]
+    epochs = set()
+    for epoch in range(10):
+        data.set_epoch(epoch)
+        epochs.add(tuple(data.candidate_indices(0)))
+    assert len(epochs) > 1  # redrawn each epoch
+
+
+def test_preference_collator_adds_aligned_reference() -> None:
+    items = [
+        {"example": _tok([4, 5, 6], [[7, 2], [8, 8, 2]], [1, 2]), "ref_logps": [-1.0, -2.0]},
+        {
+            "example": _tok([4], [[9, 2], [7, 2], [8, 2]], [2, 1, 2]),
+            "ref_logps": [-3.0, -4.0, -5.0],
+        },
+    ]
+    batch = PreferenceCollator(pad_token_id=0)(items)
+    assert batch["levels"].tolist() == [[1, 2, 0], [2, 1, 2]]
+    torch.testing.assert_close(
+        batch["ref_logps"], torch.tensor([[-1.0, -2.0, 0.0], [-3.0, -4.0, -5.0]])
+    )
+    assert batch["candidate_ids"].shape == (2, 3, 3)
+    without = PreferenceCollator(pad_token_id=0)([{**it, "ref_logps": None} for it in items])
+    assert "ref_logps" not in without
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_draw_without_scores_is_uniform(k: int) -> None:
+    counts = np.zeros(4)
+    for i in range(2000):
+        for j in draw_negatives(example_rng(1, 0, i), [0, 1, 2, 3], k):
+            counts[j] += 1
+    np.testing.assert_allclose(counts / 2000, k / 4, atol=0.04)
