@@ -15,6 +15,7 @@ import pytest
 
 from setdpo.cli import main
 from setdpo.data import PrepareConfig, load_items, load_split, prepare
+from setdpo.data.io import dumps
 
 ITEMS = pd.DataFrame(
     {"item_id": [str(i) for i in range(1, 31)], "title": [f"Movie {i}" for i in range(1, 31)]}
@@ -161,3 +162,18 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path, capsys):
     assert main(cli_prepare(tmp_path, inter, items, "--overwrite")) == 0
     assert (tmp_path / "out" / "train.jsonl").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # temp dirs removed
+
+
+def test_titles_with_quotes_backslashes_and_unicode_stay_canonical_json(tmp_path):
+    items = ITEMS.copy()
+    items.loc[0, "title"] = 'Say "Hi" \\ Über {x} (2000)'
+    inter = write(interactions(), tmp_path / "inter.jsonl")
+    assert main(cli_prepare(tmp_path, inter, write(items, tmp_path / "items.jsonl"))) == 0
+    seen = False
+    for split in ("train", "valid", "test"):
+        lines = (tmp_path / "out" / f"{split}.jsonl").read_text("utf-8").splitlines()
+        for line in lines:
+            row = json.loads(line)
+            assert dumps(row) == line
+            seen |= 'Say "Hi" \\ Über {x} (2000)' in row["prompt"]
+    assert seen  # the title made it into some prompt verbatim
