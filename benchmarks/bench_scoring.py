@@ -1,0 +1,250 @@
+"""Shared-prefix scoring against repetition (and TRL's pairwise DPO) on SmolLM2-135M, CPU.
+
+One real ML-100K listing prompt (the first test context of a prepared `next` split with 20
+candidates), LoRA r=8 on every projection (dropout 0):
+
+1. evaluation: log-probs of the 20 candidates without gradient, shared vs repeated;
+2. one training step (policy forward + backward through LoRA, S-DPO loss, reference
+   log-probs computed beforehand) on 1 positive and 3, 7, 19 negatives, shared vs repeated,
+   and TRL's `DPOTrainer.compute_loss` + backward on the same context with the negatives
+   flattened into pairs (prompt, positive, negative_i) -- TRL's route for several
+   negatives -- with its reference log-probs precomputed too (``precompute_ref_log_probs``);
+3. the `score_texts` check: shared and repeated agree within 1e-3 and shared is >= 6x faster.
+
+Tokens: what each route feeds the model (shared: prompt + each candidate but its last
+token; repeated: prompt + candidate but its last token per row; TRL: prompt + chosen and
+prompt + rejected per pair). The ideal ratio is ``n (P + C) / (P + n C)`` with the real
+lengths (sum over candidates of P + C_i over P + sum C_i). Methods are timed round-robin
+(one run of each, repeated), so load from other processes hits them alike; medians.
+
+Run: ``.venv/bin/python benchmarks/bench_scoring.py`` (``--help`` for repeats, negatives).
+Needs TRL for the third column: ``.venv/bin/pip install -e '.[bench]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from setdpo.data import PrepareConfig, load_split, prepare
+from setdpo.data.schema import PreferenceExample
+from setdpo.losses import compute
+from setdpo.model import LoraSettings, add_lora, load
+from setdpo.scoring import candidate_logps, score_texts
+from setdpo.tokenization import CandidateCollator, TokenizedExample, tokenize_example
+
+MODEL = "embedded:smollm2-135m"
+
+
+def _round_robin(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time (s) of each function over ``repeats`` rounds, after one warm-up call
+    of the first (cheapest) one: the routes share every kernel, and warming the repeated
+    route too would cost minutes."""
+    next(iter(fns.values()))()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def _policy(seed: int = 0):
+    model, tokenizer = load(MODEL, device="cpu")
+    torch.manual_seed(seed)  # same LoRA A for every copy
+    return add_lora(model, LoraSettings(r=8, alpha=16, dropout=0.0)), tokenizer
+
+
+def _listing_example(workdir: Path) -> PreferenceExample:
+    out = prepare(
+        PrepareConfig(
+            source="ml-100k",
+            mode="next",
+            candidates=20,
+            seed=0,
+            out=str(workdir / "ml100k"),
+            max_examples_per_split={"train": 20, "valid": 5, "test": 5},
+        )
+    )
+    return load_split(out, "test")[0]
+
+
+def _subset(tok: TokenizedExample, negatives: int) -> TokenizedExample:
+    """The positive and the first ``negatives`` negatives; the prompt still lists all 20."""
+    keep = [tok.levels.index(1)] + [j for j, g in enumerate(tok.levels) if g > 1][:negatives]
+    return TokenizedExample(
+        tok.prompt_ids, [tok.candidate_ids[j] for j in keep], [tok.levels[j] for j in keep]
+    )
+
+
+def _tokens(tok: TokenizedExample) -> dict[str, float]:
+    p, cands = len(tok.prompt_ids), [len(c) for c in tok.candidate_ids]
+    return {
+        "P": p,
+        "C": sum(cands) / len(cands),
+        "shared": p + sum(c - 1 for c in cands),
+        "repeated": sum(p + c - 1 for c in cands),
+        "ideal": sum(p + c for c in cands) / (p + sum(cands)),
+    }
+
+
+def _row(label: str, tok: TokenizedExample, t: dict[str, float], extra: str = "") -> str:
+    n = _tokens(tok)
+    ratio = t["repeated"] / t["shared"]
+    return (
+        f"| {label} | {len(tok.levels)} | {n['P']} | {n['C']:.1f} | {n['shared']} | "
+        f"{n['repeated']} | {t['shared']:.2f} | {t['repeated']:.2f} | {ratio:.1f}x | "
+        f"{n['ideal']:.1f}x | {100 * ratio / n['ideal']:.0f}% |{extra}"
+    )
+
+
+HEADER = (
+    "| case | n | P | mean C | tokens shared | tokens repeated | shared (s) | repeated (s) | "
+    "ratio | ideal | % of ideal |"
+)
+
+
+def evaluation(model, tok: TokenizedExample, pad: int, repeats: int) -> str:
+    batch = CandidateCollator(pad)([tok])
+
+    def run(share: bool) -> Callable[[], object]:
+        return lambda: candidate_logps(model, batch, share_prefix=share)
+
+    with torch.no_grad():
+        times = _round_robin({"shared": run(True), "repeated": run(False)}, repeats)
+    return _row("evaluation, no grad", tok, times)
+
+
+def training_step(model, trl_trainer, tok: TokenizedExample, pad: int, repeats: int) -> str:
+    batch = CandidateCollator(pad)([tok])
+    with torch.no_grad(), model.disable_adapter():
+        ref = candidate_logps(model, batch).logps
+
+    def run(share: bool) -> Callable[[], object]:
+        def step() -> None:
+            model.zero_grad(set_to_none=True)
+            logps = candidate_logps(model, batch, share_prefix=share).logps
+            compute("sdpo", logps, ref, batch["levels"], beta=1.0).loss.backward()
+
+        return step
+
+    fns = {"shared": run(True), "repeated": run(False)}
+    extra = ""
+    if trl_trainer is not None:
+        inputs = trl_trainer.data_collator(list(trl_trainer.train_dataset))
+
+        def trl_step() -> None:
+            trl_trainer.model.zero_grad(set_to_none=True)
+            trl_trainer.compute_loss(trl_trainer.model, inputs).backward()
+
+        fns["trl"] = trl_step
+    model.train()
+    times = _round_robin(fns, repeats)
+    model.eval()
+    if trl_trainer is not None:
+        trl_tokens = int(inputs["attention_mask"].sum())
+        extra = f" {trl_tokens} | {times['trl']:.2f} | {times['trl'] / times['shared']:.1f}x |"
+    return _row(f"train step, 1+{len(tok.levels) - 1}", tok, times, extra)
+
+
+def trl_trainer_for(example: PreferenceExample, negatives: int, workdir: Path):
+    """A TRL DPOTrainer on the pairs (prompt, positive, negative_i), i < ``negatives``."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    positive = example.positives[0]
+    rows = [
+        {"prompt": example.prompt, "chosen": positive, "rejected": negative}
+        for negative in example.negatives[:negatives]
+    ]
+    model, tokenizer = _policy()
+    args = DPOConfig(
+        output_dir=str(workdir / f"trl-{negatives}"),
+        per_device_train_batch_size=negatives,
+        precompute_ref_log_probs=True,
+        precompute_ref_batch_size=1,
+        max_length=None,
+        beta=1.0,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = DPOTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
+    trainer.model.train()
+    return trainer
+
+
+def score_texts_check(model, tokenizer, example: PreferenceExample, repeats: int) -> str:
+    prompts, candidates = [example.prompt], [example.candidates]
+    results: dict[str, list[list[float]]] = {}
+
+    def run(share: bool) -> Callable[[], object]:
+        def call() -> None:
+            results[str(share)] = score_texts(model, tokenizer, prompts, candidates, share)
+
+        return call
+
+    times = _round_robin({"shared": run(True), "repeated": run(False)}, repeats)
+    diff = max(abs(a - b) for a, b in zip(results["True"][0], results["False"][0], strict=True))
+    speedup = times["repeated"] / times["shared"]
+    ok = diff <= 1e-3 and speedup >= 6
+    return (
+        f"score_texts, 20 candidates: max |shared - repeated| = {diff:.2e} (<= 1e-3), "
+        f"shared {times['shared']:.2f} s, repeated {times['repeated']:.2f} s, "
+        f"speedup {speedup:.1f}x (>= 6x): {'PASS' if ok else 'FAIL'}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (evaluation)")
+    parser.add_argument("--train-repeats", type=int, default=3, help="timed rounds (training)")
+    parser.add_argument("--negatives", type=int, nargs="+", default=[3, 7, 19])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (see RESULTS.md)")
+    parser.add_argument("--no-trl", action="store_true", help="skip TRL's pairwise route")
+    parser.add_argument(
+        "--skip-eval", action="store_true", help="training steps only (no evaluation, no check)"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, {args.threads} thread(s), load average "
+        f"{os.getloadavg()[0]:.1f} at start"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        example = _listing_example(workdir)
+        model, tokenizer = _policy()
+        model.eval()
+        tok = tokenize_example(example, tokenizer)
+        pad = tokenizer.pad_token_id
+        trl_cols = " tokens TRL | TRL (s) | TRL / shared |"
+        print(HEADER + (trl_cols if not args.no_trl else ""))
+        print("|---" * (11 + (0 if args.no_trl else 3)) + "|")
+        if not args.skip_eval:
+            print(evaluation(model, tok, pad, args.repeats), flush=True)
+        for k in args.negatives:
+            trainer = None if args.no_trl else trl_trainer_for(example, k, workdir)
+            print(
+                training_step(model, trainer, _subset(tok, k), pad, args.train_repeats), flush=True
+            )
+            del trainer
+        if not args.skip_eval:
+            print(score_texts_check(model, tokenizer, example, args.repeats))
+    print(f"# load average {os.getloadavg()[0]:.1f} at end")
+
+
+if __name__ == "__main__":
+    main()
