@@ -27,12 +27,16 @@ FILES = {
 }
 
 
-def raw_interactions(source: str) -> dict[tuple[str, str], tuple[float, float]]:
+def raw_interactions(
+    source: str, users: set[str] | None = None
+) -> dict[tuple[str, str], tuple[float, float]]:
     """(user, item id) -> (timestamp, rating), straight from the shipped file."""
     package, name = FILES[source]
     path = Path(importlib.util.find_spec(package).submodule_search_locations[0]) / name
     frame = pd.read_csv(path, sep="\t", dtype=str, quoting=3)
     frame.columns = ["user", "item", "rating", "time"]
+    if users is not None:
+        frame = frame[frame.user.isin(users)]
     assert not frame.duplicated(["user", "item"]).any()  # MovieLens: one rating per pair
     return {
         (u, i): (float(t), float(r))
@@ -60,6 +64,7 @@ def ml100k_modes(tmp_path_factory):
 def check_invariants(folder: Path, raw, mode: str, candidates: int = 20) -> None:
     """The protocol of DESIGN.md section 2, checked example by example against raw data."""
     last_time = {}
+    title_to_id = {item["title"]: item["item_id"] for item in load_items(folder)}
     for split in SPLITS:
         examples = load_split(folder, split)
         assert examples, split
@@ -77,8 +82,10 @@ def check_invariants(folder: Path, raw, mode: str, candidates: int = 20) -> None
             pos_times = [raw[(ex.user, i)][0] for i in positives]
             assert min(pos_times) >= ex.target_time
             cutoff = max(pos_times)
-            history_set = set(ex.history)
-            assert not history_set & set(ex.candidates)
+            history_times = [raw[(ex.user, title_to_id[t])][0] for t in ex.history]
+            assert history_times == sorted(history_times)  # oldest first
+            assert max(history_times) <= ex.target_time  # every history item precedes the target
+            assert not set(ex.history) & set(ex.candidates)
             for i in negatives:  # unobserved up to the last target, or an explicit negative
                 seen = raw.get((ex.user, i))
                 rating = ex.meta.get("candidate_ratings", [None] * candidates)[ids.index(i)]
@@ -115,17 +122,21 @@ def test_ml100k_modes_follow_the_protocol(ml100k_modes, raw100k, mode):
     check_invariants(ml100k_modes[mode], raw100k, mode)
 
 
-def test_ml1m_modes_follow_the_protocol(tmp_path):
-    raw = raw_interactions("ml-1m")
-    for mode in ("next", "levels"):
-        out = prepare(
-            PrepareConfig(source="ml-1m", mode=mode, out=str(tmp_path / mode), max_examples=100)
-        )
+def test_ml1m_all_modes_follow_the_protocol(tmp_path):
+    config = PrepareConfig(source="ml-1m")
+    data = load_source(config)  # read once, prepared in four modes
+    outs = {}
+    for mode in ("next", "next-k", "rated", "levels"):
+        config = PrepareConfig(source="ml-1m", mode=mode, out=str(tmp_path / mode), max_examples=60)
+        outs[mode] = prepare(config, data)
+    users = {ex.user for out in outs.values() for s in SPLITS for ex in load_split(out, s)}
+    raw = raw_interactions("ml-1m", users)
+    for mode, out in outs.items():
         check_invariants(out, raw, mode)
-        items = load_items(out)
-        assert len(items) == 3706  # ML-1M movies with at least one rating
-        # ml-1m.item ships ids like "Toy Story (1995)": the title keeps the year
-        assert items[0]["item_id"] == items[0]["title"] == "Toy Story (1995)"
+    items = load_items(outs["next"])
+    assert len(items) == 3706  # ML-1M movies with at least one rating
+    # ml-1m.item ships ids like "Toy Story (1995)": the title keeps the year
+    assert items[0]["item_id"] == items[0]["title"] == "Toy Story (1995)"
 
 
 def test_ml100k_item_one_is_toy_story():

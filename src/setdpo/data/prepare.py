@@ -21,17 +21,18 @@ from setdpo.data.io import (
     save_hf_split,
     write_json,
 )
-from setdpo.data.sources import load_source
+from setdpo.data.sources import Interactions, load_source
 
 
-def prepare(config: PrepareConfig) -> Path:
+def prepare(config: PrepareConfig, data: Interactions | None = None) -> Path:
     """Build the train/valid/test examples of `config.source` and write them to `config.out`.
 
-    Returns the output directory. It appears only once complete: nothing is left behind
-    if anything fails.
+    `data`: the source's interactions if already loaded (`sources.load_source(config)`),
+    e.g. to prepare several modes from one read. Returns the output directory. It appears
+    only once complete: nothing is left behind if anything fails.
     """
     check_target(config.out, config.overwrite)  # fail before the slow part
-    data = load_source(config)
+    data = data if data is not None else load_source(config)
     built = build(data, config)
     fingerprint = hashlib.sha256(dumps(asdict(config)).encode()).hexdigest()[:16]
     with atomic_directory(config.out, config.overwrite) as tmp:
