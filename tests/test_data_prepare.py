@@ -14,6 +14,7 @@ import datasets
 import pandas as pd
 import pytest
 
+from setdpo.cli import main
 from setdpo.data import PrepareConfig, load_items, load_split, prepare
 from setdpo.data.builders import build
 from setdpo.data.io import dumps
@@ -229,3 +230,19 @@ def test_popularity_negatives_follow_train_counts(tmp_path):
 
 def load_uniform(tmp_path: Path) -> Path:
     return prepare(PrepareConfig(out=str(tmp_path / "uni"), max_examples=300))
+
+
+def test_config_json_reproduces_the_run_and_inspect_prints(ml100k_next_dir, tmp_path, capsys):
+    out = tmp_path / "again"
+    args = ["data", "prepare", "--config", str(ml100k_next_dir / "config.json"), "--out", str(out)]
+    assert main(args) == 0
+    for split in SPLITS:
+        assert (out / f"{split}.jsonl").read_bytes() == (
+            ml100k_next_dir / f"{split}.jsonl"
+        ).read_bytes()
+    capsys.readouterr()
+    assert main(["data", "inspect", str(out), "--split", "test", "-n", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert '"users": 943' in printed
+    assert printed.count("Choose the answer from the following 20 movie titles") == 2
+    assert printed.count("  [1] ") == 2 and printed.count("  [2] ") == 38
