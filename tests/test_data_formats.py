@@ -174,3 +174,36 @@ def test_bad_trl_rows(tmp_path, capsys):
         == 2
     )
     assert "rows.jsonl, line 2: 'levels' must list one level per title" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"candidate_order": [0, 0]}, "'candidate_order' is not a permutation"),
+        ({"history": "abc"}, "'history' must be a list of titles"),
+        ({"target_time": "noon"}, "target_time 'noon' is not a number"),
+        ({"chosen": 3}, "'chosen' must be a string or a list of strings"),
+    ],
+)
+def test_malformed_trl_fields(tmp_path, capsys, change, message):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(
+        json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"} | change) + "\n", "utf-8"
+    )
+    assert (
+        main(
+            [
+                "data",
+                "import",
+                "--format",
+                "trl",
+                "--train",
+                str(path),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+    assert f"{path}, line 1: " in (err := capsys.readouterr().err) and message in err
+    assert not (tmp_path / "o").exists()

@@ -37,6 +37,7 @@ def _option(field: dataclasses.Field) -> dict:
 
 
 def add_parser(subparsers) -> None:
+    """Register `setdpo data` and its five subcommands."""
     from setdpo.data.config import PrepareConfig
 
     parser = subparsers.add_parser("data", help="prepare, inspect, import, export, download data")
@@ -93,6 +94,7 @@ def _config_file(path: str) -> dict:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    """Options (over `--config`) -> `PrepareConfig` -> `setdpo.data.prepare`."""
     from setdpo.data import PrepareConfig, prepare
 
     values = _config_file(args.config) if args.config else {}
@@ -110,6 +112,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    """Print stats.json and the first examples of a split with their levels."""
     from setdpo.data import load_split
     from setdpo.data.io import load_json
 
@@ -123,6 +126,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    """Options -> `ImportConfig` -> `formats.import_examples`."""
     from setdpo.data.formats import ImportConfig, import_examples
 
     files = {s: getattr(args, s) for s in ("train", "valid", "test") if getattr(args, s)}
@@ -132,6 +136,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    """A prepared split -> TRL JSON lines (`formats.export_trl`)."""
     from setdpo.data.formats import export_trl
 
     rows = export_trl(args.dir, args.split, args.out, pairs=args.pairs)
@@ -140,6 +145,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
+    """Options -> `download.fetch_dataset`."""
     from setdpo.data.download import fetch_dataset
 
     folder = fetch_dataset(args.name, args.url, args.sha256, args.no_checksum, args.force)

@@ -33,6 +33,7 @@ RELEASES: dict[str, tuple[str, str | None]] = {
 
 
 def cache_dir() -> Path:
+    """`$SETDPO_CACHE`, else `~/.cache/setdpo`."""
     return Path(os.environ.get("SETDPO_CACHE") or Path.home() / ".cache" / "setdpo")
 
 

@@ -153,10 +153,17 @@ def _trl_row(row: dict[str, Any], where: str, index: int) -> PreferenceExample:
     if not isinstance(levels, list) or len(levels) != len(combined):
         raise InputError(f"{where}: 'levels' must list one level per title of chosen + rejected")
     order = row.get("candidate_order", list(range(len(combined))))
-    if sorted(order) != list(range(len(combined))):
+    if (
+        not isinstance(order, list)
+        or not all(isinstance(i, int) for i in order)
+        or (sorted(order) != list(range(len(combined))))
+    ):
         raise InputError(
             f"{where}: 'candidate_order' is not a permutation of 0..{len(combined) - 1}"
         )
+    history = row.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(t, str) for t in history):
+        raise InputError(f"{where}: 'history' must be a list of titles")
     candidates, ranked = [""] * len(combined), [0] * len(combined)
     for source, target in enumerate(order):
         candidates[target], ranked[target] = combined[source], levels[source]
@@ -164,7 +171,7 @@ def _trl_row(row: dict[str, Any], where: str, index: int) -> PreferenceExample:
         where,
         context_id=str(row.get("context_id", index)),
         user=str(row.get("user", "")),
-        history=list(row.get("history", [])),
+        history=history,
         prompt=row["prompt"],
         candidates=candidates,
         levels=ranked,

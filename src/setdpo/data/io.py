@@ -63,6 +63,7 @@ def atomic_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]
 
 
 def write_json(path: Path, value: Any) -> None:
+    """Indented JSON with sorted keys (stable bytes for the same value)."""
     path.write_text(json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n", "utf-8")
 
 

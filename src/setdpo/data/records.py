@@ -65,6 +65,7 @@ class RecordFile:
 
 
 def file_format(path: Path, fmt: str = "auto") -> str:
+    """`fmt`, or the format named by the file's extension when `fmt` is "auto"."""
     if fmt != "auto":
         return fmt
     if path.suffix.lower() not in EXTENSIONS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,6 +51,10 @@ class PreferenceExample:
                 )
         if 1 not in self.levels:
             raise ValueError(f"{where}: no level-1 (positive) candidate")
+        if self.target_time is not None and (
+            isinstance(self.target_time, bool) or not isinstance(self.target_time, numbers.Real)
+        ):
+            raise ValueError(f"{where}: target_time {self.target_time!r} is not a number")
         for i, title in enumerate(self.history):
             if not isinstance(title, str) or not title.strip():
                 raise ValueError(f"{where}: history item {i} has an empty title")

@@ -64,6 +64,7 @@ class Contexts:
 
 
 def build_sequences(data: Interactions) -> Sequences:
+    """Sort by user (ids in sorted order), then time, then file order."""
     table = data.table
     user_codes, user_ids = pd.factorize(table["user"], sort=True)
     order = np.lexsort((np.arange(len(table)), table["timestamp"].to_numpy(), user_codes))
