@@ -25,3 +25,15 @@ def ml100k_next_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         max_examples_per_split={"train": 200, "valid": 50, "test": 50},
     )
     return prepare(config)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (restored after): on the shared 2-core machine,
+    where other test processes compete for the cores, it runs several times faster."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -27,6 +27,8 @@ from setdpo.training import PrefConfig, SFTConfig, load_config, train_pref, trai
 from setdpo.training.callbacks import NonFiniteLossError
 from setdpo.training.preference import build_pref_trainer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 QUIET = {"disable_tqdm": True, "save_strategy": "no", "logging_steps": 1, "seed": 0}
 NO_EVAL = {"eval_on_start": False, "max_eval_examples": 1}
 
@@ -100,23 +102,24 @@ def reference_counter(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 def test_reference_is_the_sft_model_and_computed_once(
     sft_run: Path, ml100k_next_dir: Path, tmp_path: Path, reference_counter: dict[str, int]
 ) -> None:
-    values = {"max_steps": 3, "max_train_examples": 12, "max_eval_examples": 6}
+    values = {"max_steps": 2, "max_train_examples": 8, "max_eval_examples": 4}
     config = pref_config(ml100k_next_dir, sft_run, tmp_path / "pref", **values)
     train_pref(config)
     # Each train and valid context scored once under the reference, before training.
-    assert reference_counter["reference_contexts"] == 12 + 6
+    assert reference_counter["reference_contexts"] == 8 + 4
     history = json.loads((tmp_path / "pref" / "trainer_state.json").read_text())["log_history"]
     first = next(entry for entry in history if "loss" in entry)
     assert abs(first["reward_positive"]) < 1e-5 and abs(first["reward_negative"]) < 1e-5
     assert first["loss"] == pytest.approx(math.log(4), abs=1e-5)  # 1 positive + 3 negatives
     evals = [entry for entry in history if "eval_loss" in entry]
     assert len(evals) == 2 and evals[0]["eval_loss"] == pytest.approx(math.log(20), abs=1e-5)
+    assert evals[0]["step"] == 0
     assert {"eval_reward_accuracy", "tokens_per_second", "bound_gap", "a_over_b"} <= {
         key for entry in history for key in entry
     }
     # A second run into the same directory reads the cached reference.
     train_pref(config)
-    assert reference_counter["reference_contexts"] == 12 + 6
+    assert reference_counter["reference_contexts"] == 8 + 4
 
 
 def test_reference_per_step_without_precompute(
@@ -144,11 +147,11 @@ def test_reference_per_step_without_precompute(
 def test_every_objective_decreases_on_a_fixed_batch(
     loss: str, start: float, sft_run: Path, ml100k_next_dir: Path, tmp_path: Path
 ) -> None:
-    # 4 contexts, all 20 candidates (num_negatives 0), batch 4: every step sees the same batch.
+    # 2 contexts, all 20 candidates (num_negatives 0), batch 4: every step sees the same batch.
     values = {
         "loss": loss,
-        "max_steps": 6,
-        "max_train_examples": 4,
+        "max_steps": 5,
+        "max_train_examples": 2,
         "num_negatives": 0,
         "learning_rate": 1e-2,
         **NO_EVAL,
@@ -180,3 +183,30 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(
     ):
         trainer.train()
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+
+
+def test_hard_negatives_rescored_by_the_policy_each_epoch(
+    sft_run: Path, ml100k_next_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[list[list[float]]] = []
+    real = preference_module.all_candidate_logps
+
+    def recording(*args: Any, **kwargs: Any) -> list[list[float]]:
+        result = real(*args, **kwargs)
+        if kwargs.get("desc") == "hard negatives":
+            calls.append(result)
+        return result
+
+    monkeypatch.setattr(preference_module, "all_candidate_logps", recording)
+    values = {"negatives": "hard", "num_train_epochs": 2, "max_train_examples": 4, **NO_EVAL}
+    values |= {"learning_rate": 1e-2, "hard_temperature": 0.5}
+    trainer = build_pref_trainer(pref_config(ml100k_next_dir, sft_run, tmp_path / "hard", **values))
+    trainer.train()  # 4 contexts, batch 4: one step per epoch
+    assert trainer.state.global_step == 2 and len(calls) == 2  # one re-scoring per epoch
+    data = trainer.train_dataset
+    # Epoch 0 starts from the SFT model: the policy's scores are the reference's.
+    torch.testing.assert_close(
+        torch.tensor(calls[0]), torch.tensor(data.ref_logps), atol=1e-4, rtol=0
+    )
+    assert not torch.allclose(torch.tensor(calls[1]), torch.tensor(calls[0]), atol=1e-4)
+    assert data.hard_scores == calls[1]

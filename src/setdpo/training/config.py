@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
@@ -102,6 +103,10 @@ class _SetdpoArguments(TrainingArguments):
                 raise InputError(f"{name} must be >= 1 or None, got {value}")
         if self.lora_r < 1 or not self.lora_target_modules:
             raise InputError(f"lora_r must be >= 1 with target modules, got r={self.lora_r}")
+        if not self.use_cpu and not torch.accelerator.is_available():
+            # Without use_cpu, accelerate does not treat a CPU-only torchrun launch as
+            # distributed (every process would train alone on the same batches).
+            self.use_cpu = True
         super().__post_init__()
 
     def lora_settings(self) -> Any:

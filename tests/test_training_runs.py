@@ -1,0 +1,138 @@
+"""Whole runs through the CLI: tiny SFT then Mult-DPO, torchrun (2 CPU processes, gloo) against
+one process on the same global batch, and a killed run resumed from its last checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from setdpo import cli
+from setdpo.model import load
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+
+QUIET = ["--disable-tqdm", "true", "--logging-steps", "1", "--seed", "0"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def tiny_sft(ml100k_next_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`setdpo train sft --model tiny --max-steps 30` through the CLI entry point."""
+    out = tmp_path_factory.mktemp("cli") / "sft"
+    argv = ["train", "sft", "--data", str(ml100k_next_dir), "--model", "tiny", "--out", str(out)]
+    argv += ["--max-steps", "30", "--learning-rate", "3e-3", "--save-steps", "10", *QUIET]
+    assert cli.main(argv) == 0
+    return out
+
+
+def _adapter(run: Path) -> dict[str, torch.Tensor]:
+    spec = json.loads((run / "setdpo_model.json").read_text())
+    return load_file(run / spec["adapters"][-1] / "adapter_model.safetensors")
+
+
+def _assert_same_adapter(a: Path, b: Path, atol: float) -> None:
+    wa, wb = _adapter(a), _adapter(b)
+    assert wa.keys() == wb.keys() and wa
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=atol, rtol=0, msg=key)
+
+
+def test_cli_sft_then_mult_writes_a_reloadable_run(
+    tiny_sft: Path, ml100k_next_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "pref"
+    argv = ["train", "pref", "--data", str(ml100k_next_dir), "--init", str(tiny_sft)]
+    argv += ["--loss", "mult", "--out", str(out), "--max-steps", "30", "--max-eval-examples", "8"]
+    argv += ["--save-steps", "10", *QUIET]
+    assert cli.main(argv) == 0
+    for run in (tiny_sft, out):
+        for name in ("setdpo_model.json", "resolved_config.yaml", "trainer_state.json"):
+            assert (run / name).is_file(), (run, name)
+    spec = json.loads((out / "setdpo_model.json").read_text())
+    assert spec["adapters"] == ["adapters/sft", "adapters/pref"]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 30
+    assert sum("loss" in entry for entry in state["log_history"]) == 30
+    assert "loss: mult" in (out / "resolved_config.yaml").read_text()
+    model, _ = load(out)
+    trained = _adapter(out)
+    assert any(v.abs().max() > 0 for k, v in trained.items() if "lora_B" in k)
+    assert model.peft_config  # the last adapter stays a peft adapter
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pref_argv(data: Path, init: Path, out: Path, *extra: str) -> list[str]:
+    argv = ["train", "pref", "--data", str(data), "--init", str(init), "--out", str(out)]
+    return argv + ["--max-eval-examples", "2", "--max-train-examples", "32", *QUIET, *extra]
+
+
+def test_torchrun_two_processes_match_one_process(
+    tiny_sft: Path, ml100k_next_dir: Path, tmp_path: Path
+) -> None:
+    # One SGD step (sensitive to every gradient entry, unlike Adam's sign-like first step) on a
+    # global batch of 4: two processes x 2 contexts against one process x 4 contexts.
+    step = ["--max-steps", "1", "--optim", "sgd", "--learning-rate", "0.5", "--save-strategy", "no"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    torchrun += ["--master_port", str(_free_port()), "-m", "setdpo"]
+    two = _pref_argv(ml100k_next_dir, tiny_sft, tmp_path / "ddp", *step)
+    two += ["--per-device-train-batch-size", "2"]
+    done = subprocess.run(torchrun + two, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = _pref_argv(ml100k_next_dir, tiny_sft, tmp_path / "single", *step)
+    assert cli.main(one + ["--per-device-train-batch-size", "4"]) == 0
+    _assert_same_adapter(tmp_path / "ddp", tmp_path / "single", atol=1e-5)
+    assert any(
+        v.abs().max() > 1e-4 for k, v in _adapter(tmp_path / "single").items() if "lora_B" in k
+    )
+
+
+def _checkpoint_written(out: Path) -> bool:
+    for state in out.glob("checkpoint-*/trainer_state.json"):
+        try:
+            json.loads(state.read_text())
+            return True
+        except (OSError, json.JSONDecodeError):
+            continue
+    return False
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(
+    tiny_sft: Path, ml100k_next_dir: Path, tmp_path: Path
+) -> None:
+    extra = ["--max-steps", "16", "--save-steps", "4", "--per-device-train-batch-size", "2"]
+    killed = tmp_path / "killed"
+    argv = [sys.executable, "-m", "setdpo", *_pref_argv(ml100k_next_dir, tiny_sft, killed, *extra)]
+    log = (tmp_path / "killed.log").open("w")
+    process = subprocess.Popen(argv, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while not _checkpoint_written(killed) and process.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+        log.close()
+    assert process.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    assert not (killed / "setdpo_model.json").exists()  # it died before finishing
+    assert cli.main(_pref_argv(ml100k_next_dir, tiny_sft, killed, *extra, "--resume")) == 0
+    straight = tmp_path / "straight"
+    assert cli.main(_pref_argv(ml100k_next_dir, tiny_sft, straight, *extra)) == 0
+    _assert_same_adapter(killed, straight, atol=1e-5)
+    state = json.loads((killed / "trainer_state.json").read_text())
+    assert state["global_step"] == 16
