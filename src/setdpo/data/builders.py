@@ -35,7 +35,8 @@ class Built:
     """The selected contexts of all splits (concatenated, train first) and their candidates.
 
     items / levels / ratings: [N, n] candidate item indices (-1 = none), levels (0 = none)
-    and ratings (NaN = sampled); ``bounds`` gives each split's slice of the N rows.
+    and ratings (NaN = sampled; None outside the rated/levels modes, which do not store
+    them); ``bounds`` gives each split's slice of the N rows.
     """
 
     data: Interactions
@@ -43,7 +44,7 @@ class Built:
     ctx: Contexts
     items: np.ndarray
     levels: np.ndarray
-    ratings: np.ndarray
+    ratings: np.ndarray | None
     bounds: dict[str, slice]
     train_count: np.ndarray
     dropped: dict[str, int]
@@ -70,8 +71,9 @@ def build(data: Interactions, config: PrepareConfig) -> Built:
 
 def candidate_sets(
     seq: Sequences, ctx: Contexts, counts: np.ndarray, config: PrepareConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Window candidates plus sampled negatives, shuffled per row: three [N, n] arrays."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Window candidates plus sampled negatives, shuffled per row: items, levels and
+    (rated/levels modes) ratings, each [N, n]."""
     rng = np.random.default_rng([config.seed, 2])
     kept = ctx.levels > 0
     need = np.maximum(config.candidates - kept.sum(axis=1), 0)
@@ -82,14 +84,17 @@ def candidate_sets(
     levels = np.concatenate(
         [ctx.levels, np.where(sampled >= 0, ctx.negative_level[:, None], 0)], axis=1
     )
-    ratings = np.concatenate(
-        [np.where(kept, ctx.ratings, np.nan), np.full(sampled.shape, np.nan)], axis=1
-    )
     order = rng.permuted(np.tile(np.arange(items.shape[1]), (len(items), 1)), axis=1)
     if (items < 0).any():  # move padding last, keeping the shuffled order of the rest
         pad = np.take_along_axis(items, order, axis=1) < 0
         order = np.take_along_axis(order, np.argsort(pad, axis=1, kind="stable"), axis=1)
-    return tuple(np.take_along_axis(a, order, axis=1) for a in (items, levels, ratings))
+    items, levels = (np.take_along_axis(a, order, axis=1) for a in (items, levels))
+    if config.mode not in ("rated", "levels"):
+        return items, levels, None
+    ratings = np.concatenate(
+        [np.where(kept, ctx.ratings, np.nan), np.full(sampled.shape, np.nan)], axis=1
+    )
+    return items, levels, np.take_along_axis(ratings, order, axis=1)
 
 
 def catalog_rows(built: Built) -> list[dict[str, Any]]:

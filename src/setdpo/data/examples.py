@@ -103,7 +103,7 @@ class Chunk:
     cand_offsets: np.ndarray
     cand_items: pa.Array
     levels: np.ndarray
-    ratings: np.ndarray
+    ratings: np.ndarray | None  # None outside the rated/levels modes
 
 
 def chunks(built: Built, split: str) -> Iterator[Chunk]:
@@ -127,7 +127,7 @@ def chunks(built: Built, split: str) -> Iterator[Chunk]:
             cand_offsets=_offsets(real.sum(axis=1)),
             cand_items=pa.array(items[real]),
             levels=built.levels[rows][real],
-            ratings=built.ratings[rows][real],
+            ratings=None if built.ratings is None else built.ratings[rows][real],
         )
 
 

@@ -9,9 +9,16 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
+DENSE_CELLS = 40_000_000  # users x items up to which lookups use a dense int32 table
+
 
 class SeenIndex:
-    """When each user first interacted with each item: a sorted (user * n_items + item) key."""
+    """When each user first interacted with each item.
+
+    Sorted keys (user * n_items + item) with their first time; for catalogs small enough
+    (ML-1M: 6,040 x 3,706) also a dense [users, items] table of the first time's rank
+    among all distinct times, which answers lookups by plain indexing (no binary search).
+    """
 
     def __init__(self, user: np.ndarray, item: np.ndarray, time: np.ndarray, n_items: int):
         self.n_items = n_items
@@ -20,9 +27,18 @@ class SeenIndex:
         key, time = key[order], time[order]
         first = np.r_[True, key[1:] != key[:-1]]
         self.keys, self.first_time = key[first], time[first]
+        self.times, self.dense = np.unique(time), None
+        n_users = int(user.max(initial=-1)) + 1
+        if n_users * n_items <= DENSE_CELLS:
+            self.dense = np.full((n_users, n_items), np.iinfo(np.int32).max, dtype=np.int32)
+            ranks = np.searchsorted(self.times, self.first_time).astype(np.int32)
+            self.dense[self.keys // n_items, self.keys % n_items] = ranks
 
     def seen_by(self, user: np.ndarray, item: np.ndarray, cutoff: np.ndarray) -> np.ndarray:
         """[N, m] bool: had `user` [N] interacted with `item` [N, m] at or before `cutoff` [N]?"""
+        if self.dense is not None:
+            last = np.searchsorted(self.times, cutoff, side="right") - 1  # rank of cutoff
+            return self.dense[user[:, None], item] <= last[:, None]
         key = user.astype(np.int64)[:, None] * self.n_items + item
         at = np.minimum(np.searchsorted(self.keys, key), len(self.keys) - 1)
         found = self.keys[at] == key
