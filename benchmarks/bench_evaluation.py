@@ -118,11 +118,13 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     command = (
         f".venv/bin/python benchmarks/bench_evaluation.py --contexts {args.contexts} "
-        f"--batch-size {args.batch_size} --repeats {args.repeats}"
+        f"--batch-size {args.batch_size} --repeats {args.repeats} --threads {args.threads}"
     )
     rows, setup = run(args.contexts, args.batch_size, args.repeats)
     text = markdown(rows, setup, command)
