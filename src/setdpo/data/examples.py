@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from setdpo.data.builders import Built
 from setdpo.data.config import PrepareConfig
-from setdpo.data.prompts import SEPARATOR, render_arrow
+from setdpo.data.prompts import SEPARATOR, load_template, render_arrow
 
 LARGE = pa.large_string()
 CHUNK_ROWS = 131072
@@ -131,7 +131,7 @@ def chunks(built: Built, split: str) -> Iterator[Chunk]:
         )
 
 
-def _prompts(chunk: Chunk, titles: pa.Array, config: PrepareConfig, escape: bool) -> pa.Array:
+def _render(chunk: Chunk, titles: pa.Array, config: PrepareConfig, escape: bool) -> pa.Array:
     fields = {
         "history": _joined(chunk.hist_offsets, titles.take(chunk.hist_items)),
         "candidates": _joined(chunk.cand_offsets, titles.take(chunk.cand_items)),
@@ -139,6 +139,16 @@ def _prompts(chunk: Chunk, titles: pa.Array, config: PrepareConfig, escape: bool
         "n_candidates": pc.cast(pa.array(np.diff(chunk.cand_offsets)), LARGE),
     }
     return render_arrow(config.template, config.domain, fields, _escaped if escape else str)
+
+
+def prompts(chunk: Chunk, cat: Catalog, config: PrepareConfig) -> tuple[pa.Array, pa.Array]:
+    """The prompts of a chunk, as text and JSON-escaped (the same array when no title and
+    no template text needs escaping, as in MovieLens)."""
+    text = _render(chunk, cat.title, config, escape=False)
+    template = load_template(config.template, config.domain)
+    if cat.title_escaped.equals(cat.title) and _escaped(template) == template:
+        return text, text
+    return text, _render(chunk, cat.title_escaped, config, escape=True)
 
 
 def _floats_json(values: np.ndarray) -> pa.Array:
@@ -149,8 +159,9 @@ def _floats_json(values: np.ndarray) -> pa.Array:
     return _strings([repr(float(u)) for u in unique] + ["null"]).take(pa.array(codes))
 
 
-def json_lines(chunk: Chunk, cat: Catalog, config: PrepareConfig) -> pa.Array:
-    """One canonical JSON line (with its newline) per row, as a large_string array."""
+def json_lines(chunk: Chunk, cat: Catalog, config: PrepareConfig, escaped: pa.Array) -> pa.Array:
+    """One canonical JSON line (with its newline) per row, as a large_string array;
+    `escaped`: the JSON-escaped prompts (`prompts`)."""
     co, ho = chunk.cand_offsets, chunk.hist_offsets
     rated = []
     if config.mode in ("rated", "levels"):
@@ -173,14 +184,15 @@ def json_lines(chunk: Chunk, cat: Catalog, config: PrepareConfig) -> pa.Array:
         '], "levels": [', _joined(co, pc.cast(pa.array(chunk.levels), LARGE)),
         '], "meta": {"candidate_ids": [', _joined(co, cat.item_id_json.take(chunk.cand_items)),
         "], ", *rated, tail,
-        ', "prompt": "', _prompts(chunk, cat.title_escaped, config, escape=True),
+        ', "prompt": "', escaped,
         '", "target_time": ', _floats_json(chunk.target_time),
         ', "user": "', user, '"}\n',
     )  # fmt: skip
 
 
-def arrow_table(chunk: Chunk, cat: Catalog, config: PrepareConfig) -> pa.Table:
-    """The same rows as an Arrow table (columns and meta fields in sorted order)."""
+def arrow_table(chunk: Chunk, cat: Catalog, config: PrepareConfig, text: pa.Array) -> pa.Table:
+    """The same rows as an Arrow table (columns and meta fields in sorted order); `text`:
+    the prompts (`prompts`)."""
     co, n = chunk.cand_offsets, len(chunk.user)
     small = pa.list_(pa.string())
     meta = {"candidate_ids": pc.cast(_ragged(co, cat.item_id.take(chunk.cand_items)), small)}
@@ -196,7 +208,7 @@ def arrow_table(chunk: Chunk, cat: Catalog, config: PrepareConfig) -> pa.Table:
         "history": pc.cast(_ragged(chunk.hist_offsets, cat.title.take(chunk.hist_items)), small),
         "levels": pc.cast(_ragged(co, pa.array(chunk.levels, pa.int64())), pa.list_(pa.int64())),
         "meta": pa.StructArray.from_arrays(list(meta.values()), list(meta)),
-        "prompt": _prompts(chunk, cat.title, config, escape=False),
+        "prompt": text,
         "target_time": pa.array(chunk.target_time, pa.float64()),
         "user": user,
     }

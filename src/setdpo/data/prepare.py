@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from setdpo.data.builders import Built, build, catalog_rows, statistics
 from setdpo.data.config import PrepareConfig
-from setdpo.data.examples import Catalog, arrow_table, chunks, json_lines, write_lines
+from setdpo.data.examples import Catalog, arrow_table, chunks, json_lines, prompts, write_lines
 from setdpo.data.io import (
     SPLITS,
     atomic_directory,
@@ -52,8 +52,9 @@ def write_split(folder: Path, built: Built, split: str, config: PrepareConfig) -
     with (folder / f"{split}.jsonl").open("wb") as handle:
         progress = tqdm(total=part.stop - part.start, desc=f"{split}.jsonl", unit="ex")
         for chunk in chunks(built, split):
-            write_lines(handle, json_lines(chunk, catalog, config))
-            tables.append(arrow_table(chunk, catalog, config))
+            text, escaped = prompts(chunk, catalog, config)
+            write_lines(handle, json_lines(chunk, catalog, config, escaped))
+            tables.append(arrow_table(chunk, catalog, config, text))
             progress.update(len(chunk.user))
         progress.close()
     return pa.concat_tables(tables) if tables else pa.table({})
