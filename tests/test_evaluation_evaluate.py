@@ -95,6 +95,12 @@ def test_cli_evaluate_and_compare(ml100k_next_dir, tmp_path, capsys):
     assert "| popularity - random" in table
     hr5_row = next(line for line in table.splitlines() if line.startswith("| HR@5 "))
     assert hr5_row.rstrip(" |").endswith("*")  # popularity beats random clearly on HR@5
+    # With --baseline the named file is the reference: the difference changes sign.
+    assert main(["compare", str(files["random"]), str(files["popularity"]),
+                 "--baseline", str(files["popularity"])]) == 0  # fmt: skip
+    table = capsys.readouterr().out
+    hr5_row = next(line for line in table.splitlines() if line.startswith("| HR@5 "))
+    assert "| random - popularity" in table and "| -0." in hr5_row
 
 
 def test_compare_refuses_different_contexts(ml100k_next_dir, popularity_results, tmp_path, capsys):
