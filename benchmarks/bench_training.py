@@ -37,6 +37,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="optimisation steps per setting")
     parser.add_argument("--batch", type=int, default=2, help="contexts per step")
     parser.add_argument("--negatives", type=int, default=3, help="negatives per context")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--no-write", action="store_true", help="print only")
     return parser.parse_args()
 
@@ -81,9 +82,10 @@ def table(results: dict, args: argparse.Namespace, elapsed: float) -> str:
         SECTION,
         "",
         f"Command: `.venv/bin/python benchmarks/bench_training.py --steps {args.steps} "
-        f"--batch {args.batch} --negatives {args.negatives}`",
+        f"--batch {args.batch} --negatives {args.negatives} --threads {args.threads}`",
         "",
-        f"SmolLM2-135M (embedded), CPU ({os.cpu_count()} cores, torch {torch.__version__}, "
+        f"SmolLM2-135M (embedded), CPU ({os.cpu_count()} cores, {args.threads} torch threads, "
+        f"torch {torch.__version__}, "
         f"{platform.machine()}), float32, LoRA r=8 q/k/v/o, Mult-DPO, ML-100K `next` listing "
         f"prompts, {1 + args.negatives} candidates per context, batch {args.batch}, mean over "
         f"steps 2..{args.steps}. Setup = model load + reference pass over the "
@@ -116,6 +118,7 @@ def write_section(text: str, path: Path = RESULTS) -> None:
 
 def main() -> None:
     args = parse_args()
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

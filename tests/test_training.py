@@ -210,3 +210,15 @@ def test_hard_negatives_rescored_by_the_policy_each_epoch(
     )
     assert not torch.allclose(torch.tensor(calls[1]), torch.tensor(calls[0]), atol=1e-4)
     assert data.hard_scores == calls[1]
+
+
+def test_sft_weight_adds_the_positive_nll(
+    sft_run: Path, ml100k_next_dir: Path, tmp_path: Path
+) -> None:
+    values = {"max_steps": 1, "max_train_examples": 4, "sft_weight": 0.5, **NO_EVAL}
+    trainer = build_pref_trainer(pref_config(ml100k_next_dir, sft_run, tmp_path / "w", **values))
+    trainer.train()
+    first = trainer.state.log_history[0]
+    # Rewards are 0 at the first step, so mult = log 4 and the rest is 0.5 x NLL.
+    assert first["nll"] > 0
+    assert first["loss"] == pytest.approx(math.log(4) + 0.5 * first["nll"], abs=1e-4)

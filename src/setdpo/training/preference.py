@@ -95,6 +95,19 @@ class PreferenceTrainer(Trainer):
             )
         return scores.logps.detach()
 
+    def policy_logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        """`CandidateScores` of a batch under the policy (with gradients in training)."""
+        inner = self.accelerator.unwrap_model(model)
+        policy = model if inner is model else _DistributedView(model, inner)
+        scores = candidate_logps(
+            policy, batch, share_prefix=self.args.share_prefix, average=self.args.average_logps
+        )
+        if model.training:  # before losses.compute, which rejects non-finite log-probs outright
+            valid = batch["levels"] > 0
+            step, out_dir = self.state.global_step, self.args.output_dir
+            check_finite(scores.logps[valid], "policy log-probs", step, out_dir)
+        return scores
+
     def compute_loss(
         self,
         model: torch.nn.Module,
@@ -102,41 +115,32 @@ class PreferenceTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> Any:
-        args = self.args
-        start = time.perf_counter()
+        args, start = self.args, time.perf_counter()
         ref = inputs.get("ref_logps")
         if ref is None:
             ref = self.reference_logps(model, inputs)
-        inner = self.accelerator.unwrap_model(model)
-        policy = model if inner is model else _DistributedView(model, inner)
-        scores = candidate_logps(
-            policy, inputs, share_prefix=args.share_prefix, average=args.average_logps
-        )
-        training = model.training
-        if training:  # before losses.compute, which rejects non-finite log-probs outright
-            valid = inputs["levels"] > 0
-            check_finite(
-                scores.logps[valid], "policy log-probs", self.state.global_step, args.output_dir
-            )
+        scores = self.policy_logps(model, inputs)
         out = losses.compute(
             args.loss, scores.logps, ref.to(scores.logps.dtype), inputs["levels"], args.beta
         )
-        loss = out.loss
-        metrics = dict(out.metrics)
+        loss, metrics = out.loss, dict(out.metrics)
         if args.sft_weight > 0:
             nll = positive_nll(scores, inputs)
             loss = loss + args.sft_weight * nll
             metrics["nll"] = float(nll.detach())
-        mode = "train" if training else "eval"
-        if training:
+        if model.training:
             check_finite(loss, "training loss", self.state.global_step, args.output_dir)
-            if self._counts["contexts"] == 0:  # first batch since the last log: restart clock
-                self._counts["since"] = start
-            self._counts["tokens"] += tokens_scored(inputs, args.share_prefix)
-            self._counts["contexts"] += int(inputs["levels"].shape[0])
+            self._count(inputs, start)
         for key, value in metrics.items():
-            self._metrics[mode][key].append(value)
+            self._metrics["train" if model.training else "eval"][key].append(value)
         return (loss, out) if return_outputs else loss
+
+    def _count(self, batch: dict[str, torch.Tensor], start: float) -> None:
+        """Add a training batch to the throughput counters (clock restarts after each log)."""
+        if self._counts["contexts"] == 0:
+            self._counts["since"] = start
+        self._counts["tokens"] += tokens_scored(batch, self.args.share_prefix)
+        self._counts["contexts"] += int(batch["levels"].shape[0])
 
     def prediction_step(
         self,
