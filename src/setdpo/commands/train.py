@@ -15,9 +15,16 @@ import sys
 from typing import Any
 
 STAGES = {
-    "sft": ("SFT on the positive titles (completion-only loss).", "--model", "model"),
-    "pref": ("Preference alignment from an SFT run.", "--init", "init"),
+    "sft": (
+        "SFT on the positive titles (completion-only loss).",
+        ("--model", "model", "Base model: tiny, embedded:smollm2-135m, a hub id or a folder."),
+    ),
+    "pref": (
+        "Preference alignment from an SFT run.",
+        ("--init", "init", "SFT run directory: starting policy and reference."),
+    ),
 }
+EPILOG = "Any configuration field may follow as --field-name VALUE (list: --help-config)."
 
 
 class _OverridesParser(argparse.ArgumentParser):
@@ -32,10 +39,12 @@ class _OverridesParser(argparse.ArgumentParser):
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("train", help="Train: SFT, then preference alignment.")
     stages = parser.add_subparsers(dest="stage", required=True, parser_class=_OverridesParser)
-    for stage, (help_text, source_flag, source_field) in STAGES.items():
-        sub = stages.add_parser(stage, help=help_text, description=help_text, allow_abbrev=False)
+    for stage, (help_text, (flag, field, field_help)) in STAGES.items():
+        sub = stages.add_parser(
+            stage, help=help_text, description=help_text, epilog=EPILOG, allow_abbrev=False
+        )
         sub.add_argument("--data", help="Prepared data directory.")
-        sub.add_argument(source_flag, dest=source_field, help="Base model / SFT run directory.")
+        sub.add_argument(flag, dest=field, help=field_help)
         sub.add_argument("--out", dest="output_dir", help="Run directory.")
         if stage == "pref":
             sub.add_argument("--loss", help="Objective: dpo, dmpo, sdpo, mult, mult2, pl.")
