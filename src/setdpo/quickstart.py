@@ -38,6 +38,17 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "grad_accum": 1,
         "max_prompt_length": 256,
     },
+    # seconds on a CPU with `--model tiny`: for tests and smoke runs, not for results
+    "smoke": {
+        "train_examples": 32,
+        "valid_examples": 8,
+        "test_examples": 16,
+        "sft_steps": 4,
+        "pref_steps": 4,
+        "batch_size": 4,
+        "grad_accum": 1,
+        "max_prompt_length": 256,
+    },
     "full": {
         "train_examples": None,
         "valid_examples": 500,

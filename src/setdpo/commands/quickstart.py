@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
         default=["dpo", "sdpo", "mult"],
         help="objectives (any of dpo dmpo sdpo mult mult2 pl; default: %(default)s)",
     )
-    p.add_argument("--budget", choices=["small", "full"], default="small")
+    p.add_argument("--budget", choices=["small", "full", "smoke"], default="small")
     p.add_argument("--mode", default="next", help="data mode (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="re-run stages already finished")
