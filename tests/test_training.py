@@ -27,7 +27,8 @@ from setdpo.training import PrefConfig, SFTConfig, load_config, train_pref, trai
 from setdpo.training.callbacks import NonFiniteLossError
 from setdpo.training.preference import build_pref_trainer
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+# One xdist worker per module: its SFT fixture is built once.
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.xdist_group("training")]
 
 QUIET = {"disable_tqdm": True, "save_strategy": "no", "logging_steps": 1, "seed": 0}
 NO_EVAL = {"eval_on_start": False, "max_eval_examples": 1}

@@ -19,7 +19,11 @@ from safetensors.torch import load_file
 from setdpo import cli
 from setdpo.model import load
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.xdist_group("training_runs"),  # one worker: its SFT fixture is built once
+]
 
 QUIET = ["--disable-tqdm", "true", "--logging-steps", "1", "--seed", "0"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
