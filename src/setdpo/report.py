@@ -23,7 +23,7 @@ matplotlib.use("Agg")  # files only: no display on servers or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from setdpo.errors import InputError  # noqa: E402
-from setdpo.evaluation.compare import compare  # noqa: E402
+from setdpo.evaluation.compare import comparison, format_by_run  # noqa: E402
 from setdpo.evaluation.results import load_results  # noqa: E402
 
 # The order of rows in every table and bar plot: baselines first, then the models.
@@ -130,7 +130,7 @@ def build_report(run_dir: str | Path) -> Path:
     files = eval_files(run_dir)
     names = [p.stem for p in files]
     baseline = run_dir / "eval" / "sft.json" if "sft" in names else files[0]
-    table = compare(files, baseline=baseline)
+    table = format_by_run(comparison(files, baseline=baseline))
     _write_text(run_dir / "comparison.md", table)
     results = {p.stem: load_results(p) for p in files}
     pref_runs = {

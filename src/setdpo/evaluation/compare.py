@@ -58,13 +58,25 @@ def _labels(paths: Sequence[Path]) -> list[str]:
     return stems if len(set(stems)) == len(stems) else [str(p) for p in paths]
 
 
-def compare(
+@dataclass
+class Comparison:
+    """Every run's metrics with intervals, and paired differences against the baseline run."""
+
+    runs: list[Run]
+    base: Run
+    metrics: list[str]
+    values: dict[str, dict[str, Interval]]  # run label -> metric -> interval
+    differences: dict[str, dict[str, Interval]]  # run label (not the base) -> metric -> diff
+    n_resamples: int
+
+
+def comparison(
     paths: Sequence[str | Path],
     baseline: str | Path | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
-) -> str:
-    """The comparison table (text) of the results files ``paths``."""
+) -> Comparison:
+    """Intervals and paired differences of the results files ``paths`` (same contexts)."""
     paths = [Path(p) for p in paths]
     if baseline is not None and Path(baseline) not in paths:
         paths.insert(0, Path(baseline))
@@ -73,23 +85,62 @@ def compare(
     base = runs[base_index]
     contexts = {r.label: _check_same_contexts(base, r) for r in runs}
     names = [m for m in base.results["metrics"] if all(m in r.results["metrics"] for r in runs)]
+    values = {r.label: summarize(contexts[r.label], names, n_resamples, seed) for r in runs}
+    differences = {
+        r.label: {
+            name: paired_difference(
+                *_paired_columns(contexts[r.label], contexts[base.label], name),
+                n_resamples=n_resamples,
+                seed=seed,
+            )
+            for name in names
+        }
+        for r in runs
+        if r is not base
+    }
+    return Comparison(runs, base, names, values, differences, n_resamples)
+
+
+def compare(
+    paths: Sequence[str | Path],
+    baseline: str | Path | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> str:
+    """The comparison table (text) of the results files ``paths``: one row per metric."""
+    cmp = comparison(paths, baseline, n_resamples, seed)
+    base = cmp.base
     header = ["metric"]
-    for r in runs:
+    for r in cmp.runs:
         header += [r.label] if r is base else [r.label, f"{r.label} - {base.label}"]
     rows = [header]
-    for name in names:
+    for name in cmp.metrics:
         row = [name]
-        for r in runs:
-            row.append(_fmt(summarize(contexts[r.label], [name], n_resamples, seed)[name]))
+        for r in cmp.runs:
+            row.append(_fmt(cmp.values[r.label][name]))
             if r is not base:
-                diff = paired_difference(
-                    *_paired_columns(contexts[r.label], contexts[base.label], name),
-                    n_resamples=n_resamples,
-                    seed=seed,
-                )
-                row.append(_fmt(diff, signed=True))
+                row.append(_fmt(cmp.differences[r.label][name], signed=True))
         rows.append(row)
-    return _preamble(base) + _table(rows) + _footer(n_resamples)
+    return _preamble(base) + _table(rows) + _footer(cmp.n_resamples)
+
+
+def format_by_run(cmp: Comparison) -> str:
+    """Two tables with one row per run: the metrics, then the differences to the baseline."""
+    values = [["model", *cmp.metrics]]
+    values += [[r.label, *(_fmt(cmp.values[r.label][m]) for m in cmp.metrics)] for r in cmp.runs]
+    diffs = [[f"model - {cmp.base.label}", *cmp.metrics]]
+    diffs += [
+        [r.label, *(_fmt(cmp.differences[r.label][m], signed=True) for m in cmp.metrics)]
+        for r in cmp.runs
+        if r is not cmp.base
+    ]
+    return (
+        _preamble(cmp.base)
+        + _table(values)
+        + f"\nPaired differences against {cmp.base.label}:\n\n"
+        + _table(diffs)
+        + _footer(cmp.n_resamples)
+    )
 
 
 def _paired_columns(contexts: list[dict], base_contexts: list[dict], name: str) -> tuple:
