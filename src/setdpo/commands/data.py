@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from pathlib import Path
 
 from setdpo.errors import InputError
 
@@ -81,23 +80,12 @@ def add_parser(subparsers) -> None:
     down.set_defaults(func=run_download)
 
 
-def _config_file(path: str) -> dict:
-    import yaml
-
-    try:
-        values = yaml.safe_load(Path(path).read_text("utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise InputError(f"{path}: cannot read the config ({err})") from err
-    if not isinstance(values, dict):
-        raise InputError(f"{path}: expected a mapping of PrepareConfig fields")
-    return values
-
-
 def run_prepare(args: argparse.Namespace) -> int:
     """Options (over `--config`) -> `PrepareConfig` -> `setdpo.data.prepare`."""
     from setdpo.data import PrepareConfig, prepare
+    from setdpo.protocol import read_stage
 
-    values = _config_file(args.config) if args.config else {}
+    values = read_stage(args.config, "prepare") if args.config else {}
     values |= {
         k: v
         for k, v in vars(args).items()

@@ -23,6 +23,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from setdpo.errors import InputError
+from setdpo.protocol import read_stage
 
 RESOLVED_CONFIG = "resolved_config.yaml"
 
@@ -205,19 +206,6 @@ class PrefConfig(_SetdpoArguments):
         super().__post_init__()
 
 
-def _read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise InputError(f"{path}: cannot read the configuration: {err}") from err
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise InputError(f"{path}: a configuration is a mapping of field: value")
-    return raw
-
-
 def load_config(
     cls: type[_SetdpoArguments],
     config_file: str | Path | None = None,
@@ -225,9 +213,12 @@ def load_config(
 ) -> Any:
     """Build `cls` from a YAML file (optional) with `overrides` taking precedence.
 
-    Unknown keys raise `InputError` naming the file and the keys.
+    The file is either a flat mapping of fields or a protocol file whose `sft` / `pref`
+    section is read (`setdpo.protocol`). Unknown keys raise `InputError` naming the file
+    and the keys.
     """
-    values = _read_yaml(config_file) if config_file else {}
+    section = "sft" if issubclass(cls, SFTConfig) else "pref"
+    values = read_stage(config_file, section) if config_file else {}
     values.update(overrides or {})
     known = {f.name for f in fields(cls) if f.init}
     unknown = sorted(set(values) - known)
