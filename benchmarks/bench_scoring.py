@@ -8,7 +8,9 @@ candidates), LoRA r=8 on every projection (dropout 0):
    log-probs computed beforehand) on 1 positive and 3, 7, 19 negatives, shared vs repeated,
    and TRL's `DPOTrainer.compute_loss` + backward on the same context with the negatives
    flattened into pairs (prompt, positive, negative_i) -- TRL's route for several
-   negatives -- with its reference log-probs precomputed too (``precompute_ref_log_probs``);
+   negatives -- with its reference log-probs precomputed too (``precompute_ref_log_probs``),
+   all pairs in one batch or, with ``--trl-micro-batch``, gradient accumulation over
+   micro-batches of pairs (1+19 at once ran out of this machine's memory);
 3. the `score_texts` check: shared and repeated agree within 1e-3 and shared is >= 6x faster.
 
 Tokens: what each route feeds the model (shared: prompt + each candidate but its last
@@ -124,7 +126,14 @@ def evaluation(model, tok: TokenizedExample, pad: int, repeats: int) -> str:
     return _row("evaluation, no grad", tok, times)
 
 
-def training_step(model, trl_trainer, tok: TokenizedExample, pad: int, repeats: int) -> str:
+def training_step(
+    model,
+    trl_trainer,
+    tok: TokenizedExample,
+    pad: int,
+    repeats: int,
+    trl_micro_batch: int | None = None,
+) -> str:
     batch = CandidateCollator(pad)([tok])
     with torch.no_grad(), model.disable_adapter():
         ref = candidate_logps(model, batch).logps
@@ -140,18 +149,22 @@ def training_step(model, trl_trainer, tok: TokenizedExample, pad: int, repeats: 
     fns = {"shared": run(True), "repeated": run(False)}
     extra = ""
     if trl_trainer is not None:
-        inputs = trl_trainer.data_collator(list(trl_trainer.train_dataset))
+        pairs = list(trl_trainer.train_dataset)
+        size = trl_micro_batch or len(pairs)
+        micro = [trl_trainer.data_collator(pairs[i : i + size]) for i in range(0, len(pairs), size)]
 
-        def trl_step() -> None:
+        def trl_step() -> None:  # gradient accumulation over micro-batches of pairs
             trl_trainer.model.zero_grad(set_to_none=True)
-            trl_trainer.compute_loss(trl_trainer.model, inputs).backward()
+            for inputs in micro:
+                share = len(inputs["ref_chosen_logps"]) / len(pairs)
+                (trl_trainer.compute_loss(trl_trainer.model, inputs) * share).backward()
 
         fns["trl"] = trl_step
     model.train()
     times = _round_robin(fns, repeats)
     model.eval()
     if trl_trainer is not None:
-        trl_tokens = int(inputs["attention_mask"].sum())
+        trl_tokens = sum(int(inputs["attention_mask"].sum()) for inputs in micro)
         extra = f" {trl_tokens} | {times['trl']:.2f} | {times['trl'] / times['shared']:.1f}x |"
     return _row(f"train step, 1+{len(tok.levels) - 1}", tok, times, extra)
 
@@ -214,6 +227,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (see RESULTS.md)")
     parser.add_argument("--no-trl", action="store_true", help="skip TRL's pairwise route")
     parser.add_argument(
+        "--trl-micro-batch",
+        type=int,
+        default=None,
+        help="pairs per TRL forward, gradients accumulated (default: all pairs at once)",
+    )
+    parser.add_argument(
         "--skip-eval", action="store_true", help="training steps only (no evaluation, no check)"
     )
     args = parser.parse_args()
@@ -237,9 +256,10 @@ def main() -> None:
             print(evaluation(model, tok, pad, args.repeats), flush=True)
         for k in args.negatives:
             trainer = None if args.no_trl else trl_trainer_for(example, k, workdir)
-            print(
-                training_step(model, trainer, _subset(tok, k), pad, args.train_repeats), flush=True
+            row = training_step(
+                model, trainer, _subset(tok, k), pad, args.train_repeats, args.trl_micro_batch
             )
+            print(row, flush=True)
             del trainer
         if not args.skip_eval:
             print(score_texts_check(model, tokenizer, example, args.repeats))
