@@ -93,7 +93,7 @@ def markdown(rows: list[dict], setup: str, command: str) -> str:
     for row in rows:
         speedup = row["contexts_per_s"] / rows[-1]["contexts_per_s"]
         lines.append(
-            f"| {row['prompt']} | {row['seconds']:.2f} | {row['contexts_per_s']:.2f} | "
+            f"| {row['prompt']} | {row['seconds']:.2f} | {row['contexts_per_s']:.3g} | "
             f"{speedup:.1f}x | {row['hr1']:.3f} |"
         )
     return "\n".join(lines) + "\n"
