@@ -133,3 +133,23 @@ def test_load_results_names_the_problem(tmp_path):
         load_results(bad)
     with pytest.raises(InputError, match="no such results file"):
         load_results(tmp_path / "missing.json")
+
+
+def test_graded_relevance_is_relative_to_each_contexts_lowest_level():
+    """levels-mode data numbers levels densely per context: a {1, 2} context is binary
+    even when another context of the split has levels 1..4."""
+    from setdpo.data import PreferenceExample
+    from setdpo.evaluation.evaluate import rank_contexts
+
+    def example(cid: str, levels: list[int]) -> PreferenceExample:
+        titles = [f"{cid} title {i}" for i in range(len(levels))]
+        return PreferenceExample(cid, "u", ["h"], "prompt", titles, levels)
+
+    binary = example("a", [1] + [2] * 19)
+    graded = example("b", [1, 2, 3] + [4] * 17)
+    scores = [np.arange(20, 0, -1.0), np.arange(20, 0, -1.0)]
+    scores[0][0] = 4.5  # the positive ranks 16th of 20
+    a, b = rank_contexts([binary, graded], scores, ["NDCG@20"])
+    assert a["values"]["NDCG@20"] == pytest.approx(1 / np.log2(17))
+    # Ranked in level order: the ideal ranking, whatever the other context holds.
+    assert b["values"]["NDCG@20"] == pytest.approx(1.0)

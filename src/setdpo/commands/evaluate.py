@@ -18,13 +18,13 @@ def _add_evaluate(subparsers) -> None:
         help="rank each context's candidates with a model or baseline; metrics with intervals",
         description="Evaluate a model, a run directory, or the 'random'/'popularity' baseline "
         "on a prepared split. Writes a results JSON with the protocol, every metric with its "
-        "95%% bootstrap interval, and per context the candidates' scores and positives' ranks.",
+        "95% bootstrap interval, and per context the candidates' scores and positives' ranks.",
     )
     p.add_argument(
         "--model",
         default="embedded:smollm2-135m",
         help="run dir, model folder, "
-        "hub id, 'embedded:smollm2-135m', 'random' or 'popularity' (default: %(default)s)",
+        "hub id, 'embedded:smollm2-135m', 'tiny', 'random' or 'popularity' (default: %(default)s)",
     )
     p.add_argument("--data", required=True, help="prepared data directory")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])

@@ -49,7 +49,7 @@ class PrepareConfig:
     seed: int = _help("seed of the example selection, negatives and shuffling", 0)
     max_examples: int | None = _help("keep a seeded sample of at most this many per split", None)
     max_examples_per_split: dict[str, int] | None = _help(
-        "per-split caps, e.g. {'train': 200, 'valid': 50, 'test': 50}", None
+        "per-split caps: {'train': 200, ...} in a config file, train=200,valid=50 on the CLI", None
     )
     interactions: str | None = _help("file source: the interaction file", None)
     items: str | None = _help("file source: the items file (id, title)", None)

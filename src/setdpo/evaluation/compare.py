@@ -33,7 +33,7 @@ def _check_same_contexts(base: Run, other: Run) -> list[dict]:
     if only_base or only_other or len(by_id) != len(base_ids):
         example = sorted(only_base | only_other)[:3]
         raise InputError(
-            f"{other.path} and {base.path} evaluate different contexts "
+            f"{base.path} and {other.path} evaluate different contexts "
             f"({len(only_base)} only in the first, {len(only_other)} only in the second, "
             f"e.g. {example}): a paired comparison needs the same split and subset"
         )

@@ -93,20 +93,28 @@ class EvalConfig:
             raise InputError(f"limit must be >= 1, got {self.limit}")
 
 
-def load_contexts(config: EvalConfig) -> tuple[list[PreferenceExample], int]:
-    """The split's examples (a seeded subset under ``limit``, in file order) and its max level."""
+def context_max_level(levels: list[int]) -> int:
+    """The level graded as relevance 0 in a context: its own lowest (largest-numbered) level.
+
+    Per context, not per split: prepared data numbers levels densely in each example, so
+    level 2 is "unobserved" in one context and "rated 4" in another.
+    """
+    return max(max(levels), 2)
+
+
+def load_contexts(config: EvalConfig) -> list[PreferenceExample]:
+    """The split's examples (a seeded subset under ``limit``, in file order)."""
     examples = load_split(config.data, config.split)
     if not examples:
         raise InputError(f"{config.data}: split {config.split!r} has no examples")
-    max_level = max(max(ex.levels) for ex in examples)
     if config.limit is not None and config.limit < len(examples):
         keep = np.random.default_rng(config.seed).choice(len(examples), config.limit, replace=False)
         examples = [examples[i] for i in sorted(keep)]
-    return examples, max(max_level, 2)
+    return examples
 
 
 def rank_contexts(
-    examples: list[PreferenceExample], scores: list[np.ndarray], names: list[str], max_level: int
+    examples: list[PreferenceExample], scores: list[np.ndarray], names: list[str]
 ) -> list[dict]:
     """Per context: scores, levels, ranks of the positives and the metric values."""
     out = []
@@ -117,7 +125,7 @@ def rank_contexts(
                 "scores": [float(v) for v in s],
                 "levels": list(ex.levels),
                 "positive_ranks": positive_ranks(s, ex.levels),
-                "values": compute_metrics(s, ex.levels, names, max_level),
+                "values": compute_metrics(s, ex.levels, names, context_max_level(ex.levels)),
             }
         )
     return out
@@ -163,12 +171,13 @@ def generation_values(
 
 
 def catalog_values(
-    scorer: Scorer, examples: list[PreferenceExample], config: EvalConfig, max_level: int
+    scorer: Scorer, examples: list[PreferenceExample], config: EvalConfig
 ) -> list[dict]:
     """Per context: the catalog ranks of its positives and the catalog metric values."""
     items = load_items(config.data)
     out = []
     for ex in tqdm(examples, desc="catalog ranking", disable=not config.progress):
+        max_level = context_max_level(ex.levels)
         big = catalog_example(ex, items, max_level)
         (scores,) = scorer.score([big])
         values = compute_metrics(scores, big.levels, CATALOG_METRICS, max_level)
@@ -186,7 +195,7 @@ def _spread(values: list[int]) -> dict[str, float]:
     return {"min": int(min(values)), "max": int(max(values)), "mean": float(np.mean(values))}
 
 
-def protocol(config: EvalConfig, examples: list[PreferenceExample], max_level: int) -> dict:
+def protocol(config: EvalConfig, examples: list[PreferenceExample]) -> dict:
     """Everything a reader needs to know to interpret (and reproduce) the numbers."""
     prepare_config = Path(config.data) / "config.json"
     metas = examples[0].meta
@@ -200,7 +209,7 @@ def protocol(config: EvalConfig, examples: list[PreferenceExample], max_level: i
         else f"seeded random subset (seed {config.seed}) of {config.limit}, in file order",
         "candidates_per_context": _spread([len(ex.candidates) for ex in examples]),
         "positives_per_context": _spread([ex.levels.count(1) for ex in examples]),
-        "max_level": max_level,
+        "levels_per_context": _spread([context_max_level(ex.levels) for ex in examples]),
         "template": sorted({str(ex.meta.get("template")) for ex in examples}),
         "mode": metas.get("mode"),
         "source": metas.get("source"),
@@ -235,7 +244,7 @@ def evaluate(config: EvalConfig, scorer: Scorer | None = None) -> dict:
     See `setdpo.evaluation.results` for the layout.
     """
     start = time.perf_counter()
-    examples, max_level = load_contexts(config)
+    examples = load_contexts(config)
     if scorer is None:
         scorer, _ = build_scorer(
             config.model,
@@ -251,7 +260,7 @@ def evaluate(config: EvalConfig, scorer: Scorer | None = None) -> dict:
         )
     timing = {}
     t0 = time.perf_counter()
-    contexts = rank_contexts(examples, scorer.score(examples), config.metrics, max_level)
+    contexts = rank_contexts(examples, scorer.score(examples), config.metrics)
     timing["ranking_s"] = time.perf_counter() - t0
     names = list(config.metrics)
     if config.generate:
@@ -264,14 +273,14 @@ def evaluate(config: EvalConfig, scorer: Scorer | None = None) -> dict:
     if config.catalog:
         t0 = time.perf_counter()
         catalog_scorer = _catalog_scorer(scorer, config)
-        _merge(contexts, catalog_values(catalog_scorer, examples, config, max_level), "catalog")
+        _merge(contexts, catalog_values(catalog_scorer, examples, config), "catalog")
         timing["catalog_s"] = time.perf_counter() - t0
         names += [CATALOG_PREFIX + m for m in CATALOG_METRICS]
     summary = summarize(contexts, names, n_resamples=config.n_resamples, seed=config.seed)
     timing["total_s"] = time.perf_counter() - start
     timing["contexts_per_s"] = len(examples) / timing["ranking_s"] if timing["ranking_s"] else None
     return {
-        "protocol": protocol(config, examples, max_level),
+        "protocol": protocol(config, examples),
         "metrics": {name: iv.to_dict() for name, iv in summary.items()},
         "timing": timing,
         "contexts": contexts,

@@ -12,8 +12,9 @@ The protocol (also written into every results file by `protocol_notes`):
   top K / number of positives.
 - **NDCG@K** uses graded relevance ``rel = max_level - level`` (binary levels: positive 1,
   negative 0; levels 1..4: relevance 3, 2, 1, 0), gain ``2**rel - 1`` and discount
-  ``1 / log2(rank + 1)``; the ideal DCG sorts the context's own gains. ``max_level`` is
-  the largest level in the split, so every context grades on the same scale.
+  ``1 / log2(rank + 1)``; the ideal DCG sorts the context's own gains. The evaluation
+  runner passes each context's own lowest level as ``max_level`` (it gets relevance 0),
+  since prepared data numbers levels densely per context.
 - **AUC** (the DMPO protocol) = fraction of (positive, non-positive) pairs in which the
   positive ranks higher; under the tie rule a tie counts as a loss.
 
@@ -179,7 +180,8 @@ def protocol_notes() -> dict[str, str]:
         "ranking": "candidates sorted by score, highest first",
         "tie_rule": TIE_RULE,
         "positives": "level-1 candidates; HR@K = 1 if at least one positive is in the top K",
-        "ndcg": "graded: relevance = max_level - level, gain 2**rel - 1, discount 1/log2(rank+1)",
+        "ndcg": "graded: relevance = (the context's lowest level) - level, gain 2**rel - 1, "
+        "discount 1/log2(rank+1)",
         "mrr": "1 / rank of the first positive",
         "auc": "fraction of (positive, non-positive) pairs ranked correctly; ties count as losses",
         "intervals": "95% percentile bootstrap over contexts",
