@@ -37,6 +37,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="optimisation steps per setting")
     parser.add_argument("--batch", type=int, default=2, help="contexts per step")
     parser.add_argument("--negatives", type=int, default=3, help="negatives per context")
+    parser.add_argument("--candidates", type=int, default=20, help="candidates per prompt")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--no-write", action="store_true", help="print only")
     return parser.parse_args()
@@ -59,6 +60,8 @@ def run_setting(data: Path, init: Path, out: Path, args: argparse.Namespace, **f
         "per_device_train_batch_size": args.batch,
         "per_device_eval_batch_size": args.batch,
         "max_train_examples": args.steps * args.batch,
+        "max_eval_examples": 1,
+        "eval_on_start": False,
         "num_negatives": args.negatives,
         "save_strategy": "no",
         "disable_tqdm": True,
@@ -82,14 +85,17 @@ def table(results: dict, args: argparse.Namespace, elapsed: float) -> str:
         SECTION,
         "",
         f"Command: `.venv/bin/python benchmarks/bench_training.py --steps {args.steps} "
-        f"--batch {args.batch} --negatives {args.negatives} --threads {args.threads}`",
+        f"--batch {args.batch} --negatives {args.negatives} --candidates {args.candidates} "
+        f"--threads {args.threads}`",
         "",
         f"SmolLM2-135M (embedded), CPU ({os.cpu_count()} cores, {args.threads} torch threads, "
         f"torch {torch.__version__}, "
         f"{platform.machine()}), float32, LoRA r=8 q/k/v/o, Mult-DPO, ML-100K `next` listing "
-        f"prompts, {1 + args.negatives} candidates per context, batch {args.batch}, mean over "
-        f"steps 2..{args.steps}. Setup = model load + reference pass over the "
-        f"{args.steps * args.batch} training contexts (when precomputed). Total {elapsed:.0f} s. "
+        f"prompts listing {args.candidates} titles, {1 + args.negatives} of them scored per "
+        f"context and step, batch {args.batch}, mean over "
+        f"steps 2..{args.steps}. Setup = model load + reference pass over all "
+        f"{args.candidates} candidates of the {args.steps * args.batch} training contexts and "
+        f"1 valid context (when precomputed). Total {elapsed:.0f} s. "
         "The machine is shared with other jobs: timings are noisy.",
         "",
         "| share_prefix | precompute_ref | contexts/s | tokens/s | setup s |",
@@ -122,12 +128,12 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        sizes = {"train": args.steps * args.batch, "valid": 2, "test": 2}
+        sizes = {"train": args.steps * args.batch, "valid": 1, "test": 1}
         data = prepare(
             PrepareConfig(
                 source="ml-100k",
                 mode="next",
-                candidates=20,
+                candidates=args.candidates,
                 seed=0,
                 out=str(root / "data"),
                 max_examples_per_split=sizes,
