@@ -127,6 +127,7 @@ def test_reference_per_step_without_precompute(
     sft_run: Path, ml100k_next_dir: Path, tmp_path: Path, reference_counter: dict[str, int]
 ) -> None:
     values = {"max_steps": 2, "max_train_examples": 8, "precompute_ref": False, **NO_EVAL}
+    values["chunk_size"] = 3  # candidates scored 3 at a time: same values, less memory
     trainer = build_pref_trainer(pref_config(ml100k_next_dir, sft_run, tmp_path / "p", **values))
     trainer.train()
     assert reference_counter["reference_contexts"] == 2 * 4  # every step, 4 contexts a batch

@@ -181,6 +181,10 @@ class PrefConfig(_SetdpoArguments):
     average_logps: bool = field(
         default=False, metadata={"help": "Length-average candidate log-probs instead of summing."}
     )
+    chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Score at most this many candidates per forward pass (bounds memory)."},
+    )
     learning_rate: float = field(default=5e-5, metadata={"help": "Peak AdamW learning rate."})
     eval_on_start: bool = field(
         default=True, metadata={"help": "Evaluate on the valid split before the first step."}
@@ -201,6 +205,8 @@ class PrefConfig(_SetdpoArguments):
             raise InputError(f"num_negatives must be >= 0 (0 = all), got {self.num_negatives}")
         if self.hard_temperature <= 0:
             raise InputError(f"hard_temperature must be > 0, got {self.hard_temperature}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise InputError(f"chunk_size must be >= 1 or None, got {self.chunk_size}")
         if self.sft_weight < 0:
             raise InputError(f"sft_weight must be >= 0, got {self.sft_weight}")
         super().__post_init__()

@@ -92,6 +92,7 @@ class PreferenceTrainer(Trainer):
                 batch,
                 share_prefix=self.args.share_prefix,
                 average=self.args.average_logps,
+                chunk_size=self.args.chunk_size,
             )
         return scores.logps.detach()
 
@@ -99,8 +100,13 @@ class PreferenceTrainer(Trainer):
         """`CandidateScores` of a batch under the policy (with gradients in training)."""
         inner = self.accelerator.unwrap_model(model)
         policy = model if inner is model else _DistributedView(model, inner)
+        args = self.args
         scores = candidate_logps(
-            policy, batch, share_prefix=self.args.share_prefix, average=self.args.average_logps
+            policy,
+            batch,
+            share_prefix=args.share_prefix,
+            average=args.average_logps,
+            chunk_size=args.chunk_size,
         )
         if model.training:  # before losses.compute, which rejects non-finite log-probs outright
             valid = batch["levels"] > 0
@@ -209,6 +215,7 @@ def _reference_logps(
                 batch_size=config.per_device_eval_batch_size,
                 share_prefix=config.share_prefix,
                 average=config.average_logps,
+                chunk_size=config.chunk_size,
                 reference=True,
                 desc=f"reference log-probs ({name})",
             )
@@ -249,6 +256,7 @@ def build_pref_trainer(config: PrefConfig) -> PreferenceTrainer:
             batch_size=config.per_device_eval_batch_size,
             share_prefix=config.share_prefix,
             average=config.average_logps,
+            chunk_size=config.chunk_size,
             desc="hard negatives",
         )
 

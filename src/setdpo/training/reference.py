@@ -34,6 +34,7 @@ def all_candidate_logps(
     batch_size: int = 8,
     share_prefix: bool = True,
     average: bool = False,
+    chunk_size: int | None = None,
     reference: bool = False,
     desc: str = "scoring",
 ) -> list[list[float]]:
@@ -53,7 +54,9 @@ def all_candidate_logps(
             for start in tqdm(range(0, len(tokenized), batch_size), desc=desc, leave=False):
                 chunk = tokenized[start : start + batch_size]
                 batch = {k: v.to(device) for k, v in collate(chunk).items()}
-                scores = candidate_logps(model, batch, share_prefix=share_prefix, average=average)
+                scores = candidate_logps(
+                    model, batch, share_prefix=share_prefix, average=average, chunk_size=chunk_size
+                )
                 for row, tok in zip(scores.logps.float().cpu(), chunk, strict=True):
                     out.append(row[: len(tok.levels)].tolist())
     finally:
