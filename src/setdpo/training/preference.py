@@ -195,7 +195,12 @@ class PreferenceTrainer(Trainer):
 def _reference_logps(
     model: Any, tokenizer: Any, config: PrefConfig, splits: dict[str, list[Any]]
 ) -> dict[str, list[list[float]]]:
-    """Reference log-probs of every candidate of each split, from the run's cache or computed."""
+    """Reference log-probs of every candidate of each split, from the cache or computed.
+
+    The reference is the SFT model, so its log-probs are cached in the SFT run directory
+    (`config.init`): every preference run from that SFT run on the same data (several
+    objectives, reruns) computes them once.
+    """
     data_files = [Path(config.data) / f"{name}.jsonl" for name in splits]
     settings = {
         "sizes": {name: len(toks) for name, toks in splits.items()},
@@ -223,7 +228,7 @@ def _reference_logps(
         }
 
     with config.main_process_first(desc="reference log-probs"):
-        return cached_reference(config.output_dir, key, compute)
+        return cached_reference(config.init, key, compute)
 
 
 def build_pref_trainer(config: PrefConfig) -> PreferenceTrainer:

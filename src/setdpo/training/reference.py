@@ -1,9 +1,10 @@
 """Log-probs of every candidate of every example: the cached reference and hard-negative scores.
 
 The reference of preference training never changes during a run, so its log-probs are computed
-once (adapter disabled = the SFT model) and cached in the run directory under a fingerprint of
-everything they depend on: the data files, the SFT run's model files and the tokenization and
-scoring settings. A resumed run, or a second run into the same directory, reads them back.
+once (adapter disabled = the SFT model) and cached in the SFT run directory under a fingerprint
+of everything they depend on: the data files, the SFT run's model files and the tokenization and
+scoring settings. A resumed run, or any other preference run from the same SFT run on the same
+data, reads them back.
 """
 
 from __future__ import annotations
