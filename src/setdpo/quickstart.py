@@ -23,20 +23,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from setdpo.atomic import atomic_write_json
 from setdpo.errors import InputError
 
 # Sizes per budget. "small" is measured to finish in under 20 minutes on a 2-core CPU with
 # the embedded SmolLM2 (benchmarks/RESULTS.md); "full" is the S-DPO protocol for a GPU.
 BUDGETS: dict[str, dict[str, Any]] = {
     "small": {
-        "train_examples": 256,
-        "valid_examples": 32,
-        "test_examples": 100,
-        "sft_steps": 48,
-        "pref_steps": 24,
+        "train_examples": 48,
+        "valid_examples": 8,
+        "test_examples": 40,
+        "sft_steps": 12,
+        "pref_steps": 12,
         "batch_size": 4,
         "grad_accum": 1,
-        "max_prompt_length": 256,
+        "max_prompt_length": 320,
     },
     # seconds on a CPU with `--model tiny`: for tests and smoke runs, not for results
     "smoke": {
@@ -127,7 +128,7 @@ class Stages:
         print(f"[quickstart] {name}: running", flush=True)
         work()
         done = {"key": wanted, "finished": time.time(), "seconds": time.perf_counter() - start}
-        (self.dir / f"{name}.json").write_text(json.dumps(done, indent=1), encoding="utf-8")
+        atomic_write_json(self.dir / f"{name}.json", done)
         print(f"[quickstart] {name}: done in {done['seconds']:.0f} s -> {output}", flush=True)
         return output
 
@@ -173,14 +174,13 @@ def run_quickstart(config: QuickstartConfig) -> Path:
     from setdpo.data import prepare
     from setdpo.data.config import PrepareConfig
     from setdpo.evaluation.evaluate import EvalConfig, evaluate
-    from setdpo.evaluation.results import write_json_atomic
     from setdpo.report import build_report
     from setdpo.training import PrefConfig, SFTConfig, load_config, train_pref, train_sft
 
     run_dir = Path(config.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     stages = Stages(run_dir, config.fresh)
-    (run_dir / "quickstart.json").write_text(json.dumps(asdict(config), indent=1))
+    atomic_write_json(run_dir / "quickstart.json", asdict(config))
     budget = BUDGETS[config.budget]
     data_dir = run_dir / "data"
 
@@ -222,7 +222,7 @@ def run_quickstart(config: QuickstartConfig) -> Path:
             "seed": config.seed,
         }
         out = run_dir / "eval" / f"{name}.json"
-        work = lambda s=settings, o=out: write_json_atomic(evaluate(EvalConfig(**s)), o)  # noqa: E731
+        work = lambda s=settings, o=out: atomic_write_json(o, evaluate(EvalConfig(**s)))  # noqa: E731
         stages.run(f"eval-{name}", settings, out, work, [upstream])
 
     report = build_report(run_dir)

@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from setdpo.atomic import atomic_write_text  # noqa: E402
 from setdpo.errors import InputError  # noqa: E402
 from setdpo.evaluation.compare import comparison, format_by_run  # noqa: E402
 from setdpo.evaluation.results import load_results  # noqa: E402
@@ -131,7 +132,7 @@ def build_report(run_dir: str | Path) -> Path:
     names = [p.stem for p in files]
     baseline = run_dir / "eval" / "sft.json" if "sft" in names else files[0]
     table = format_by_run(comparison(files, baseline=baseline))
-    _write_text(run_dir / "comparison.md", table)
+    atomic_write_text(run_dir / "comparison.md", table)
     results = {p.stem: load_results(p) for p in files}
     pref_runs = {
         n: run_dir / "runs" / n
@@ -144,7 +145,7 @@ def build_report(run_dir: str | Path) -> Path:
     if "mult" in pref_runs:
         plots["bound_gap"] = plot_bound_gap(pref_runs["mult"], run_dir / "plots" / "bound_gap.png")
     report = _report_text(run_dir, table, plots, results)
-    return _write_text(run_dir / "report.md", report)
+    return atomic_write_text(run_dir / "report.md", report)
 
 
 def _report_text(run_dir: Path, table: str, plots: dict[str, Path], results: dict) -> str:
@@ -174,11 +175,3 @@ def _report_text(run_dir: Path, table: str, plots: dict[str, Path], results: dic
         "",
     ]
     return "\n".join(lines)
-
-
-def _write_text(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-    return path

@@ -17,13 +17,12 @@ HR@1 over valid answers only divides by the number of valid answers).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from setdpo.atomic import atomic_write_json
 from setdpo.errors import InputError
 from setdpo.evaluation.bootstrap import Interval, bootstrap_interval
 
@@ -53,17 +52,7 @@ def summarize(
 
 def write_json_atomic(data: dict, path: str | Path) -> None:
     """Write ``data`` as JSON to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, data)
 
 
 def load_results(path: str | Path) -> dict:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from setdpo.atomic import atomic_write_json
 from setdpo.errors import InputError
 from setdpo.model.tiny import TINY
 
@@ -106,7 +106,7 @@ def save_run_model(
         base, adapters = "base", []
     tokenizer.save_pretrained(run_dir)
     record = {"base_model": base, "adapters": adapters, "trust_remote_code": trust_remote_code}
-    return _write_json_atomic(run_dir / RUN_MODEL_FILE, record)
+    return atomic_write_json(run_dir / RUN_MODEL_FILE, record)
 
 
 def _starting_point(
@@ -172,12 +172,3 @@ def _free_name(stem: str, taken: list[str]) -> str:
         index += 1
         name = f"{stem}-{index}"
     return name
-
-
-def _write_json_atomic(path: Path, record: dict) -> Path:
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=2)
-        handle.write("\n")
-    os.replace(temp, path)
-    return path

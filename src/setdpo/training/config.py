@@ -12,8 +12,6 @@ file gives the same configuration back.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +20,7 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from setdpo.atomic import atomic_write_text
 from setdpo.errors import InputError
 from setdpo.protocol import read_stage
 
@@ -262,17 +261,3 @@ def write_resolved_config(config: _SetdpoArguments, run_dir: str | Path) -> Path
         values.pop(name, None)
     text = yaml.safe_dump(values, sort_keys=True)
     return atomic_write_text(Path(run_dir) / RESOLVED_CONFIG, text)
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from setdpo.atomic import atomic_write_text
 from setdpo.scoring import candidate_logps
 from setdpo.tokenization import CandidateCollator
-from setdpo.training.config import atomic_write_text
 
 CACHE_PREFIX = "ref_logps-"
 
