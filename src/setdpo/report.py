@@ -29,6 +29,13 @@ from setdpo.evaluation.results import load_results  # noqa: E402
 
 # The order of rows in every table and bar plot: baselines first, then the models.
 FIXED_ORDER = ["random", "popularity", "base", "sft"]
+CAPTIONS = {
+    "metrics": "Test-split metrics of every model and baseline with 95% bootstrap intervals.",
+    "training": "Per-step training loss, reward accuracy and reward margin of each objective"
+    " (each step sees a new batch, so single steps are noisy).",
+    "bound_gap": "Mult-DPO's gap to the exact set-wise Plackett-Luce loss,"
+    " 0 <= (L_mult - log k!) - L_pl <= (k-1) log(1 + A/B), and A/B over training.",
+}
 BAR_METRICS = ["HR@1", "HR@5", "NDCG@5", "NDCG@10", "MRR"]
 # trainer_state.json log keys per panel of the training plot (see setdpo.losses).
 TRAINING_PANELS = {
@@ -144,11 +151,20 @@ def build_report(run_dir: str | Path) -> Path:
         plots["training"] = plot_training(pref_runs, run_dir / "plots" / "training.png")
     if "mult" in pref_runs:
         plots["bound_gap"] = plot_bound_gap(pref_runs["mult"], run_dir / "plots" / "bound_gap.png")
-    report = _report_text(run_dir, table, plots, results)
+    captions = {name: CAPTIONS[name] for name in plots}
+    if "mult" in pref_runs:
+        _, gaps = series(log_history(pref_runs["mult"]), "bound_gap")
+        if gaps and max(abs(g) for g in gaps) < 1e-6:
+            captions["bound_gap"] += (
+                f" Here every logged gap is below 1e-6 in absolute value ({max(gaps, key=abs):.1e}):"
+                " with one positive per context Mult-DPO is the exact PL loss, so only"
+                " quadrature error is left."
+            )
+    report = _report_text(run_dir, table, captions, results)
     return atomic_write_text(run_dir / "report.md", report)
 
 
-def _report_text(run_dir: Path, table: str, plots: dict[str, Path], results: dict) -> str:
+def _report_text(run_dir: Path, table: str, captions: dict[str, str], results: dict) -> str:
     protocol = next(iter(results.values()))["protocol"]
     lines = [
         "# setdpo report",
@@ -167,8 +183,8 @@ def _report_text(run_dir: Path, table: str, plots: dict[str, Path], results: dic
         "## Plots",
         "",
     ]
-    for name, path in plots.items():
-        lines += [f"![{name}](plots/{path.name})", ""]
+    for name, caption in captions.items():
+        lines += [f"![{name}](plots/{name}.png)", "", caption, ""]
     lines += [
         "Each stage's configuration: `data/config.json`, `runs/*/resolved_config.yaml`, "
         "and the evaluation protocol inside each `eval/*.json`.",
