@@ -13,6 +13,7 @@ from setdpo.tokenization import (
     TokenizedExample,
     TruncationReport,
     tokenize_example,
+    tokenize_examples,
 )
 
 HISTORY = [
@@ -114,6 +115,22 @@ def test_truncation_report_counts(tokenizer) -> None:
     report = TruncationReport.of([a, b, c, d])
     assert report == TruncationReport(4, 2, 6, 1, 7)
     assert str(report) == "2/4 prompts lost history (6 items), 1 were cut token-wise (7 tokens)"
+
+
+def test_tokenize_examples_warns_with_the_truncation_report(tokenizer, caplog) -> None:
+    full = len(tokenize_example(_example(), tokenizer).prompt_ids)
+    with caplog.at_level("WARNING", logger="setdpo.tokenization"):
+        untouched = tokenize_examples([_example()], tokenizer, max_prompt_length=full)
+    assert untouched[0].dropped_history == 0 and not caplog.records
+    with caplog.at_level("WARNING", logger="setdpo.tokenization"):
+        cut = tokenize_examples(
+            [_example(), _example()], tokenizer, max_prompt_length=full - 1, what="valid"
+        )
+    assert all(t.dropped_history >= 1 for t in cut)
+    (record,) = caplog.records
+    assert record.getMessage().startswith(
+        f"valid, max_prompt_length {full - 1}: 2/2 prompts lost history"
+    )
 
 
 def test_bad_max_prompt_length(tokenizer) -> None:

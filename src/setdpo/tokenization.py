@@ -13,6 +13,7 @@ a batch of examples lost.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 import torch
 
 from setdpo.data.schema import PreferenceExample
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -198,3 +201,24 @@ def _from_mapping(item: Mapping[str, Any]) -> TokenizedExample:
         candidate_ids=[list(c) for c in item["candidate_ids"]],
         levels=list(item["levels"]),
     )
+
+
+def tokenize_examples(
+    examples: Sequence[PreferenceExample],
+    tokenizer: Any,
+    max_prompt_length: int | None = None,
+    chat_template: bool = False,
+    what: str = "examples",
+) -> list[TokenizedExample]:
+    """`tokenize_example` over ``examples``; warns with a `TruncationReport` if any prompt
+    had to lose history items or tokens to fit ``max_prompt_length``."""
+    tokenized = [
+        tokenize_example(
+            ex, tokenizer, max_prompt_length=max_prompt_length, chat_template=chat_template
+        )
+        for ex in examples
+    ]
+    report = TruncationReport.of(tokenized)
+    if report.history_truncated or report.token_truncated:
+        logger.warning("%s, max_prompt_length %s: %s", what, max_prompt_length, report)
+    return tokenized

@@ -22,7 +22,7 @@ from setdpo.data.schema import PreferenceExample
 from setdpo.evaluation.baselines import PopularityScorer, RandomScorer
 from setdpo.model import load
 from setdpo.scoring import candidate_logps
-from setdpo.tokenization import CandidateCollator, tokenize_example
+from setdpo.tokenization import CandidateCollator, tokenize_examples
 
 BASELINES = ("random", "popularity")
 
@@ -56,15 +56,13 @@ class ModelScorer:
 
     def tokenize(self, examples: Sequence[PreferenceExample]) -> list:
         """`setdpo.tokenization.TokenizedExample` per example, with this scorer's settings."""
-        return [
-            tokenize_example(
-                ex,
-                self.tokenizer,
-                max_prompt_length=self.max_prompt_length,
-                chat_template=self.chat_template,
-            )
-            for ex in examples
-        ]
+        return tokenize_examples(
+            examples,
+            self.tokenizer,
+            max_prompt_length=self.max_prompt_length,
+            chat_template=self.chat_template,
+            what=f"scoring ({self.name})",
+        )
 
     def score(self, examples: Sequence[PreferenceExample]) -> list[np.ndarray]:
         return self.score_tokenized(self.tokenize(examples))

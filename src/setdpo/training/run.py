@@ -13,7 +13,7 @@ from transformers import Trainer
 from setdpo.data import load_split
 from setdpo.data.schema import PreferenceExample
 from setdpo.errors import InputError
-from setdpo.tokenization import tokenize_example
+from setdpo.tokenization import tokenize_examples
 from setdpo.training.config import write_resolved_config
 
 TRAINER_STATE = "trainer_state.json"
@@ -31,16 +31,14 @@ def load_examples(data_dir: str | Path, split: str, limit: int | None) -> list[P
 
 
 def tokenize_all(examples: Sequence[PreferenceExample], tokenizer: Any, config: Any) -> list[Any]:
-    """`tokenize_example` over `examples` with the config's prompt budget and chat template."""
-    return [
-        tokenize_example(
-            ex,
-            tokenizer,
-            max_prompt_length=config.max_prompt_length,
-            chat_template=config.chat_template,
-        )
-        for ex in examples
-    ]
+    """`tokenize_examples` with the config's prompt budget and chat template."""
+    return tokenize_examples(
+        examples,
+        tokenizer,
+        max_prompt_length=config.max_prompt_length,
+        chat_template=config.chat_template,
+        what=f"training data {config.data}",
+    )
 
 
 def write_trainer_state(trainer: Trainer, run_dir: Path) -> None:
