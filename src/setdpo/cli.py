@@ -13,7 +13,7 @@ import sys
 
 from setdpo.errors import InputError
 
-# name -> module under setdpo.commands; a module may register several subcommands.
+# Modules under setdpo.commands; a module may register several subcommands.
 COMMAND_MODULES = ["data", "train", "evaluate", "quickstart"]
 
 
@@ -24,13 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"setdpo.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"setdpo.commands.{name}":
-                raise
-            continue  # command not built yet
-        module.add_parser(subparsers)
+        importlib.import_module(f"setdpo.commands.{name}").add_parser(subparsers)
     return parser
 
 
