@@ -28,7 +28,7 @@ from setdpo.training.reference import (
     fingerprint,
     model_files,
 )
-from setdpo.training.run import close_run, load_examples, tokenize_all
+from setdpo.training.run import load_examples, tokenize_all, train_and_close
 
 
 def positive_nll(scores: CandidateScores, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -287,13 +287,4 @@ def train_pref(config: PrefConfig, resume: bool = False) -> Path:
     trainer = build_pref_trainer(config)
     if trainer.eval_dataset is None:  # no valid split: nothing to evaluate at the start
         config.eval_on_start = False
-    trainer.train(resume_from_checkpoint=True if resume else None)
-    if trainer.eval_dataset is not None:
-        trainer.evaluate()
-
-    def save(run_dir: Path) -> None:
-        models.save_run_model(
-            trainer.model, trainer.processing_class, run_dir, init_run=config.init
-        )
-
-    return close_run(trainer, config, save)
+    return train_and_close(trainer, config, resume, init_run=config.init)

@@ -10,6 +10,7 @@ from typing import Any
 
 from transformers import Trainer
 
+from setdpo import model as models
 from setdpo.data import load_split
 from setdpo.data.schema import PreferenceExample
 from setdpo.errors import InputError
@@ -53,12 +54,18 @@ def write_trainer_state(trainer: Trainer, run_dir: Path) -> None:
         raise
 
 
-def close_run(trainer: Trainer, config: Any, save_model: Any) -> Path:
-    """On the main process: `save_model(run_dir)`, the resolved config and the trainer state."""
+def train_and_close(trainer: Trainer, config: Any, resume: bool, **run_model: Any) -> Path:
+    """Train (`resume`: from the last checkpoint), evaluate on the valid split if there is one,
+    then close the run directory on the main process: the model with
+    `setdpo.model.save_run_model(..., **run_model)`, the resolved config and the trainer state.
+    """
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    if trainer.eval_dataset is not None:
+        trainer.evaluate()
     run_dir = Path(config.output_dir)
     if trainer.is_world_process_zero():
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_model(run_dir)
+        models.save_run_model(trainer.model, trainer.processing_class, run_dir, **run_model)
         write_resolved_config(config, run_dir)
         write_trainer_state(trainer, run_dir)
     trainer.accelerator.wait_for_everyone()

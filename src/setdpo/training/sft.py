@@ -17,7 +17,7 @@ from setdpo import model as models
 from setdpo.training.callbacks import EpochCallback, check_finite
 from setdpo.training.config import SFTConfig
 from setdpo.training.data import SFTCollator, SFTDataset
-from setdpo.training.run import close_run, load_examples, tokenize_all
+from setdpo.training.run import load_examples, tokenize_all, train_and_close
 
 
 class SFTTrainer(Trainer):
@@ -76,14 +76,4 @@ def train_sft(config: SFTConfig, resume: bool = False) -> Path:
     `setdpo.model.load(run_dir)` reloads the model), `resolved_config.yaml` and
     `trainer_state.json`.
     """
-    trainer = build_sft_trainer(config)
-    trainer.train(resume_from_checkpoint=True if resume else None)
-    if trainer.eval_dataset is not None:
-        trainer.evaluate()
-
-    def save(run_dir: Path) -> None:
-        models.save_run_model(
-            trainer.model, trainer.processing_class, run_dir, base_model=config.model
-        )
-
-    return close_run(trainer, config, save)
+    return train_and_close(build_sft_trainer(config), config, resume, base_model=config.model)
