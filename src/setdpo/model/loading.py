@@ -17,6 +17,7 @@ from transformers import (
 
 from setdpo.errors import InputError
 from setdpo.model.embedded import EMBEDDED_DEFAULT, embedded_model_folder
+from setdpo.model.lab import LAB, build_lab_model
 from setdpo.model.runs import is_run_dir, read_run_model
 from setdpo.model.tiny import TINY, build_tiny
 
@@ -53,6 +54,7 @@ def load(
     trust_remote_code: bool = False,
     merge_all: bool = False,
     tiny_texts: Sequence[str] | None = None,
+    lab_data: str | os.PathLike | None = None,
 ) -> tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase]:
     """Load a model and its tokenizer; `setdpo.model` lists the names accepted.
 
@@ -60,6 +62,7 @@ def load(
     last is merged into the weights; the last stays a peft adapter unless ``merge_all``.
     The tokenizer gets a padding token when it lacks one (EOS, else UNK) and
     ``model.config.pad_token_id`` matches it. The model is returned in eval mode.
+    ``"lab"`` is built from the prepared data directory ``lab_data``.
     """
     target_device = resolve_device(device)
     target_dtype = resolve_dtype(dtype, target_device)
@@ -76,7 +79,10 @@ def load(
         name, adapters = spec.base_model, list(spec.adapters)
         if (Path(name_or_path) / "tokenizer_config.json").is_file():
             run_tokenizer = Path(name_or_path)
-    model, tokenizer = _load_base(name, target_dtype, trust_remote_code, tiny_texts)
+    if name == LAB:
+        model, tokenizer = _build_lab(lab_data)
+    else:
+        model, tokenizer = _load_base(name, target_dtype, trust_remote_code, tiny_texts)
     if run_tokenizer is not None:
         tokenizer = AutoTokenizer.from_pretrained(run_tokenizer)
     if adapter is not None:
@@ -94,6 +100,17 @@ def _load_base(
     if name.startswith("embedded:"):
         name = str(embedded_model_folder(name)[0])
     return _load_pretrained(name, dtype, trust_remote_code)
+
+
+def _build_lab(
+    data_dir: str | os.PathLike | None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    if data_dir is None:
+        raise InputError(
+            "the lab model is built from a prepared data directory: pass lab_data=DIR "
+            "(training passes its --data)"
+        )
+    return build_lab_model(data_dir)
 
 
 def _load_pretrained(

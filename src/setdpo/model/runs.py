@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from setdpo.atomic import atomic_write_json
 from setdpo.errors import InputError
+from setdpo.model.lab import LAB
 from setdpo.model.tiny import TINY
 
 RUN_MODEL_FILE = "setdpo_model.json"
@@ -76,8 +77,8 @@ def save_run_model(
     Say where the stage started, with exactly one of:
 
     - ``base_model``: a name ``load`` accepts, the model LoRA was added to (SFT). Hub ids and
-      ``embedded:...`` are recorded as given; for ``"tiny"`` the model's own base weights are
-      saved as ``run_dir/base``; a local folder is recorded as an absolute path.
+      ``embedded:...`` are recorded as given; for ``"tiny"`` and ``"lab"`` the model's own base
+      weights are saved as ``run_dir/base``; a local folder is recorded as an absolute path.
     - ``init_run``: the run (or model name) `prepare_preference_model` started from. Its
       adapters were merged beneath the model's fresh one; they are copied into
       ``run_dir/adapters/`` and listed first, and its saved ``base`` is copied too, so the
@@ -123,9 +124,9 @@ def _record_base(
     run_dir: Path, model: PeftModel, tokenizer: PreTrainedTokenizerBase, base: str, merged: bool
 ) -> str:
     """The ``base_model`` entry for a peft model, saving or copying weights where needed."""
-    if base == TINY:
+    if base in (TINY, LAB):
         if merged:  # merged adapters changed the weights: the base cannot be recovered
-            raise ValueError("a tiny base with merged adapters must come from its init run")
+            raise ValueError(f"a {base} base with merged adapters must come from its init run")
         _save_unwrapped_base(model, run_dir / "base")
         tokenizer.save_pretrained(run_dir / "base")
         return "base"

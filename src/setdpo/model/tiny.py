@@ -3,7 +3,7 @@ byte-level BPE tokenizer trained on the data's own texts, built in well under a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from tokenizers import Tokenizer, decoders, pre_tokenizers, processors, trainers
@@ -51,10 +51,20 @@ _TINY_CHAT_TEMPLATE = (
 
 
 def _train_tiny_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    specials = ["<pad>", "<s>", "</s>"]
     backend = Tokenizer(BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
+    return fit_bpe_tokenizer(backend, texts, vocab_size, model_max_length=2048)
+
+
+def fit_bpe_tokenizer(
+    backend: Tokenizer, texts: Iterable[str], vocab_size: int, model_max_length: int
+) -> PreTrainedTokenizerFast:
+    """Train ``backend`` (a BPE model whose byte-level pre-tokenizer and decoder are set) on
+    ``texts`` and wrap it: ``<s>`` in front of every encoding, ``</s>`` to end answers,
+    ``<pad>`` to pad, a minimal chat template. BPE training draws nothing at random: the same
+    texts give the same merges."""
+    specials = ["<pad>", "<s>", "</s>"]
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=specials,
@@ -72,5 +82,6 @@ def _train_tiny_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokeni
         bos_token="<s>",
         eos_token="</s>",
         chat_template=_TINY_CHAT_TEMPLATE,
-        model_max_length=2048,
+        model_max_length=model_max_length,
+        clean_up_tokenization_spaces=False,  # decode(encode(text)) must give the text back
     )
