@@ -54,7 +54,9 @@ class LabSettings:
 
 
 def fit_lab_tokenizer(
-    texts: Iterable[str], vocab_size: int = 4096, max_length: int = 512
+    texts: Iterable[str],
+    vocab_size: int = LabSettings.vocab_size,
+    max_length: int = LabSettings.max_positions,
 ) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer of at most ``vocab_size`` tokens fitted to ``texts``.
 

@@ -108,7 +108,8 @@ def _build_lab(
     if data_dir is None:
         raise InputError(
             "the lab model is built from a prepared data directory: pass lab_data=DIR "
-            "(training passes its --data)"
+            "(`setdpo train sft --model lab` passes its --data); a trained lab model is "
+            "loaded from its run directory"
         )
     return build_lab_model(data_dir)
 
