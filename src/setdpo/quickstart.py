@@ -1,13 +1,24 @@
-"""The main job (`setdpo quickstart`, `make demo`): raw data -> SFT -> alignment -> report.
+"""The main job (`setdpo quickstart`, `make demo`): raw data -> SFT -> every objective -> report.
+
+Two tiers run the same stages on the same prepared data (ML-100K `next-k`, k = 3: three
+positives per context, so Mult-DPO is not S-DPO), the same test contexts and candidates:
+
+- ``lab``: a small Llama trained from scratch on the catalog (`setdpo.model.lab`) with full
+  fine-tuning. Not a pretrained LLM: a fast instrument on which the objectives' effects show
+  within CPU minutes.
+- ``llm``: the embedded SmolLM2-135M-Instruct (or any model given as ``llm_model``) with
+  LoRA, at the budget the machine allows.
 
 Layout of the run directory (default ``runs/quickstart``)::
 
-    data/                 prepared ML-100K (setdpo data prepare)
-    runs/sft/             the SFT run (adapter, resolved_config.yaml, trainer_state.json)
-    runs/<objective>/     one preference run per objective, initialised from runs/sft
-    eval/<name>.json      test-split results: random, popularity, base, sft, each objective
-    stages/<stage>.json   the configuration each finished stage ran with
-    comparison.md  plots/*.png  report.md
+    data/                       prepared data (setdpo data prepare)
+    <tier>/runs/sft/            the tier's SFT run
+    <tier>/runs/<objective>/    one preference run per objective, initialised from sft
+    <tier>/eval/<name>.json     test results: random, popularity, sasrec, base, sft, objectives
+    <tier>/comparison.md  <tier>/plots/*.png  <tier>/report.md
+    stages/<stage>.json         the configuration each finished stage ran with
+    logs/<tier>.log             output of a tier run in a second process (``jobs`` = 2)
+    report.md                   both tiers' reports
 
 A stage whose recorded configuration equals the current one and whose output exists is
 reused (``fresh=True`` re-runs everything), so re-running after an interruption continues
@@ -17,51 +28,200 @@ where it stopped.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import shutil
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from setdpo.atomic import atomic_write_json
+from setdpo.atomic import atomic_write_json, atomic_write_text
 from setdpo.errors import InputError
 
-# Sizes per budget. "small" is measured to finish in under 20 minutes on a 2-core CPU with
-# the embedded SmolLM2 (benchmarks/RESULTS.md); "full" is the S-DPO protocol for a GPU.
-BUDGETS: dict[str, dict[str, Any]] = {
-    "small": {
-        "train_examples": 48,
-        "valid_examples": 8,
-        "test_examples": 40,
-        "sft_steps": 12,
-        "pref_steps": 12,
-        "batch_size": 4,
-        "grad_accum": 1,
-        "max_prompt_length": 320,
-    },
-    # seconds on a CPU with `--model tiny`: for tests and smoke runs, not for results
-    "smoke": {
-        "train_examples": 32,
-        "valid_examples": 8,
-        "test_examples": 16,
-        "sft_steps": 4,
-        "pref_steps": 4,
-        "batch_size": 4,
-        "grad_accum": 1,
-        "max_prompt_length": 256,
-    },
-    "full": {
-        "train_examples": None,
-        "valid_examples": 500,
-        "test_examples": None,
-        "sft_steps": -1,
-        "pref_steps": -1,
-        "batch_size": 8,
-        "grad_accum": 16,
-        "max_prompt_length": 1024,
-    },
+TIERS = ("lab", "llm")
+BASELINE_MODELS = ["random", "popularity", "sasrec"]
+K_POSITIVES = 3
+
+
+@dataclass(frozen=True)
+class TierBudget:
+    """How far one tier trains and on how many contexts it is measured."""
+
+    train_examples: int | None  # None = the whole training split
+    test_examples: int | None  # contexts evaluated (a seeded subset); None = all prepared
+    sft_steps: int
+    pref_steps: int
+    sft_batch: int
+    pref_batch: int
+    sft_lr: float
+    pref_lr: float
+    peft: str  # "lora" | "none" (full fine-tuning)
+    num_negatives: int  # negatives per preference step (0 = all 17)
+    warmup_steps: int = 0
+    max_prompt_length: int = 320
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Data sizes shared by the tiers, and each tier's budget."""
+
+    valid_examples: int
+    test_examples: int
+    tiers: dict[str, TierBudget]
+    note: str
+
+
+# Step counts and sizes are measured (benchmarks/RESULTS.md, "Quickstart"), not guessed.
+BUDGETS: dict[str, Budget] = {
+    "small": Budget(
+        valid_examples=64,
+        test_examples=600,
+        note="CPU, under 20 minutes on 2 cores from a fresh clone (tiers in parallel)",
+        tiers={
+            "lab": TierBudget(
+                train_examples=None,
+                test_examples=None,
+                sft_steps=600,
+                pref_steps=120,
+                sft_batch=32,
+                pref_batch=16,
+                sft_lr=2e-3,
+                pref_lr=1e-4,
+                peft="none",
+                num_negatives=0,
+                warmup_steps=50,
+                max_prompt_length=256,
+            ),
+            "llm": TierBudget(
+                train_examples=48,
+                test_examples=60,
+                sft_steps=12,
+                pref_steps=12,
+                sft_batch=4,
+                pref_batch=4,
+                sft_lr=2e-4,
+                pref_lr=2e-4,
+                peft="lora",
+                num_negatives=3,
+                max_prompt_length=320,
+            ),
+        },
+    ),
+    "medium": Budget(
+        valid_examples=200,
+        test_examples=2000,
+        note="CPU, about an hour on 2 cores",
+        tiers={
+            "lab": TierBudget(
+                train_examples=None,
+                test_examples=None,
+                sft_steps=3000,
+                pref_steps=600,
+                sft_batch=32,
+                pref_batch=16,
+                sft_lr=2e-3,
+                pref_lr=1e-4,
+                peft="none",
+                num_negatives=0,
+                warmup_steps=50,
+                max_prompt_length=256,
+            ),
+            "llm": TierBudget(
+                train_examples=200,
+                test_examples=100,
+                sft_steps=50,
+                pref_steps=50,
+                sft_batch=4,
+                pref_batch=4,
+                sft_lr=2e-4,
+                pref_lr=2e-4,
+                peft="lora",
+                num_negatives=3,
+                max_prompt_length=320,
+            ),
+        },
+    ),
+    # seconds on a CPU: for tests and smoke runs, not for results
+    "smoke": Budget(
+        valid_examples=8,
+        test_examples=16,
+        note="seconds: tests and smoke runs, not results",
+        tiers={
+            "lab": TierBudget(
+                train_examples=32,
+                test_examples=None,
+                sft_steps=4,
+                pref_steps=4,
+                sft_batch=4,
+                pref_batch=4,
+                sft_lr=2e-3,
+                pref_lr=1e-4,
+                peft="none",
+                num_negatives=0,
+                max_prompt_length=256,
+            ),
+            "llm": TierBudget(
+                train_examples=32,
+                test_examples=12,
+                sft_steps=4,
+                pref_steps=4,
+                sft_batch=4,
+                pref_batch=4,
+                sft_lr=2e-4,
+                pref_lr=2e-4,
+                peft="lora",
+                num_negatives=3,
+                max_prompt_length=256,
+            ),
+        },
+    ),
+    # the S-DPO protocol's sizes, for a GPU
+    "full": Budget(
+        valid_examples=500,
+        test_examples=10_000,
+        note="GPU: whole training split, S-DPO's effective batch of 128",
+        tiers={
+            "lab": TierBudget(
+                train_examples=None,
+                test_examples=None,
+                sft_steps=20_000,
+                pref_steps=3000,
+                sft_batch=64,
+                pref_batch=32,
+                sft_lr=2e-3,
+                pref_lr=1e-4,
+                peft="none",
+                num_negatives=0,
+                warmup_steps=100,
+                max_prompt_length=256,
+            ),
+            "llm": TierBudget(
+                train_examples=None,
+                test_examples=None,
+                sft_steps=-1,
+                pref_steps=-1,
+                sft_batch=128,
+                pref_batch=128,
+                sft_lr=1e-4,
+                pref_lr=1e-5,
+                peft="lora",
+                num_negatives=3,
+                max_prompt_length=1024,
+            ),
+        },
+    ),
 }
-BASELINE_MODELS = ["random", "popularity"]
+
+
+def _objectives(names: list[str], mode: str) -> list[str]:
+    """Canonical objective names; empty means every objective that the data mode allows."""
+    from setdpo.losses import canonical_name
+
+    names = names or ["dpo", "dmpo", "sdpo", "mult", "pl"] + (["mult2"] if mode == "levels" else [])
+    return [canonical_name(name) for name in names]
 
 
 @dataclass
@@ -69,30 +229,61 @@ class QuickstartConfig:
     """What `setdpo quickstart` runs; every field is a command-line option."""
 
     out: str = field(default="runs/quickstart", metadata={"help": "run directory"})
-    model: str = field(default="embedded:smollm2-135m", metadata={"help": "base model"})
-    losses: list[str] = field(
-        default_factory=lambda: ["dpo", "sdpo", "mult"],
-        metadata={"help": "objectives to align with (any of dpo dmpo sdpo mult mult2 pl)"},
+    tiers: list[str] = field(
+        default_factory=lambda: list(TIERS),
+        metadata={"help": "lab (small model from scratch) and/or llm (pretrained, LoRA)"},
     )
-    budget: str = field(default="small", metadata={"help": "small (CPU) | full (GPU)"})
+    lab_model: str = field(
+        default="lab", metadata={"help": "model of the lab tier (full fine-tuning)"}
+    )
+    llm_model: str = field(
+        default="embedded:smollm2-135m", metadata={"help": "model of the llm tier (LoRA)"}
+    )
+    losses: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "objectives to align with (default: dpo dmpo sdpo mult pl, and mult2 in "
+            "levels mode)"
+        },
+    )
+    llm_losses: list[str] = field(
+        default_factory=lambda: ["sdpo", "mult"],
+        metadata={"help": "objectives of the llm tier (a subset: it is the slow one)"},
+    )
+    budget: str = field(
+        default="small", metadata={"help": "small (CPU, 20 min) | medium (CPU, 1 h) | full (GPU)"}
+    )
     source: str = field(default="ml-100k", metadata={"help": "data source"})
     mode: str = field(
-        default="next", metadata={"help": "data mode: next | next-k | rated | levels"}
+        default="next-k", metadata={"help": "data mode: next | next-k | rated | levels"}
     )
     seed: int = field(default=0, metadata={"help": "seed of data, training and bootstrap"})
+    jobs: int = field(default=2, metadata={"help": "tiers run at once (one thread each)"})
     fresh: bool = field(default=False, metadata={"help": "re-run stages already finished"})
 
     def __post_init__(self) -> None:
-        from setdpo.losses import canonical_name
-
         if self.budget not in BUDGETS:
             raise InputError(f"budget {self.budget!r} is not one of {list(BUDGETS)}")
+        unknown = set(self.tiers) - set(TIERS)
+        if unknown or not self.tiers or len(set(self.tiers)) != len(self.tiers):
+            raise InputError(f"tiers must be distinct names from {list(TIERS)}, got {self.tiers}")
+        if self.jobs < 1:
+            raise InputError(f"jobs must be >= 1, got {self.jobs}")
         try:
-            self.losses = [canonical_name(name) for name in self.losses]
+            self.losses = _objectives(self.losses, self.mode)
+            self.llm_losses = _objectives(self.llm_losses, self.mode)
         except ValueError as err:
             raise InputError(str(err)) from err
-        if len(set(self.losses)) != len(self.losses) or not self.losses:
-            raise InputError(f"losses must be distinct and non-empty, got {self.losses}")
+        for name in ("losses", "llm_losses"):
+            names = getattr(self, name)
+            if len(set(names)) != len(names) or not names:
+                raise InputError(f"{name} must be distinct and non-empty, got {names}")
+
+    def tier_model(self, tier: str) -> str:
+        return self.lab_model if tier == "lab" else self.llm_model
+
+    def tier_losses(self, tier: str) -> list[str]:
+        return self.losses if tier == "lab" else self.llm_losses
 
 
 class Stages:
@@ -112,7 +303,12 @@ class Stages:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
     def run(
-        self, name: str, settings: dict[str, Any], output: Path, work: Any, after: list[str] = ()
+        self,
+        name: str,
+        settings: dict[str, Any],
+        output: Path,
+        work: Callable[[], Any],
+        after: list[str] = (),
     ) -> Path:
         wanted = {
             "settings": json.loads(json.dumps(settings, default=str)),
@@ -120,7 +316,7 @@ class Stages:
         }
         previous = self.record(name)
         if not self.fresh and output.exists() and previous.get("key") == wanted:
-            print(f"[quickstart] {name}: reusing {output}")
+            print(f"[quickstart] {name}: reusing {output}", flush=True)
             return output
         if output.exists():
             shutil.rmtree(output) if output.is_dir() else output.unlink()
@@ -135,97 +331,197 @@ class Stages:
 
 def _prepare_settings(config: QuickstartConfig, data_dir: Path) -> dict[str, Any]:
     budget = BUDGETS[config.budget]
-    caps = {
-        "train": budget["train_examples"],
-        "valid": budget["valid_examples"],
-        "test": budget["test_examples"],
-    }
+    caps = {"valid": budget.valid_examples, "test": budget.test_examples}
+    train_caps = [budget.tiers[t].train_examples for t in config.tiers]
+    if None not in train_caps:
+        caps["train"] = max(train_caps)
     return {
         "source": config.source,
         "mode": config.mode,
+        **({"k": K_POSITIVES} if config.mode == "next-k" else {}),
+        "template": "open",
         "candidates": 20,
         "seed": config.seed,
         "out": str(data_dir),
-        "max_examples_per_split": {k: v for k, v in caps.items() if v is not None} or None,
+        "max_examples_per_split": caps,
     }
 
 
-def _train_settings(config: QuickstartConfig, data_dir: Path, out: Path, steps: int) -> dict:
+def _train_settings(
+    config: QuickstartConfig, tier: str, data_dir: Path, out: Path, stage: str
+) -> dict[str, Any]:
     budget = BUDGETS[config.budget]
+    tb = budget.tiers[tier]
+    steps = tb.sft_steps if stage == "sft" else tb.pref_steps
     return {
         "data": str(data_dir),
         "output_dir": str(out),
         "max_steps": steps,
-        "per_device_train_batch_size": budget["batch_size"],
-        "gradient_accumulation_steps": budget["grad_accum"],
-        "max_prompt_length": budget["max_prompt_length"],
-        "max_eval_examples": budget["valid_examples"],
+        "per_device_train_batch_size": tb.sft_batch if stage == "sft" else tb.pref_batch,
+        "learning_rate": tb.sft_lr if stage == "sft" else tb.pref_lr,
+        "warmup_steps": tb.warmup_steps if stage == "sft" else 0,
+        "max_grad_norm": 1.0,
+        "peft": tb.peft,
+        "max_train_examples": tb.train_examples,
+        "max_prompt_length": tb.max_prompt_length,
+        "max_eval_examples": budget.valid_examples,
         "eval_strategy": "no",
         "save_strategy": "no",
-        "logging_steps": max(1, (steps if steps > 0 else 100) // 12),
+        "logging_steps": max(1, (steps if steps > 0 else 100) // 20),
         "seed": config.seed,
         "report_to": "none",
         "disable_tqdm": False,
     }
 
 
-def run_quickstart(config: QuickstartConfig) -> Path:
-    """Run every stage (reusing finished ones), print the comparison, return report.md."""
-    from setdpo.data import prepare
-    from setdpo.data.config import PrepareConfig
+def _eval_settings(
+    config: QuickstartConfig, tier: str, data_dir: Path, model: str
+) -> dict[str, Any]:
+    tb = BUDGETS[config.budget].tiers[tier]
+    return {
+        "model": model,
+        "data": str(data_dir),
+        "split": "test",
+        "limit": tb.test_examples,
+        "max_prompt_length": tb.max_prompt_length,
+        "seed": config.seed,
+    }
+
+
+def run_tier(config: QuickstartConfig, tier: str, stages: Stages, data_dir: Path) -> Path:
+    """SFT, every objective and every evaluation of one tier; returns the tier's report."""
     from setdpo.evaluation.evaluate import EvalConfig, evaluate
     from setdpo.report import build_report
     from setdpo.training import PrefConfig, SFTConfig, load_config, train_pref, train_sft
+
+    tier_dir = Path(config.out) / tier
+    sft_dir = tier_dir / "runs" / "sft"
+    sft = {
+        **_train_settings(config, tier, data_dir, sft_dir, "sft"),
+        "model": config.tier_model(tier),
+    }
+    stages.run(
+        f"{tier}-sft",
+        sft,
+        sft_dir,
+        lambda: train_sft(load_config(SFTConfig, overrides=sft)),
+        ["data"],
+    )
+    for loss in config.tier_losses(tier):
+        out = tier_dir / "runs" / loss
+        pref = {
+            **_train_settings(config, tier, data_dir, out, "pref"),
+            "init": str(sft_dir),
+            "loss": loss,
+            "num_negatives": BUDGETS[config.budget].tiers[tier].num_negatives,
+        }
+        stages.run(
+            f"{tier}-{loss}",
+            pref,
+            out,
+            lambda p=pref: train_pref(load_config(PrefConfig, overrides=p)),
+            [f"{tier}-sft"],
+        )
+
+    # name -> (model, the stage whose output it evaluates)
+    models = {name: (name, "data") for name in BASELINE_MODELS}
+    models["base"] = (config.tier_model(tier), "data")
+    models["sft"] = (str(sft_dir), f"{tier}-sft")
+    for loss in config.tier_losses(tier):
+        models[loss] = (str(tier_dir / "runs" / loss), f"{tier}-{loss}")
+    for name, (model, upstream) in models.items():
+        settings = _eval_settings(config, tier, data_dir, model)
+        out = tier_dir / "eval" / f"{name}.json"
+        work = lambda s=settings, o=out: atomic_write_json(o, evaluate(EvalConfig(**s)))  # noqa: E731
+        stages.run(f"{tier}-eval-{name}", settings, out, work, [upstream])
+    return build_report(tier_dir, title=f"{tier} tier: {TIER_TITLES[tier](config)}")
+
+
+TIER_TITLES: dict[str, Callable[[QuickstartConfig], str]] = {
+    "lab": lambda c: f"`{c.lab_model}`, a small language model over the catalog trained from "
+    "scratch (not a pretrained LLM), full fine-tuning",
+    "llm": lambda c: f"`{c.llm_model}`, pretrained, LoRA",
+}
+
+
+def _tier_process(config: QuickstartConfig, tier: str, log_path: str) -> None:
+    """Entry of a second process: one torch thread, output to the tier's log file."""
+    import torch
+
+    torch.set_num_threads(1)
+    with open(log_path, "w", encoding="utf-8") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        sys.stdout = sys.stderr = log
+        run_dir = Path(config.out)
+        run_tier(config, tier, Stages(run_dir, fresh=False), run_dir / "data")
+
+
+def _run_tiers(config: QuickstartConfig, stages: Stages, data_dir: Path) -> None:
+    """The tiers one after the other, or the last ones in second processes (``jobs``)."""
+    import torch
+
+    tiers = list(config.tiers)
+    if config.jobs == 1 or len(tiers) == 1:
+        for tier in tiers:
+            run_tier(config, tier, stages, data_dir)
+        return
+    logs = Path(config.out) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    # fresh is spent here: a re-run data stage already invalidates every later stage.
+    child_config = replace(config, fresh=False)
+    context = multiprocessing.get_context("spawn")
+    children = []
+    for tier in tiers[1 : config.jobs]:
+        log = logs / f"{tier}.log"
+        print(f"[quickstart] {tier} tier: running in a second process, log {log}", flush=True)
+        child = context.Process(target=_tier_process, args=(child_config, tier, str(log)))
+        child.start()
+        children.append((tier, child, log))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for tier in [tiers[0], *tiers[config.jobs :]]:
+            run_tier(config, tier, stages, data_dir)
+    finally:
+        torch.set_num_threads(threads)
+        for _, child, _ in children:
+            child.join()
+    for tier, child, log in children:
+        if child.exitcode != 0:
+            tail = "\n".join(log.read_text(encoding="utf-8").splitlines()[-30:])
+            raise RuntimeError(f"the {tier} tier failed (exit {child.exitcode}); log {log}:\n{tail}")
+
+
+def run_quickstart(config: QuickstartConfig) -> Path:
+    """Run every stage (reusing finished ones), print the comparisons, return report.md."""
+    from setdpo.data import prepare
+    from setdpo.data.config import PrepareConfig
 
     run_dir = Path(config.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     stages = Stages(run_dir, config.fresh)
     atomic_write_json(run_dir / "quickstart.json", asdict(config))
-    budget = BUDGETS[config.budget]
     data_dir = run_dir / "data"
-
     data_settings = _prepare_settings(config, data_dir)
     stages.run("data", data_settings, data_dir, lambda: prepare(PrepareConfig(**data_settings)))
+    _run_tiers(config, stages, data_dir)
 
-    sft_dir = run_dir / "runs" / "sft"
-    sft = {**_train_settings(config, data_dir, sft_dir, budget["sft_steps"]), "model": config.model}
-    stages.run(
-        "sft", sft, sft_dir, lambda: train_sft(load_config(SFTConfig, overrides=sft)), ["data"]
-    )
-
-    for loss in config.losses:
-        out = run_dir / "runs" / loss
-        pref = {
-            **_train_settings(config, data_dir, out, budget["pref_steps"]),
-            "init": str(sft_dir),
-            "loss": loss,
-        }
-        stages.run(
-            loss,
-            pref,
-            out,
-            lambda p=pref: train_pref(load_config(PrefConfig, overrides=p)),
-            ["sft"],
-        )
-
-    # name -> (model, the stage whose output it evaluates)
-    models = {name: (name, "data") for name in [*BASELINE_MODELS, "base"]}
-    models["base"] = (config.model, "data")
-    models["sft"] = (str(sft_dir), "sft")
-    models |= {loss: (str(run_dir / "runs" / loss), loss) for loss in config.losses}
-    for name, (model, upstream) in models.items():
-        settings = {
-            "model": model,
-            "data": str(data_dir),
-            "split": "test",
-            "max_prompt_length": budget["max_prompt_length"],
-            "seed": config.seed,
-        }
-        out = run_dir / "eval" / f"{name}.json"
-        work = lambda s=settings, o=out: atomic_write_json(o, evaluate(EvalConfig(**s)))  # noqa: E731
-        stages.run(f"eval-{name}", settings, out, work, [upstream])
-
-    report = build_report(run_dir)
-    print((run_dir / "comparison.md").read_text(encoding="utf-8"))
+    sections = [
+        "# setdpo quickstart",
+        "",
+        f"Budget `{config.budget}` ({BUDGETS[config.budget].note}); data `{config.source}` "
+        f"`{config.mode}`, open prompt, 20 candidates. Each tier's models are scored on the "
+        "same test contexts and candidates; differences are paired, against the tier's SFT.",
+        "",
+    ]
+    for tier in config.tiers:
+        table = (run_dir / tier / "comparison.md").read_text(encoding="utf-8")
+        print(f"\n## {tier} tier\n\n{table}", flush=True)
+        body = (run_dir / tier / "report.md").read_text(encoding="utf-8")
+        # one heading level down, and plots linked from the run directory
+        body = body.replace("](plots/", f"]({tier}/plots/")
+        sections += ["#" + line if line.startswith("#") else line for line in body.splitlines()]
+    report = atomic_write_text(run_dir / "report.md", "\n".join(sections))
     print(f"[quickstart] report: {report}")
     return report

@@ -28,13 +28,14 @@ from setdpo.evaluation.compare import comparison, format_by_run  # noqa: E402
 from setdpo.evaluation.results import load_results  # noqa: E402
 
 # The order of rows in every table and bar plot: baselines first, then the models.
-FIXED_ORDER = ["random", "popularity", "base", "sft"]
+FIXED_ORDER = ["random", "popularity", "sasrec", "base", "sft"]
 CAPTIONS = {
     "metrics": "Test-split metrics of every model and baseline with 95% bootstrap intervals.",
     "training": "Per-step training loss, reward accuracy and reward margin of each objective"
     " (each step sees a new batch, so single steps are noisy).",
     "bound_gap": "Mult-DPO's gap to the exact set-wise Plackett-Luce loss,"
-    " 0 <= (L_mult - log k!) - L_pl <= (k-1) log(1 + A/B), and A/B over training.",
+    " 0 <= (L_mult - log k!) - L_pl <= (k-1) log(1 + A/B), beside its upper bound, and A/B"
+    " over training (means over the logged batches' contexts).",
 }
 BAR_METRICS = ["HR@1", "HR@5", "NDCG@5", "NDCG@10", "MRR"]
 # trainer_state.json log keys per panel of the training plot (see setdpo.losses).
@@ -98,15 +99,18 @@ def plot_bound_gap(run: Path, path: Path) -> Path:
     """Mult-DPO's gap to the exact Plackett-Luce loss, and A/B, over training."""
     history = log_history(run)
     fig, (ax_gap, ax_ratio) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, key, title in (
-        (ax_gap, "bound_gap", "(L_mult - log k!) - L_pl"),
-        (ax_ratio, "a_over_b", "A / B (positive over negative mass)"),
+    for ax, key, label in (
+        (ax_gap, "bound_gap", "gap (L_mult - log k!) - L_pl"),
+        (ax_gap, "bound_gap_max", "bound (k-1) log(1 + A/B)"),
+        (ax_ratio, "a_over_b", "A / B"),
     ):
         steps, values = series(history, key)
-        ax.plot(steps, values, marker=".", color="tab:purple")
-        ax.set_title(title)
+        ax.plot(steps, values, marker=".", label=label)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+    ax_gap.set_title("gap to the exact PL loss, and its bound")
+    ax_gap.legend(fontsize=8)
+    ax_ratio.set_title("A / B (positive over negative mass)")
     fig.suptitle("mult: bound gap against the exact set-wise PL loss")
     return _save(fig, path)
 
@@ -132,8 +136,9 @@ def plot_metric_bars(results: dict[str, dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def build_report(run_dir: str | Path) -> Path:
-    """Write comparison.md, the plots and report.md of a quickstart directory; return report.md."""
+def build_report(run_dir: str | Path, title: str = "setdpo report") -> Path:
+    """Write comparison.md, the plots and report.md of a directory of ``eval/*.json`` (a
+    quickstart tier) and its ``runs/``; return report.md."""
     run_dir = Path(run_dir)
     files = eval_files(run_dir)
     names = [p.stem for p in files]
@@ -160,14 +165,16 @@ def build_report(run_dir: str | Path) -> Path:
                 " with one positive per context Mult-DPO is the exact PL loss, so only"
                 " quadrature error is left."
             )
-    report = _report_text(run_dir, table, captions, results)
+    report = _report_text(run_dir, title, table, captions, results)
     return atomic_write_text(run_dir / "report.md", report)
 
 
-def _report_text(run_dir: Path, table: str, captions: dict[str, str], results: dict) -> str:
+def _report_text(
+    run_dir: Path, title: str, table: str, captions: dict[str, str], results: dict
+) -> str:
     protocol = next(iter(results.values()))["protocol"]
     lines = [
-        "# setdpo report",
+        f"# {title}",
         "",
         f"Run directory: `{run_dir}`. Models: {', '.join(results)}.",
         "",
