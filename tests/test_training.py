@@ -143,6 +143,8 @@ def test_precompute_ref_scores_every_candidate_up_front(
     values["chunk_size"] = 3  # candidates scored 3 at a time: same values, less memory
     trainer = build_pref_trainer(pref_config(ml100k_next_dir, fresh_sft, tmp_path / "p", **values))
     assert reference_counter["reference_contexts"] == 40 + 1  # every train and valid context
+    train, memo = trainer.train_dataset, trainer.reference.memo
+    assert all(memo.complete(train.example_key(i)) for i in range(40))  # every candidate
     assert trainer.reference.model.copy is None
     trainer.train()
     assert reference_counter["reference_contexts"] == 40 + 1  # training read them all

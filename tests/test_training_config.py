@@ -90,6 +90,12 @@ def test_full_fine_tuning_by_peft_none_or_rank_zero() -> None:
         parse_overrides(PrefConfig, ["--peft", "qlora"])
 
 
+def test_valid_sample_is_bounded_by_default_and_zero_means_all() -> None:
+    assert load_config(SFTConfig, None, _required(SFTConfig)).max_eval_examples == 512
+    every = parse_overrides(PrefConfig, ["--max-eval-examples", "0"])
+    assert load_config(PrefConfig, None, {**REQUIRED, **every}).max_eval_examples is None
+
+
 def test_unknown_yaml_key_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("beta: 1.0\nbetta: 2.0\n", encoding="utf-8")

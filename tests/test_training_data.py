@@ -4,6 +4,7 @@ lazy tokenization."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -173,3 +174,19 @@ def test_draw_without_scores_is_uniform(k: int) -> None:
         for j in draw_negatives(example_rng(1, 0, i), [0, 1, 2, 3], k):
             counts[j] += 1
     np.testing.assert_allclose(counts / 2000, k / 4, atol=0.04)
+
+
+def test_valid_sample_is_seeded_and_keeps_file_order(ml100k_next_dir: Any) -> None:
+    from setdpo.training.run import load_examples
+
+    every = load_examples(ml100k_next_dir, "valid", None)
+    sample = load_examples(ml100k_next_dir, "valid", 10, seed=0)
+    assert sample == load_examples(ml100k_next_dir, "valid", 10, seed=0)
+    assert sample != every[:10]  # the file is ordered by user: the head is a few users
+    positions = [every.index(ex) for ex in sample]
+    assert positions == sorted(positions) and len(set(positions)) == 10
+    assert (
+        load_examples(ml100k_next_dir, "train", 10)
+        == load_examples(ml100k_next_dir, "train", None)[:10]
+    )
+    assert load_examples(ml100k_next_dir / "nowhere", "valid", 10) == []

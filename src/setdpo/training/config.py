@@ -47,7 +47,7 @@ class _SetdpoArguments(TrainingArguments):
         default=512,
         metadata={
             "help": "Evaluate on N valid examples, a sample drawn with `seed` (the valid split is "
-            "ordered by user); None = all. Bounded by default: the valid loss is a monitor, "
+            "ordered by user); 0 or None = all. Bounded by default: the valid loss is a monitor, "
             "`setdpo evaluate` is the measurement, and a full split costs minutes on a CPU."
         },
     )
@@ -108,6 +108,8 @@ class _SetdpoArguments(TrainingArguments):
             raise InputError(
                 "remove_unused_columns must be False: setdpo's collators build batches"
             )
+        if self.max_eval_examples == 0:  # the command line cannot say None
+            self.max_eval_examples = None
         for name in ("max_train_examples", "max_eval_examples", "max_prompt_length"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -256,7 +256,11 @@ class PreferenceDataset(EpochDataset):
         return keep_candidates(levels, rng, self.num_negatives)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        keep = self.candidate_indices(index)
+        return self.item(index, self.candidate_indices(index))
+
+    def item(self, index: int, keep: Sequence[int]) -> dict[str, Any]:
+        """The item of example `index` with the candidates at `keep` (all: `range(size)`)."""
+        keep = list(keep)
         return {
             "example": select(self.tokenized[index], keep),
             "key": self.example_key(index),

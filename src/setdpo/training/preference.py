@@ -257,6 +257,7 @@ def _reference(
                     tokenizer.pad_token_id,
                     config.per_device_eval_batch_size,
                     desc=f"reference log-probs ({name})",
+                    progress=not config.disable_tqdm,
                 )
             memo.flush()
         reference.model.release()  # every log-prob is memoised: no copy held while training

@@ -234,14 +234,21 @@ class Reference:
         return out
 
     def fill(
-        self, dataset: PreferenceDataset, pad_token_id: int, batch_size: int, desc: str
+        self,
+        dataset: PreferenceDataset,
+        pad_token_id: int,
+        batch_size: int,
+        desc: str,
+        progress: bool = True,
     ) -> int:
         """Compute every candidate of `dataset` (all candidates) missing from the memo, in
         batches, with a progress bar; returns the examples scored."""
         todo = [i for i in range(len(dataset)) if not self.memo.complete(dataset.example_key(i))]
         collate = PreferenceCollator(pad_token_id)
-        for start in tqdm(range(0, len(todo), batch_size), desc=desc, leave=False):
-            self(collate([dataset[i] for i in todo[start : start + batch_size]]))
+        starts = range(0, len(todo), batch_size)
+        for start in tqdm(starts, desc=desc, leave=False, disable=not progress):
+            chunk = todo[start : start + batch_size]
+            self(collate([dataset.item(i, range(len(dataset.levels[i]))) for i in chunk]))
         return len(todo)
 
 
