@@ -304,16 +304,9 @@ def test_disable_dropout_zeroes_modules_and_attention_rates_but_not_lora() -> No
     assert all(p == 0.0 for n, p in drops.items() if "lora_dropout" not in n)
     assert {p for n, p in drops.items() if "lora_dropout" in n} == {0.05}  # set on purpose
     assert gpt2.config.resid_pdrop == 0.1  # a saved model keeps its own dropout
-    llama = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            attention_dropout=0.1,
-        )
-    )
+    sizes = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64}
+    config = LlamaConfig(num_hidden_layers=2, num_attention_heads=2, attention_dropout=0.1, **sizes)
+    llama = LlamaForCausalLM(config)
     assert disable_dropout(llama) == 2  # a float rate per attention layer, no modules
     assert all(layer.self_attn.attention_dropout == 0.0 for layer in llama.model.layers)
 

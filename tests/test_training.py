@@ -187,15 +187,8 @@ def gpt2_with_dropout(ml100k_next_dir: Path, tmp_path_factory: pytest.TempPathFa
     """A small GPT-2 (dropout 0.1 on embeddings, attention and residuals) saved as a folder."""
     examples = load_split(ml100k_next_dir, "train")[:20]
     _, tokenizer = build_tiny([ex.prompt for ex in examples])
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        n_positions=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, **ids)
     assert config.resid_pdrop == config.attn_pdrop == config.embd_pdrop == 0.1
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("gpt2") / "model"

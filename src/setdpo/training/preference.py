@@ -63,6 +63,15 @@ def tokens_scored(batch: dict[str, torch.Tensor], share_prefix: bool) -> int:
     return int(prompt_tokens + batch["candidate_mask"].sum())
 
 
+def scoring_options(config: PrefConfig) -> dict[str, Any]:
+    """`candidate_logps` keyword arguments from the config (policy, reference, hard negatives)."""
+    return {
+        "share_prefix": config.share_prefix,
+        "average": config.average_logps,
+        "chunk_size": config.chunk_size,
+    }
+
+
 class _DistributedView:
     """A DDP-wrapped model as `candidate_logps` needs it: calls go through the wrapper (so
     gradients are all-reduced), attribute reads (`get_input_embeddings`, `config`) go to the
@@ -97,15 +106,6 @@ class PreferenceTrainer(Trainer):
         }
         self._counts = {"tokens": 0, "contexts": 0, "since": time.perf_counter()}
 
-    def scoring(self) -> dict[str, Any]:
-        """`candidate_logps` options from the config."""
-        args = self.args
-        return {
-            "share_prefix": args.share_prefix,
-            "average": args.average_logps,
-            "chunk_size": args.chunk_size,
-        }
-
     def draw_hard_negatives(self, model: torch.nn.Module, batch: dict[str, Any]) -> Any:
         """`batch` (every candidate) cut to the candidates of `keep_candidates` drawn from the
         current policy's softmax over each example's negatives (`negatives: hard`).
@@ -116,7 +116,7 @@ class PreferenceTrainer(Trainer):
         """
         inner = self.accelerator.unwrap_model(model)
         with torch.no_grad(), eval_mode(inner):
-            scores = candidate_logps(inner, batch, **self.scoring()).logps.float().cpu()
+            scores = candidate_logps(inner, batch, **scoring_options(self.args)).logps.float().cpu()
         args, epoch = self.args, self.train_dataset.epoch
         keep = []
         for b, index in enumerate(batch["example_index"].tolist()):
@@ -133,7 +133,7 @@ class PreferenceTrainer(Trainer):
         """`CandidateScores` of a batch under the policy (with gradients in training)."""
         inner = self.accelerator.unwrap_model(model)
         policy = model if inner is model else _DistributedView(model, inner)
-        scores = candidate_logps(policy, batch, **self.scoring())
+        scores = candidate_logps(policy, batch, **scoring_options(self.args))
         if model.training:  # before losses.compute, which rejects non-finite log-probs outright
             valid = batch["levels"] > 0
             step, out_dir = self.state.global_step, self.args.output_dir
@@ -235,11 +235,7 @@ def _reference(
     The memo lives in the SFT run directory (shared by every objective aligned from it), or in
     the output directory when `init` is not a run directory (a model folder or hub id).
     """
-    scoring = {
-        "share_prefix": config.share_prefix,
-        "average": config.average_logps,
-        "chunk_size": config.chunk_size,
-    }
+    scoring = scoring_options(config)
     load_copy = partial(_frozen_copy, config) if config.peft == "none" else None
     settings = {k: v for k, v in scoring.items() if k != "chunk_size"}  # same values in chunks
     settings.update(dtype="float32", bf16=config.bf16, fp16=config.fp16)
