@@ -1,4 +1,8 @@
-"""Preference-training throughput: shared prefix on/off x precomputed reference on/off.
+"""Preference-training throughput: shared prefix on/off x reference up front or when needed.
+
+`precompute_ref` on scores every candidate's reference log-prob before the first step; off,
+each step scores its own candidates when it first needs them. Each setting starts from its own
+copy of the SFT run, so none finds the reference memoised by an earlier one.
 
 Trains Mult-DPO from a one-step SFT run of the embedded SmolLM2-135M on ML-100K `next`
 contexts (listing prompt, 1 positive + `--negatives` sampled negatives per step), on the CPU,
@@ -17,6 +21,7 @@ import argparse
 import os
 import platform
 import re
+import shutil
 import statistics
 import tempfile
 import time
@@ -51,6 +56,8 @@ def sft_init(data: Path, root: Path) -> Path:
 
 
 def run_setting(data: Path, init: Path, out: Path, args: argparse.Namespace, **flags) -> dict:
+    # A fresh copy of the SFT run: no setting finds the reference memoised by an earlier one.
+    init = Path(shutil.copytree(init, out.with_name(f"{out.name}-init")))
     values = {
         "data": str(data),
         "init": str(init),

@@ -75,6 +75,10 @@ def test_protocols_state_the_papers_settings() -> None:
     assert mult["prepare"]["template"] == "open" and mult["prepare"]["k"] > 1
     assert mult["sft"]["model"] == "Qwen/Qwen2.5-0.5B-Instruct"
     assert mult["pref"]["loss"] == "mult" and mult["evaluate"]["catalog"] is True
+    # Mult-DPO fine-tunes every weight, at 1e-6 in the preference stage; S-DPO used LoRA.
+    assert mult["sft"]["peft"] == mult["pref"]["peft"] == "none"
+    assert mult["pref"]["learning_rate"] == 1e-6
+    assert sdpo["pref"]["peft"] == "lora"
     levels = read_stage(CONFIGS / "mult2_ml1m_levels.yaml", "prepare")
     assert (levels["source"], levels["mode"]) == ("ml-1m", "levels")
     assert read_stage(CONFIGS / "mult2_ml1m_levels.yaml", "pref")["loss"] == "mult2"

@@ -17,6 +17,7 @@ from peft import PeftModel
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
+    LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
@@ -30,6 +31,7 @@ from setdpo.model import (
     add_lora,
     build_tiny,
     default_target_modules,
+    disable_dropout,
     embedded_model_folder,
     load,
     load_reference,
@@ -272,6 +274,41 @@ def test_full_fine_tuning_saves_the_whole_model(tmp_path: Path, input_ids: torch
     torch.testing.assert_close(
         _logits(reloaded, input_ids), _logits(model, input_ids), rtol=0, atol=0
     )
+
+
+def test_full_fine_tuning_preference_model_is_the_merged_sft_model(
+    sft_run: Path, tmp_path: Path, input_ids: torch.Tensor
+) -> None:
+    policy, tokenizer = prepare_preference_model(sft_run, None)
+    assert isinstance(policy, LlamaForCausalLM)  # no adapter: every weight trains
+    assert all(p.requires_grad for p in policy.parameters())
+    sft_logits = _logits(load(sft_run)[0], input_ids)
+    torch.testing.assert_close(_logits(policy, input_ids), sft_logits, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        policy.lm_head.weight.mul_(2.0)  # stands for trained weights
+    save_run_model(policy, tokenizer, tmp_path / "pref", init_run=sft_run)
+    record = json.loads((tmp_path / "pref" / "setdpo_model.json").read_text())
+    assert (record["base_model"], record["adapters"]) == ("base", [])  # self-contained
+    reloaded, _ = load(tmp_path / "pref")
+    torch.testing.assert_close(
+        _logits(reloaded, input_ids), _logits(policy, input_ids), rtol=0, atol=0
+    )
+
+
+def test_disable_dropout_zeroes_modules_and_attention_rates_but_not_lora() -> None:
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64))
+    policy = add_lora(gpt2, LoraSettings(r=2, dropout=0.05))
+    # embd + per layer (attn_dropout, resid_dropout, mlp dropout) = 1 + 2 x 3
+    assert disable_dropout(policy) == 7
+    drops = {n: m.p for n, m in policy.named_modules() if isinstance(m, torch.nn.Dropout)}
+    assert all(p == 0.0 for n, p in drops.items() if "lora_dropout" not in n)
+    assert {p for n, p in drops.items() if "lora_dropout" in n} == {0.05}  # set on purpose
+    assert gpt2.config.resid_pdrop == 0.1  # a saved model keeps its own dropout
+    sizes = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64}
+    config = LlamaConfig(num_hidden_layers=2, num_attention_heads=2, attention_dropout=0.1, **sizes)
+    llama = LlamaForCausalLM(config)
+    assert disable_dropout(llama) == 2  # a float rate per attention layer, no modules
+    assert all(layer.self_attn.attention_dropout == 0.0 for layer in llama.model.layers)
 
 
 def test_save_run_model_needs_exactly_one_starting_point(sft_run: Path, tmp_path: Path) -> None:

@@ -10,22 +10,23 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from peft.tuners.lora import LoraLayer
+from transformers import GPT2Config, GPT2LMHeadModel
 
 import setdpo.training.preference as preference_module
-import setdpo.training.reference as reference_module
 from setdpo.data import load_split
-from setdpo.model import load
+from setdpo.model import build_tiny, load
 from setdpo.scoring import candidate_logps
 from setdpo.tokenization import CandidateCollator, tokenize_example
 from setdpo.training import PrefConfig, SFTConfig, load_config, train_pref, train_sft
 from setdpo.training.callbacks import NonFiniteLossError
 from setdpo.training.preference import build_pref_trainer
+from setdpo.training.reference import MEMO_DIR, ReferenceModel, eval_mode
 
 # One xdist worker per module: its SFT fixture is built once.
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.xdist_group("training")]
@@ -34,24 +35,22 @@ QUIET = {"disable_tqdm": True, "save_strategy": "no", "logging_steps": 1, "seed"
 NO_EVAL = {"eval_on_start": False, "max_eval_examples": 1}
 
 
+def sft_config(data: Path, out: Path, **values: Any) -> SFTConfig:
+    """A tiny-model SFT run: 12 steps of 4 contexts at a high learning rate."""
+    base = {**QUIET, "data": str(data), "output_dir": str(out), "model": "tiny"}
+    base |= {"max_steps": 12, "max_train_examples": 48, "max_eval_examples": 8}
+    return load_config(SFTConfig, None, {**base, "learning_rate": 3e-3, **values})
+
+
 @pytest.fixture(scope="module")
 def sft_run(ml100k_next_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny-model SFT run: 12 steps of 4 contexts at a high learning rate."""
-    config = load_config(
-        SFTConfig,
-        None,
-        {
-            **QUIET,
-            "data": str(ml100k_next_dir),
-            "output_dir": str(tmp_path_factory.mktemp("runs") / "sft"),
-            "model": "tiny",
-            "max_steps": 12,
-            "max_train_examples": 48,
-            "max_eval_examples": 8,
-            "learning_rate": 3e-3,
-        },
-    )
-    return train_sft(config)
+    return train_sft(sft_config(ml100k_next_dir, tmp_path_factory.mktemp("runs") / "sft"))
+
+
+@pytest.fixture
+def fresh_sft(sft_run: Path, tmp_path: Path) -> Path:
+    """A copy of the SFT run without any reference memo (tests that count reference passes)."""
+    return Path(shutil.copytree(sft_run, tmp_path / "sft", ignore=shutil.ignore_patterns(MEMO_DIR)))
 
 
 def pref_config(data: Path, init: Path, out: Path, **values: Any) -> PrefConfig:
@@ -85,28 +84,30 @@ def test_sft_run_reloads_and_moved_away_from_the_base(sft_run: Path, ml100k_next
 
 @pytest.fixture
 def reference_counter(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Counts contexts scored with the LoRA adapter disabled (= reference forward passes)."""
+    """Counts contexts scored by the reference network (= reference forward passes)."""
     counts = {"reference_contexts": 0}
-    real = candidate_logps
+    real = ReferenceModel.logps
 
-    def counting(model: torch.nn.Module, batch: dict, **kwargs: Any) -> Any:
-        layer = next(m for m in model.modules() if isinstance(m, LoraLayer))
-        if layer.disable_adapters:
-            counts["reference_contexts"] += int(batch["levels"].shape[0])
-        return real(model, batch, **kwargs)
+    def counting(self: ReferenceModel, batch: dict) -> torch.Tensor:
+        counts["reference_contexts"] += int(batch["levels"].shape[0])
+        return real(self, batch)
 
-    monkeypatch.setattr(reference_module, "candidate_logps", counting)
-    monkeypatch.setattr(preference_module, "candidate_logps", counting)
+    monkeypatch.setattr(ReferenceModel, "logps", counting)
     return counts
 
 
-def test_reference_is_the_sft_model_and_computed_once(
-    sft_run: Path, ml100k_next_dir: Path, tmp_path: Path, reference_counter: dict[str, int]
+def _first_step(run: Path) -> dict[str, float]:
+    history = json.loads((run / "trainer_state.json").read_text())["log_history"]
+    return next(entry for entry in history if "loss" in entry)
+
+
+def test_reference_is_the_sft_model_computed_when_needed_and_memoised(
+    fresh_sft: Path, ml100k_next_dir: Path, tmp_path: Path, reference_counter: dict[str, int]
 ) -> None:
-    values = {"max_steps": 2, "max_train_examples": 8, "max_eval_examples": 4}
-    config = pref_config(ml100k_next_dir, sft_run, tmp_path / "pref", **values)
+    # 200 training contexts are there; 2 steps of 4 use 8 of them, the valid sample 4.
+    values = {"max_steps": 2, "max_eval_examples": 4}
+    config = pref_config(ml100k_next_dir, fresh_sft, tmp_path / "pref", **values)
     train_pref(config)
-    # Each train and valid context scored once under the reference, before training.
     assert reference_counter["reference_contexts"] == 8 + 4
     history = json.loads((tmp_path / "pref" / "trainer_state.json").read_text())["log_history"]
     first = next(entry for entry in history if "loss" in entry)
@@ -118,21 +119,101 @@ def test_reference_is_the_sft_model_and_computed_once(
     assert {"eval_reward_accuracy", "tokens_per_second", "bound_gap", "a_over_b"} <= {
         key for entry in history for key in entry
     }
-    # A second run into the same directory reads the cached reference.
+    (memo,) = (fresh_sft / MEMO_DIR).iterdir()
+    assert len(list(memo.glob("part-*.json"))) == 1  # the run's shards merged into one
+    # A rerun and a second objective aligned from the same SFT run read the memo.
     train_pref(config)
+    dpo = pref_config(ml100k_next_dir, fresh_sft, tmp_path / "dpo", loss="dpo", **values)
+    train_pref(dpo)
     assert reference_counter["reference_contexts"] == 8 + 4
+    assert _first_step(tmp_path / "dpo")["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    # A changed tokenization (a shorter prompt budget) changes what is scored: it misses.
+    short = pref_config(
+        ml100k_next_dir, fresh_sft, tmp_path / "short", max_prompt_length=120, **values
+    )
+    train_pref(short)
+    assert reference_counter["reference_contexts"] == 2 * (8 + 4)
+    assert abs(_first_step(tmp_path / "short")["reward_positive"]) < 1e-5
 
 
-def test_reference_per_step_without_precompute(
-    sft_run: Path, ml100k_next_dir: Path, tmp_path: Path, reference_counter: dict[str, int]
+def test_precompute_ref_scores_every_candidate_up_front(
+    fresh_sft: Path, ml100k_next_dir: Path, tmp_path: Path, reference_counter: dict[str, int]
 ) -> None:
-    values = {"max_steps": 2, "max_train_examples": 8, "precompute_ref": False, **NO_EVAL}
+    values = {"max_steps": 2, "max_train_examples": 40, "precompute_ref": True, **NO_EVAL}
     values["chunk_size"] = 3  # candidates scored 3 at a time: same values, less memory
-    trainer = build_pref_trainer(pref_config(ml100k_next_dir, sft_run, tmp_path / "p", **values))
+    trainer = build_pref_trainer(pref_config(ml100k_next_dir, fresh_sft, tmp_path / "p", **values))
+    assert reference_counter["reference_contexts"] == 40 + 1  # every train and valid context
+    train, memo = trainer.train_dataset, trainer.reference.memo
+    assert all(memo.complete(train.example_key(i)) for i in range(40))  # every candidate
+    assert trainer.reference.model.copy is None
     trainer.train()
-    assert reference_counter["reference_contexts"] == 2 * 4  # every step, 4 contexts a batch
+    assert reference_counter["reference_contexts"] == 40 + 1  # training read them all
     first = trainer.state.log_history[0]
     assert abs(first["reward_positive"]) < 1e-5 and abs(first["reward_negative"]) < 1e-5
+
+
+def test_retrained_sft_run_misses_the_memo(
+    ml100k_next_dir: Path, tmp_path: Path, reference_counter: dict[str, int]
+) -> None:
+    # A run directory below a folder named like a checkpoint: its files must still count.
+    sft = tmp_path / "checkpoint-runs" / "sft"
+    train_sft(sft_config(ml100k_next_dir, sft, max_steps=3))
+    values = {"max_steps": 1, "max_train_examples": 4, **NO_EVAL}
+    train_pref(pref_config(ml100k_next_dir, sft, tmp_path / "a", **values))
+    train_sft(sft_config(ml100k_next_dir, sft, max_steps=3, seed=1))  # retrained in place
+    train_pref(pref_config(ml100k_next_dir, sft, tmp_path / "b", **values))
+    assert reference_counter["reference_contexts"] == 2 * (4 + 1)  # computed again
+    for run in ("a", "b"):  # the reference is the SFT model of the moment: rewards 0
+        first = _first_step(tmp_path / run)
+        assert abs(first["reward_positive"]) < 1e-5 and abs(first["reward_negative"]) < 1e-5
+    assert len(list((sft / MEMO_DIR).iterdir())) == 2  # one memo per SFT model
+
+
+def test_missing_valid_split_trains_without_evaluation(
+    ml100k_next_dir: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(ml100k_next_dir, data, ignore=shutil.ignore_patterns("valid.jsonl"))
+    sft = train_sft(sft_config(data, tmp_path / "sft", max_steps=1))
+    values = {"max_steps": 1, "max_train_examples": 4, "precompute_ref": True}
+    run = train_pref(pref_config(data, sft, tmp_path / "pref", **values))
+    history = json.loads((run / "trainer_state.json").read_text())["log_history"]
+    assert any("loss" in entry for entry in history)
+    assert not any("eval_loss" in entry for entry in history)
+
+
+@pytest.fixture(scope="module")
+def gpt2_with_dropout(ml100k_next_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small GPT-2 (dropout 0.1 on embeddings, attention and residuals) saved as a folder."""
+    examples = load_split(ml100k_next_dir, "train")[:20]
+    _, tokenizer = build_tiny([ex.prompt for ex in examples])
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, **ids)
+    assert config.resid_pdrop == config.attn_pdrop == config.embd_pdrop == 0.1
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("gpt2") / "model"
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("disable", [True, False])
+def test_dropout_is_off_in_preference_training_unless_kept(
+    disable: bool, gpt2_with_dropout: Path, ml100k_next_dir: Path, tmp_path: Path
+) -> None:
+    values = {"max_steps": 1, "max_train_examples": 8, "disable_dropout": disable, **NO_EVAL}
+    values |= {"lora_target_modules": ["c_attn"], "per_device_train_batch_size": 8}
+    config = pref_config(ml100k_next_dir, gpt2_with_dropout, tmp_path / "p", **values)
+    trainer = build_pref_trainer(config)
+    trainer.train()
+    first = trainer.state.log_history[0]
+    rewards = max(abs(first["reward_positive"]), abs(first["reward_negative"]))
+    if disable:  # policy (train mode) == reference (eval mode): rewards 0, mult = log 4
+        assert rewards < 1e-5 and first["loss"] == pytest.approx(math.log(4), abs=1e-5)
+    else:  # kept: the policy's dropout makes the first rewards noise
+        assert rewards > 1e-3
+        drops = [m.p for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert 0.1 in drops
 
 
 @pytest.mark.parametrize(
@@ -187,31 +268,33 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
 
 
-def test_hard_negatives_rescored_by_the_policy_each_epoch(
+def test_hard_negatives_drawn_from_the_current_policy(
     sft_run: Path, ml100k_next_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[list[list[float]]] = []
-    real = preference_module.all_candidate_logps
+    # At temperature 1e-4 the draw is the 3 negatives the policy scores highest, when drawn.
+    draws: list[tuple[dict, torch.Tensor, list[list[int]]]] = []
+    real = preference_module.PreferenceTrainer.draw_hard_negatives
 
-    def recording(*args: Any, **kwargs: Any) -> list[list[float]]:
-        result = real(*args, **kwargs)
-        if kwargs.get("desc") == "hard negatives":
-            calls.append(result)
-        return result
+    def recording(self: Any, model: torch.nn.Module, batch: dict) -> dict:
+        with torch.no_grad(), eval_mode(model):
+            scores = candidate_logps(model, batch).logps
+        cut = real(self, model, batch)
+        draws.append((batch, scores, cut["candidate_index"].tolist()))
+        return cut
 
-    monkeypatch.setattr(preference_module, "all_candidate_logps", recording)
+    monkeypatch.setattr(preference_module.PreferenceTrainer, "draw_hard_negatives", recording)
     values = {"negatives": "hard", "num_train_epochs": 2, "max_train_examples": 4, **NO_EVAL}
-    values |= {"learning_rate": 1e-2, "hard_temperature": 0.5}
+    values |= {"learning_rate": 1e-2, "hard_temperature": 1e-4}
     trainer = build_pref_trainer(pref_config(ml100k_next_dir, sft_run, tmp_path / "hard", **values))
     trainer.train()  # 4 contexts, batch 4: one step per epoch
-    assert trainer.state.global_step == 2 and len(calls) == 2  # one re-scoring per epoch
-    data = trainer.train_dataset
-    # Epoch 0 starts from the SFT model: the policy's scores are the reference's.
-    torch.testing.assert_close(
-        torch.tensor(calls[0]), torch.tensor(data.ref_logps), atol=1e-4, rtol=0
-    )
-    assert not torch.allclose(torch.tensor(calls[1]), torch.tensor(calls[0]), atol=1e-4)
-    assert data.hard_scores == calls[1]
+    assert trainer.state.global_step == 2 and len(draws) == 2
+    for batch, scores, kept in draws:
+        for b, row in enumerate(kept):
+            levels = batch["levels"][b]
+            negatives = torch.where(levels == 2, scores[b], -torch.inf).topk(3).indices
+            positives = torch.where(levels == 1)[0]
+            assert row == sorted(positives.tolist() + negatives.tolist())
+    assert not torch.allclose(draws[0][1], draws[1][1], atol=1e-4)  # the policy moved
 
 
 def test_sft_weight_adds_the_positive_nll(

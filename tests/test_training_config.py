@@ -77,6 +77,25 @@ def test_invalid_pref_values_are_named(values: dict, message: str) -> None:
         load_config(PrefConfig, None, {**REQUIRED, **values})
 
 
+def test_full_fine_tuning_by_peft_none_or_rank_zero() -> None:
+    lora = load_config(PrefConfig, None, REQUIRED)
+    assert lora.peft == "lora" and lora.lora_settings().r == 8
+    for values in ({"peft": "none"}, {"lora_r": 0}):
+        config = load_config(SFTConfig, None, {**_required(SFTConfig), **values})
+        assert config.peft == "none" and config.lora_settings() is None
+    assert parse_overrides(PrefConfig, ["--peft", "none"]) == {"peft": "none"}
+    with pytest.raises(InputError, match=r"lora_r must be >= 1 .*\(0 = full fine-tuning\)"):
+        load_config(PrefConfig, None, {**REQUIRED, "lora_r": -1})
+    with pytest.raises(SystemExit):
+        parse_overrides(PrefConfig, ["--peft", "qlora"])
+
+
+def test_valid_sample_is_bounded_by_default_and_zero_means_all() -> None:
+    assert load_config(SFTConfig, None, _required(SFTConfig)).max_eval_examples == 512
+    every = parse_overrides(PrefConfig, ["--max-eval-examples", "0"])
+    assert load_config(PrefConfig, None, {**REQUIRED, **every}).max_eval_examples is None
+
+
 def test_unknown_yaml_key_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("beta: 1.0\nbetta: 2.0\n", encoding="utf-8")

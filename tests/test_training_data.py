@@ -1,22 +1,27 @@
-"""Training rows: completion-only masking, negative draws, epoch-keyed sampling, collation."""
+"""Training rows: completion-only masking, negative draws, epoch-keyed sampling, collation,
+lazy tokenization."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from setdpo.tokenization import TokenizedExample
 from setdpo.training.data import (
     IGNORE_INDEX,
+    LazyTokenized,
     PreferenceCollator,
     PreferenceDataset,
     SFTCollator,
     SFTDataset,
     draw_negatives,
+    example_key,
     example_rng,
+    keep_candidates,
+    subset_batch,
 )
 
 
@@ -77,14 +82,14 @@ def test_hard_draw_follows_the_tempered_softmax() -> None:
 def test_preference_dataset_draws_by_seed_epoch_and_index() -> None:
     toks = [_tok([1, 2], [[10 + j, 2] for j in range(8)], [1, 2, 2, 1, 2, 2, 2, 2])] * 3
     data = PreferenceDataset(toks, seed=5, num_negatives=2)
-    data.ref_logps = [[-float(j) for j in range(8)]] * 3
     first = [data.candidate_indices(i) for i in range(3)]
     assert [data.candidate_indices(i) for i in reversed(range(3))][::-1] == first
     for keep in first:
         assert {0, 3} <= set(keep) and len(keep) == 4  # both positives + 2 negatives
     item = data[1]
     assert item["example"].levels == [toks[1].levels[j] for j in first[1]]
-    assert item["ref_logps"] == [-float(j) for j in first[1]]
+    assert item["candidates"] == first[1] and item["size"] == 8 and item["index"] == 1
+    assert item["key"] == example_key(toks[1])  # the full example's key, not the subset's
     epochs = set()
     for epoch in range(10):
         data.set_epoch(epoch)
@@ -92,22 +97,74 @@ def test_preference_dataset_draws_by_seed_epoch_and_index() -> None:
     assert len(epochs) > 1  # redrawn each epoch
 
 
-def test_preference_collator_adds_aligned_reference() -> None:
+def test_multi_level_draws_keep_every_graded_level() -> None:
+    # Levels 1, 2, 3 are graded items; the 17 candidates of level 4 are the negative pool.
+    # Only the pool is subsampled: every draw keeps levels 1-3 and 3 of the pool.
+    levels = [1, 2, 3] + [4] * 17
+    data = PreferenceDataset([_tok([1], [[10 + j, 2] for j in range(20)], levels)], 0, 3)
+    pools = set()
+    for epoch in range(50):
+        data.set_epoch(epoch)
+        keep = data.candidate_indices(0)
+        assert keep[:3] == [0, 1, 2] and len(keep) == 6, keep
+        pools.add(tuple(keep[3:]))
+    assert len(pools) > 10  # the pool is still drawn anew
+    # A binary example draws from level 2, as before.
+    assert keep_candidates([2, 1, 2, 2], example_rng(0, 0, 0), 1) in ([0, 1], [1, 2], [1, 3])
+    assert keep_candidates([1, 1], example_rng(0, 0, 0), 3) == [0, 1]  # no pool
+
+
+def test_example_key_follows_the_token_ids_only() -> None:
+    a = _tok([1, 2], [[3, 2], [4, 2]], [1, 2])
+    assert example_key(a) == example_key(_tok([1, 2], [[3, 2], [4, 2]], [2, 1]))  # levels
+    assert example_key(a) != example_key(_tok([1, 2], [[3, 2], [5, 2]], [1, 2]))
+    assert example_key(a) != example_key(_tok([1], [[2, 3, 2], [4, 2]], [1, 2]))  # boundaries
+
+
+def test_preference_collator_locates_each_candidate() -> None:
     items = [
-        {"example": _tok([4, 5, 6], [[7, 2], [8, 8, 2]], [1, 2]), "ref_logps": [-1.0, -2.0]},
-        {
-            "example": _tok([4], [[9, 2], [7, 2], [8, 2]], [2, 1, 2]),
-            "ref_logps": [-3.0, -4.0, -5.0],
-        },
+        {"example": _tok([4, 5, 6], [[7, 2], [8, 8, 2]], [1, 2]), "candidates": [0, 3]},
+        {"example": _tok([4], [[9, 2], [7, 2], [8, 2]], [2, 1, 2]), "candidates": [1, 2, 5]},
     ]
+    items = [{**it, "key": f"k{i}", "index": 10 + i, "size": 6} for i, it in enumerate(items)]
     batch = PreferenceCollator(pad_token_id=0)(items)
     assert batch["levels"].tolist() == [[1, 2, 0], [2, 1, 2]]
-    torch.testing.assert_close(
-        batch["ref_logps"], torch.tensor([[-1.0, -2.0, 0.0], [-3.0, -4.0, -5.0]])
-    )
+    assert batch["candidate_index"].tolist() == [[0, 3, -1], [1, 2, 5]]
+    assert batch["example_index"].tolist() == [10, 11]
+    assert batch["example_sizes"].tolist() == [6, 6]
+    assert batch["example_keys"] == ["k0", "k1"]
     assert batch["candidate_ids"].shape == (2, 3, 3)
-    without = PreferenceCollator(pad_token_id=0)([{**it, "ref_logps": None} for it in items])
-    assert "ref_logps" not in without
+    # Row 0 keeps its second candidate, row 1 its third then first: left-aligned, re-padded.
+    cut = subset_batch(batch, [[1], [2, 0]])
+    assert cut["levels"].tolist() == [[2, 0], [2, 2]]
+    assert cut["candidate_index"].tolist() == [[3, -1], [5, 1]]
+    assert cut["candidate_ids"][1].tolist() == [[8, 2, 0], [9, 2, 0]]
+    assert cut["candidate_mask"][0].tolist() == [[1, 1, 1], [0, 0, 0]]
+    assert cut["prompt_ids"] is batch["prompt_ids"]
+
+
+def test_lazy_tokenization_reads_levels_without_tokenizing() -> None:
+    from setdpo.data.schema import PreferenceExample
+    from setdpo.model import build_tiny
+
+    _, tokenizer = build_tiny()
+    examples = [
+        PreferenceExample(
+            context_id=f"u:{i}",
+            user="u",
+            history=[],
+            prompt="Pick one:",
+            candidates=["A", "B"],
+            levels=[1, 2],
+        )
+        for i in range(3)
+    ]
+    lazy = LazyTokenized(examples, tokenizer)
+    data = PreferenceDataset(lazy, seed=0, num_negatives=1)
+    assert data.levels == [[1, 2]] * 3 and lazy.report().examples == 0
+    assert data[2]["example"].prompt_ids == tokenizer("Pick one:").input_ids
+    assert lazy.report().examples == 1  # only the example read
+    assert lazy[-1] is lazy[2] and len(lazy[0:2]) == 2
 
 
 @pytest.mark.parametrize("k", [1, 2])
@@ -117,3 +174,19 @@ def test_draw_without_scores_is_uniform(k: int) -> None:
         for j in draw_negatives(example_rng(1, 0, i), [0, 1, 2, 3], k):
             counts[j] += 1
     np.testing.assert_allclose(counts / 2000, k / 4, atol=0.04)
+
+
+def test_valid_sample_is_seeded_and_keeps_file_order(ml100k_next_dir: Any) -> None:
+    from setdpo.training.run import load_examples
+
+    every = load_examples(ml100k_next_dir, "valid", None)
+    sample = load_examples(ml100k_next_dir, "valid", 10, seed=0)
+    assert sample == load_examples(ml100k_next_dir, "valid", 10, seed=0)
+    assert sample != every[:10]  # the file is ordered by user: the head is a few users
+    positions = [every.index(ex) for ex in sample]
+    assert positions == sorted(positions) and len(set(positions)) == 10
+    assert (
+        load_examples(ml100k_next_dir, "train", 10)
+        == load_examples(ml100k_next_dir, "train", None)[:10]
+    )
+    assert load_examples(ml100k_next_dir / "nowhere", "valid", 10) == []

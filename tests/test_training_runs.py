@@ -1,5 +1,6 @@
-"""Whole runs through the CLI: tiny SFT then Mult-DPO, torchrun (2 CPU processes, gloo) against
-one process on the same global batch, and a killed run resumed from its last checkpoint."""
+"""Whole runs through the CLI: tiny SFT then Mult-DPO (LoRA, and full fine-tuning reloaded for
+`evaluate` and `recommend`), torchrun (2 CPU processes, gloo) against one process on the same
+global batch, and a killed run resumed from its last checkpoint."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import LlamaForCausalLM
 
+import setdpo.model
 from setdpo import cli
 from setdpo.model import load
 
@@ -72,6 +75,44 @@ def test_cli_sft_then_mult_writes_a_reloadable_run(
     trained = _adapter(out)
     assert any(v.abs().max() > 0 for k, v in trained.items() if "lora_B" in k)
     assert model.peft_config  # the last adapter stays a peft adapter
+
+
+def test_full_fine_tuning_sft_then_mult_reloads_for_evaluate_and_recommend(
+    ml100k_next_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads = []
+    real = setdpo.model.load_reference
+    monkeypatch.setattr(
+        setdpo.model, "load_reference", lambda *a, **k: loads.append(a) or real(*a, **k)
+    )
+    data, sft = str(ml100k_next_dir), tmp_path / "sft"
+    small = ["--max-steps", "6", "--learning-rate", "1e-3", "--max-eval-examples", "4", *QUIET]
+    argv = ["train", "sft", "--data", data, "--model", "tiny", "--peft", "none", "--out", str(sft)]
+    assert cli.main(argv + small) == 0
+    runs = {"mult": tmp_path / "mult", "sdpo": tmp_path / "sdpo"}
+    for loss, out in runs.items():  # `--lora-r 0` means full fine-tuning too
+        argv = ["train", "pref", "--data", data, "--init", str(sft), "--lora-r", "0"]
+        assert cli.main(argv + ["--loss", loss, "--out", str(out), *small]) == 0
+    # The second objective found every reference log-prob memoised: no frozen copy loaded.
+    assert len(loads) == 1
+    for run in (sft, *runs.values()):  # self-contained: the whole model is the run's base/
+        spec = json.loads((run / "setdpo_model.json").read_text())
+        assert (spec["base_model"], spec["adapters"]) == ("base", [])
+        assert isinstance(load(run)[0], LlamaForCausalLM)
+    state = json.loads((runs["mult"] / "trainer_state.json").read_text())
+    first = next(entry for entry in state["log_history"] if "loss" in entry)
+    assert abs(first["reward_positive"]) < 1e-5 and abs(first["reward_negative"]) < 1e-5
+    before = load_file(sft / "base" / "model.safetensors")
+    after = load_file(runs["mult"] / "base" / "model.safetensors")
+    assert before.keys() == after.keys()
+    unchanged = [key for key in before if torch.equal(before[key], after[key])]
+    assert not unchanged  # every weight trained: embeddings, norms, projections, head
+    results = tmp_path / "mult.json"
+    argv = ["evaluate", "--model", str(runs["mult"]), "--data", data, "--limit", "5"]
+    assert cli.main(argv + ["--out", str(results), "--no-progress"]) == 0
+    assert json.loads(results.read_text())["protocol"]["n_contexts"] == 5
+    argv = ["recommend", "--model", str(runs["mult"]), "--history", "Heat (1995)"]
+    assert cli.main(argv + ["--catalog", data, "--top", "3", "--json"]) == 0
 
 
 def _free_port() -> int:

@@ -12,12 +12,13 @@
 - a local model folder or a Hugging Face hub id of a causal LM.
 """
 
+from setdpo.model.dropout import disable_dropout
 from setdpo.model.embedded import EMBEDDED_DEFAULT, cache_dir, embedded_model_folder
 from setdpo.model.lab import LAB, LabSettings, build_lab_model, fit_lab_tokenizer
 from setdpo.model.loading import load, resolve_device, resolve_dtype
 from setdpo.model.lora import LoraSettings, add_lora, default_target_modules
 from setdpo.model.reference import load_reference, prepare_preference_model
-from setdpo.model.runs import RUN_MODEL_FILE, RunModel, read_run_model, save_run_model
+from setdpo.model.runs import RUN_MODEL_FILE, RunModel, is_run_dir, read_run_model, save_run_model
 from setdpo.model.tiny import TINY, build_tiny
 
 __all__ = [
@@ -33,8 +34,10 @@ __all__ = [
     "build_tiny",
     "cache_dir",
     "default_target_modules",
+    "disable_dropout",
     "embedded_model_folder",
     "fit_lab_tokenizer",
+    "is_run_dir",
     "load",
     "load_reference",
     "prepare_preference_model",

@@ -16,14 +16,14 @@ from setdpo.model.lora import LoraSettings, add_lora
 
 def prepare_preference_model(
     init_run_dir: str | os.PathLike,
-    lora: LoraSettings,
+    lora: LoraSettings | None,
     *,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     trust_remote_code: bool = False,
     tiny_texts: Sequence[str] | None = None,
-) -> tuple[PeftModel, PreTrainedTokenizerBase]:
-    """The policy of a LoRA preference stage and, in the same network, its reference.
+) -> tuple[PeftModel | PreTrainedModel, PreTrainedTokenizerBase]:
+    """The policy of a preference stage; with LoRA, its reference in the same network.
 
     Loads ``init_run_dir`` (the SFT run, or any name ``load`` accepts), merges all its
     adapters into the base weights and adds a fresh LoRA adapter. The reference
@@ -34,6 +34,8 @@ def prepare_preference_model(
             reference_logps = ...  # the SFT model's log-probs, not the base model's
 
     The fresh adapter's B matrices are zero, so at the first step policy == reference.
+    ``lora=None`` (full fine-tuning) returns the merged model itself with every weight
+    trainable; its reference is a separate frozen copy (`load_reference`).
     Save the trained run with ``save_run_model(policy, tokenizer, run_dir, init_run=sft_dir)``.
     """
     model, tokenizer = load(
@@ -44,6 +46,8 @@ def prepare_preference_model(
         merge_all=True,
         tiny_texts=tiny_texts,
     )
+    if lora is None:
+        return model.requires_grad_(True), tokenizer
     return add_lora(model, lora), tokenizer
 
 

@@ -44,8 +44,12 @@ class _SetdpoArguments(TrainingArguments):
         metadata={"help": "Use only the first N training examples (small budgets); None = all."},
     )
     max_eval_examples: int | None = field(
-        default=None,
-        metadata={"help": "Use only the first N valid examples for evaluation; None = all."},
+        default=512,
+        metadata={
+            "help": "Evaluate on N valid examples, a sample drawn with `seed` (the valid split is "
+            "ordered by user); 0 or None = all. Bounded by default: the valid loss is a monitor, "
+            "`setdpo evaluate` is the measurement, and a full split costs minutes on a CPU."
+        },
     )
     max_prompt_length: int | None = field(
         default=None,
@@ -55,7 +59,14 @@ class _SetdpoArguments(TrainingArguments):
         default=False,
         metadata={"help": "Wrap prompts with the tokenizer's chat template."},
     )
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    peft: Literal["lora", "none"] = field(
+        default="lora",
+        metadata={
+            "help": "`lora`: train a LoRA adapter; `none`: full fine-tuning, every weight trains "
+            "(the run saves the whole model as `base/`). `lora_r 0` also means `none`."
+        },
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (0 = full fine-tuning)."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
     lora_target_modules: list[str] = field(
@@ -97,12 +108,19 @@ class _SetdpoArguments(TrainingArguments):
             raise InputError(
                 "remove_unused_columns must be False: setdpo's collators build batches"
             )
+        if self.max_eval_examples == 0:  # the command line cannot say None
+            self.max_eval_examples = None
         for name in ("max_train_examples", "max_eval_examples", "max_prompt_length"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InputError(f"{name} must be >= 1 or None, got {value}")
-        if self.lora_r < 1 or not self.lora_target_modules:
-            raise InputError(f"lora_r must be >= 1 with target modules, got r={self.lora_r}")
+        if self.lora_r == 0:
+            self.peft = "none"
+        if self.peft == "lora" and (self.lora_r < 1 or not self.lora_target_modules):
+            raise InputError(
+                f"lora_r must be >= 1 with target modules (0 = full fine-tuning), got "
+                f"r={self.lora_r}, target modules {self.lora_target_modules}"
+            )
         if not self.use_cpu and not torch.accelerator.is_available():
             # Without use_cpu, accelerate does not treat a CPU-only torchrun launch as
             # distributed (every process would train alone on the same batches).
@@ -110,8 +128,11 @@ class _SetdpoArguments(TrainingArguments):
         super().__post_init__()
 
     def lora_settings(self) -> Any:
-        """The `setdpo.model.LoraSettings` these fields describe."""
+        """The `setdpo.model.LoraSettings` these fields describe; None for full fine-tuning."""
         from setdpo.model import LoraSettings
+
+        if self.peft == "none":
+            return None
 
         return LoraSettings(
             r=self.lora_r,
@@ -174,8 +195,19 @@ class PrefConfig(_SetdpoArguments):
         default=True, metadata={"help": "Score all candidates of a prompt with one prompt pass."}
     )
     precompute_ref: bool = field(
+        default=False,
+        metadata={
+            "help": "Score every train and valid candidate under the reference before the first "
+            "step. Off: each candidate is scored when a batch first needs it. Both memoise the "
+            "log-probs in the SFT run directory."
+        },
+    )
+    disable_dropout: bool = field(
         default=True,
-        metadata={"help": "Compute reference log-probs once before training (cached in the run)."},
+        metadata={
+            "help": "Set the model's dropout to 0 (LoRA dropout excepted): with dropout the "
+            "policy (train mode) and the reference (eval mode) differ at the first step."
+        },
     )
     average_logps: bool = field(
         default=False, metadata={"help": "Length-average candidate log-probs instead of summing."}

@@ -10,6 +10,8 @@ trainer sets the epoch through `set_epoch` (see `callbacks.EpochCallback`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +20,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from setdpo.tokenization import CandidateCollator
+from setdpo.data.schema import PreferenceExample
+from setdpo.tokenization import (
+    CandidateCollator,
+    TokenizedExample,
+    TruncationReport,
+    tokenize_example,
+)
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label of tokens outside the loss (transformers' convention)
 
@@ -50,11 +60,76 @@ def draw_negatives(
     return sorted(negatives[i] for i in chosen)
 
 
+class LazyTokenized(Sequence[TokenizedExample]):
+    """Examples tokenized when first read, then kept: a run that stops after 30 steps
+    tokenizes the 120 contexts it trained on, not the 76,000 of its split.
+
+    `levels[i]` needs no tokenization. The first prompt cut to fit `max_prompt_length` is
+    logged as a warning; `report()` counts the truncations over what was tokenized.
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[PreferenceExample],
+        tokenizer: Any,
+        max_prompt_length: int | None = None,
+        chat_template: bool = False,
+        what: str = "examples",
+    ) -> None:
+        self.examples = list(examples)
+        self.levels = [list(ex.levels) for ex in self.examples]
+        self.tokenizer, self.what = tokenizer, what
+        self.max_prompt_length, self.chat_template = max_prompt_length, chat_template
+        self._done: dict[int, TokenizedExample] = {}
+        self._warned = False
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = range(len(self))[index]  # negative indices, and IndexError past the end
+        if index not in self._done:
+            tok = tokenize_example(
+                self.examples[index],
+                self.tokenizer,
+                max_prompt_length=self.max_prompt_length,
+                chat_template=self.chat_template,
+            )
+            if (tok.dropped_history or tok.dropped_tokens) and not self._warned:
+                self._warned = True
+                logger.warning(
+                    "%s, max_prompt_length %s: the prompt of %r lost %d history items and "
+                    "%d tokens to fit (the counts over the run are logged at its end)",
+                    self.what,
+                    self.max_prompt_length,
+                    self.examples[index].context_id,
+                    tok.dropped_history,
+                    tok.dropped_tokens,
+                )
+            self._done[index] = tok
+        return self._done[index]
+
+    def report(self) -> TruncationReport:
+        """Truncation counts over the examples tokenized so far."""
+        return TruncationReport.of(list(self._done.values()))
+
+
 class EpochDataset(Dataset):
-    """A dataset whose draws depend on the epoch, set by the trainer before each epoch."""
+    """A dataset whose draws depend on the epoch, set by the trainer before each epoch.
+
+    `tokenized` is a list of `TokenizedExample` or a `LazyTokenized`; levels are read
+    without tokenizing.
+    """
 
     def __init__(self, tokenized: Sequence[Any], seed: int) -> None:
-        self.tokenized = list(tokenized)
+        self.tokenized = tokenized if isinstance(tokenized, LazyTokenized) else list(tokenized)
+        self.levels = (
+            tokenized.levels
+            if isinstance(tokenized, LazyTokenized)
+            else [list(tok.levels) for tok in self.tokenized]
+        )
         self.seed = seed
         self.epoch = 0
 
@@ -74,9 +149,9 @@ class SFTDataset(EpochDataset):
         self.positives = positives
         self.rows = [
             (i, j)
-            for i, tok in enumerate(self.tokenized)
-            for j, level in enumerate(tok.levels)
-            if level == 1 and (positives == "each" or j == tok.levels.index(1))
+            for i, levels in enumerate(self.levels)
+            for j, level in enumerate(levels)
+            if level == 1 and (positives == "each" or j == levels.index(1))
         ]
 
     def __len__(self) -> int:
@@ -86,7 +161,7 @@ class SFTDataset(EpochDataset):
         i, j = self.rows[index]
         tok = self.tokenized[i]
         if self.positives == "one":
-            positions = [p for p, level in enumerate(tok.levels) if level == 1]
+            positions = [p for p, level in enumerate(self.levels[i]) if level == 1]
             j = positions[int(example_rng(self.seed, self.epoch, i).integers(len(positions)))]
         return {"prompt_ids": list(tok.prompt_ids), "answer_ids": list(tok.candidate_ids[j])}
 
@@ -124,69 +199,136 @@ class SFTCollator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-class PreferenceDataset(EpochDataset):
-    """Items: an example restricted to its positives and `num_negatives` drawn negatives.
+def keep_candidates(
+    levels: Sequence[int],
+    rng: np.random.Generator,
+    num_negatives: int,
+    scores: Sequence[float] | None = None,
+    temperature: float = 1.0,
+) -> list[int]:
+    """Indices of the candidates one step uses: every graded level, plus `num_negatives` drawn
+    from the lowest level (0 = all of it), in their original order.
 
-    `ref_logps[i]` (all candidates of example i, from `precompute`) travel with the draw;
-    `hard_scores[i]` (policy log-probs of all candidates, refreshed each epoch) make the
-    draw `hard`. Items are `{"example": TokenizedExample, "ref_logps": list[float] | None}`.
+    The lowest level is the pool of negatives (sampled unobserved items, explicit negatives):
+    only it is subsampled. With levels [1, 2, 3, 4 x 17] every draw keeps the candidates of
+    levels 1, 2 and 3. `scores` (one per candidate) make the draw follow
+    softmax(scores / temperature) over the pool (`draw_negatives`).
+    """
+    last = max(levels)
+    if last == 1:  # positives only: nothing to draw from
+        return list(range(len(levels)))
+    pool = [j for j, g in enumerate(levels) if g == last]
+    graded = [j for j, g in enumerate(levels) if g < last]
+    pool_scores = None if scores is None else [scores[j] for j in pool]
+    return sorted(graded + draw_negatives(rng, pool, num_negatives, pool_scores, temperature))
+
+
+class PreferenceDataset(EpochDataset):
+    """Items: an example restricted to the candidates `keep_candidates` picks this epoch.
+
+    Each item also names the example (`example_key`, a hash of its token ids: the reference
+    memo's key) and the kept candidates' indices in the full example, so that reference
+    log-probs can be looked up per candidate. `num_negatives=0` keeps every candidate (the
+    valid split, and hard negatives, which the trainer draws from the policy's scores).
+    Items are `{"example": TokenizedExample, "key": str, "index": int, "size": int (candidates
+    of the full example), "candidates": [int] (kept indices)}`.
     """
 
-    def __init__(
-        self,
-        tokenized: Sequence[Any],
-        seed: int,
-        num_negatives: int = 0,
-        temperature: float = 1.0,
-    ) -> None:
+    def __init__(self, tokenized: Sequence[Any], seed: int, num_negatives: int = 0) -> None:
         super().__init__(tokenized, seed)
         self.num_negatives = num_negatives
-        self.temperature = temperature
-        self.ref_logps: list[list[float]] | None = None
-        self.hard_scores: list[list[float]] | None = None
+        self._keys: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self.tokenized)
 
+    def example_key(self, index: int) -> str:
+        if index not in self._keys:
+            self._keys[index] = example_key(self.tokenized[index])
+        return self._keys[index]
+
     def candidate_indices(self, index: int) -> list[int]:
         """Indices of the candidates of example `index` used in the current epoch."""
-        levels = self.tokenized[index].levels
-        negatives = [j for j, g in enumerate(levels) if g > 1]
-        scores = None
-        if self.hard_scores is not None:
-            scores = [self.hard_scores[index][j] for j in negatives]
+        levels = self.levels[index]
+        if self.num_negatives == 0:
+            return list(range(len(levels)))
         rng = example_rng(self.seed, self.epoch, index)
-        drawn = draw_negatives(rng, negatives, self.num_negatives, scores, self.temperature)
-        return sorted([j for j, g in enumerate(levels) if g == 1] + drawn)
+        return keep_candidates(levels, rng, self.num_negatives)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        tok = self.tokenized[index]
-        keep = self.candidate_indices(index)
-        subset = dataclasses.replace(
-            tok,
-            candidate_ids=[tok.candidate_ids[j] for j in keep],
-            levels=[tok.levels[j] for j in keep],
-        )
-        ref = None if self.ref_logps is None else [self.ref_logps[index][j] for j in keep]
-        return {"example": subset, "ref_logps": ref}
+        return self.item(index, self.candidate_indices(index))
+
+    def item(self, index: int, keep: Sequence[int]) -> dict[str, Any]:
+        """The item of example `index` with the candidates at `keep` (all: `range(size)`)."""
+        keep = list(keep)
+        return {
+            "example": select(self.tokenized[index], keep),
+            "key": self.example_key(index),
+            "index": index,
+            "size": len(self.levels[index]),
+            "candidates": keep,
+        }
+
+
+def select(tok: Any, keep: Sequence[int]) -> Any:
+    """`tok` (a `TokenizedExample`) restricted to the candidates at `keep`."""
+    return dataclasses.replace(
+        tok,
+        candidate_ids=[tok.candidate_ids[j] for j in keep],
+        levels=[tok.levels[j] for j in keep],
+    )
+
+
+def example_key(tok: Any) -> str:
+    """A hash of an example's token ids (prompt, then every candidate in order).
+
+    Reference log-probs depend on nothing else of the example (not its levels), so the memo
+    keyed by it misses exactly when the data or the tokenization changed what is scored.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for ids in (tok.prompt_ids, *tok.candidate_ids):
+        array = np.asarray(ids, dtype=np.int64)
+        digest.update(np.int64(len(array)).tobytes())  # length first: unambiguous boundaries
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 @dataclass
 class PreferenceCollator:
-    """`CandidateCollator`'s batch plus `ref_logps` [B, n] (0 at padding) when precomputed.
+    """`CandidateCollator`'s batch plus what locates each candidate in its full example.
 
     Keys: prompt_ids, prompt_mask [B, P]; candidate_ids, candidate_mask [B, n, C];
-    levels [B, n] (0 = padding candidate); ref_logps [B, n] float32 if every item has them.
+    levels [B, n] (0 = padding candidate); candidate_index [B, n] (the candidate's index in
+    its full example, -1 at padding); example_index, example_sizes [B] (dataset index, and
+    candidates of the full example); example_keys (list of B strings, `example_key`).
     """
 
     pad_token_id: int
 
-    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = dict(CandidateCollator(self.pad_token_id)([it["example"] for it in items]))
-        if all(it["ref_logps"] is not None for it in items):
-            n = batch["levels"].shape[1]
-            ref = torch.zeros((len(items), n), dtype=torch.float32)
-            for b, it in enumerate(items):
-                ref[b, : len(it["ref_logps"])] = torch.tensor(it["ref_logps"])
-            batch["ref_logps"] = ref
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = dict(
+            CandidateCollator(self.pad_token_id)([it["example"] for it in items])
+        )
+        index = torch.full(batch["levels"].shape, -1, dtype=torch.long)
+        for b, it in enumerate(items):
+            index[b, : len(it["candidates"])] = torch.tensor(it["candidates"])
+        batch["candidate_index"] = index
+        batch["example_index"] = torch.tensor([it["index"] for it in items], dtype=torch.long)
+        batch["example_sizes"] = torch.tensor([it["size"] for it in items], dtype=torch.long)
+        batch["example_keys"] = [it["key"] for it in items]
         return batch
+
+
+def subset_batch(batch: dict[str, Any], keep: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """`batch` (`PreferenceCollator` layout) keeping, in row b, the candidates at `keep[b]`
+    (positions in the batch), left-aligned and padded again (levels 0, index -1)."""
+    width = max(len(k) for k in keep)
+    out = dict(batch)
+    pads = {"candidate_ids": 0, "candidate_mask": 0, "levels": 0, "candidate_index": -1}
+    for name, pad in pads.items():
+        old = batch[name]
+        new = old.new_full((old.shape[0], width, *old.shape[2:]), pad)
+        for b, positions in enumerate(keep):
+            new[b, : len(positions)] = old[b, list(positions)]
+        out[name] = new
+    return out

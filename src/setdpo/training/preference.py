@@ -1,15 +1,19 @@
 """Preference alignment: a Trainer whose loss is `setdpo.losses.compute` on candidate log-probs.
 
-The policy starts from an SFT run whose adapter is merged into the base weights, with a fresh
-LoRA adapter on top (`setdpo.model.prepare_preference_model`); the reference is the same network
-with that adapter disabled, i.e. the SFT model. Its log-probs are computed once before training
-and cached in the run directory (`precompute_ref`), or, with that off, at every step.
+The policy starts from an SFT run. With LoRA, the SFT adapter is merged into the base weights and
+a fresh adapter is trained on top (`setdpo.model.prepare_preference_model`); the reference is the
+same network with that adapter disabled. With full fine-tuning (`peft: none`) every weight
+trains and the reference is a frozen copy of the SFT model, loaded only when a log-prob is
+missing from the memo. Either way the reference is the SFT model, its log-probs are computed
+when a batch first needs them and memoised in the SFT run directory (`training.reference`),
+and the model's dropout is off (`disable_dropout`), so every reward is 0 at the first step.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +25,23 @@ from setdpo import model as models
 from setdpo.scoring import CandidateScores, candidate_logps
 from setdpo.training.callbacks import EpochCallback, check_finite
 from setdpo.training.config import PrefConfig
-from setdpo.training.data import PreferenceCollator, PreferenceDataset
-from setdpo.training.reference import (
-    all_candidate_logps,
-    cached_reference,
-    fingerprint,
-    model_files,
+from setdpo.training.data import (
+    PreferenceCollator,
+    PreferenceDataset,
+    example_rng,
+    keep_candidates,
+    subset_batch,
 )
-from setdpo.training.run import load_examples, tokenize_all, train_and_close
+from setdpo.training.reference import (
+    MEMO_DIR,
+    MemoFlush,
+    Reference,
+    ReferenceMemo,
+    ReferenceModel,
+    eval_mode,
+    memo_key,
+)
+from setdpo.training.run import load_examples, tokenize_lazily, train_and_close
 
 
 def positive_nll(scores: CandidateScores, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -48,6 +61,15 @@ def tokens_scored(batch: dict[str, torch.Tensor], share_prefix: bool) -> int:
     candidates = (batch["levels"] > 0).sum(-1)  # [B]
     prompt_tokens = prompt.sum() if share_prefix else (prompt * candidates).sum()
     return int(prompt_tokens + batch["candidate_mask"].sum())
+
+
+def scoring_options(config: PrefConfig) -> dict[str, Any]:
+    """`candidate_logps` keyword arguments from the config (policy, reference, hard negatives)."""
+    return {
+        "share_prefix": config.share_prefix,
+        "average": config.average_logps,
+        "chunk_size": config.chunk_size,
+    }
 
 
 class _DistributedView:
@@ -75,39 +97,43 @@ class PreferenceTrainer(Trainer):
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, reference: Reference, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.reference = reference
         self._metrics: dict[str, dict[str, list[float]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
         self._counts = {"tokens": 0, "contexts": 0, "since": time.perf_counter()}
 
-    def reference_logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
-        """Reference log-probs [B, n] of a batch: the policy network with its adapter off."""
-        peft_model = self.accelerator.unwrap_model(model)
-        with torch.no_grad(), peft_model.disable_adapter():
-            scores = candidate_logps(
-                peft_model,
-                batch,
-                share_prefix=self.args.share_prefix,
-                average=self.args.average_logps,
-                chunk_size=self.args.chunk_size,
+    def draw_hard_negatives(self, model: torch.nn.Module, batch: dict[str, Any]) -> Any:
+        """`batch` (every candidate) cut to the candidates of `keep_candidates` drawn from the
+        current policy's softmax over each example's negatives (`negatives: hard`).
+
+        Scored when drawn, so a step costs one extra no-grad pass over its own examples and
+        nothing is scored that training never reaches; a resumed run draws as the
+        uninterrupted one did.
+        """
+        inner = self.accelerator.unwrap_model(model)
+        with torch.no_grad(), eval_mode(inner):
+            scores = candidate_logps(inner, batch, **scoring_options(self.args)).logps.float().cpu()
+        args, epoch = self.args, self.train_dataset.epoch
+        keep = []
+        for b, index in enumerate(batch["example_index"].tolist()):
+            real = int((batch["levels"][b] > 0).sum())
+            rng = example_rng(args.seed, epoch, index)
+            levels = batch["levels"][b, :real].tolist()
+            row = scores[b, :real].tolist()
+            keep.append(
+                keep_candidates(levels, rng, args.num_negatives, row, args.hard_temperature)
             )
-        return scores.logps.detach()
+        return subset_batch(batch, keep)
 
     def policy_logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
         """`CandidateScores` of a batch under the policy (with gradients in training)."""
         inner = self.accelerator.unwrap_model(model)
         policy = model if inner is model else _DistributedView(model, inner)
-        args = self.args
-        scores = candidate_logps(
-            policy,
-            batch,
-            share_prefix=args.share_prefix,
-            average=args.average_logps,
-            chunk_size=args.chunk_size,
-        )
+        scores = candidate_logps(policy, batch, **scoring_options(self.args))
         if model.training:  # before losses.compute, which rejects non-finite log-probs outright
             valid = batch["levels"] > 0
             step, out_dir = self.state.global_step, self.args.output_dir
@@ -122,12 +148,16 @@ class PreferenceTrainer(Trainer):
         num_items_in_batch: Any = None,
     ) -> Any:
         args, start = self.args, time.perf_counter()
-        ref = inputs.get("ref_logps")
-        if ref is None:
-            ref = self.reference_logps(model, inputs)
+        if model.training and args.negatives == "hard":
+            inputs = self.draw_hard_negatives(model, inputs)
+        ref = self.reference(inputs)
         scores = self.policy_logps(model, inputs)
         out = losses.compute(
-            args.loss, scores.logps, ref.to(scores.logps.dtype), inputs["levels"], args.beta
+            args.loss,
+            scores.logps,
+            ref.to(scores.logps),
+            inputs["levels"].to(scores.logps.device),
+            args.beta,
         )
         loss, metrics = out.loss, dict(out.metrics)
         if args.sft_weight > 0:
@@ -192,80 +222,63 @@ class PreferenceTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def _reference_logps(
-    model: Any, tokenizer: Any, config: PrefConfig, splits: dict[str, list[Any]]
-) -> dict[str, list[list[float]]]:
-    """Reference log-probs of every candidate of each split, from the cache or computed.
+def _frozen_copy(config: PrefConfig) -> torch.nn.Module:
+    """The SFT model as a separate frozen network: the reference of full fine-tuning."""
+    return models.load_reference(config.init, device=config.device, dtype=torch.float32)
 
-    The reference is the SFT model, so its log-probs are cached in the SFT run directory
-    (`config.init`): every preference run from that SFT run on the same data (several
-    objectives, reruns) computes them once.
+
+def _reference(
+    model: torch.nn.Module, tokenizer: Any, config: PrefConfig, splits: dict[str, Any]
+) -> Reference:
+    """The reference of `config.init` with its memo, filled up front with `precompute_ref`.
+
+    The memo lives in the SFT run directory (shared by every objective aligned from it), or in
+    the output directory when `init` is not a run directory (a model folder or hub id).
     """
-    data_files = [Path(config.data) / f"{name}.jsonl" for name in splits]
-    settings = {
-        "sizes": {name: len(toks) for name, toks in splits.items()},
-        "max_prompt_length": config.max_prompt_length,
-        "chat_template": config.chat_template,
-        "share_prefix": config.share_prefix,
-        "average_logps": config.average_logps,
-    }
-    key = fingerprint(data_files + model_files(config.init), settings)
-
-    def compute() -> dict[str, list[list[float]]]:
-        return {
-            name: all_candidate_logps(
-                model,
-                toks,
-                tokenizer.pad_token_id,
-                batch_size=config.per_device_eval_batch_size,
-                share_prefix=config.share_prefix,
-                average=config.average_logps,
-                chunk_size=config.chunk_size,
-                reference=True,
-                desc=f"reference log-probs ({name})",
-            )
-            for name, toks in splits.items()
-        }
-
-    with config.main_process_first(desc="reference log-probs"):
-        return cached_reference(config.init, key, compute)
+    scoring = scoring_options(config)
+    load_copy = partial(_frozen_copy, config) if config.peft == "none" else None
+    settings = {k: v for k, v in scoring.items() if k != "chunk_size"}  # same values in chunks
+    settings.update(dtype="float32", bf16=config.bf16, fp16=config.fp16)
+    key = memo_key(config.init, settings)
+    root = Path(config.init) if models.is_run_dir(config.init) else Path(config.output_dir)
+    memo = ReferenceMemo(root / MEMO_DIR / key[:16], key)
+    reference = Reference(ReferenceModel(model, scoring, load_copy), memo)
+    if config.precompute_ref:
+        # The main process scores and writes; the others then read its shards.
+        with config.main_process_first(desc="reference log-probs"):
+            memo.reload()
+            for name, dataset in splits.items():
+                reference.fill(
+                    dataset,
+                    tokenizer.pad_token_id,
+                    config.per_device_eval_batch_size,
+                    desc=f"reference log-probs ({name})",
+                    progress=not config.disable_tqdm,
+                )
+            memo.flush()
+        reference.model.release()  # every log-prob is memoised: no copy held while training
+    return reference
 
 
 def build_pref_trainer(config: PrefConfig) -> PreferenceTrainer:
-    """The SFT run's model with a fresh adapter, datasets (reference attached) and callbacks."""
+    """The SFT run's model (a fresh adapter, or every weight with `peft: none`), datasets, the
+    memoised reference and callbacks."""
     set_seed(config.seed)  # the fresh adapter's A matrices draw from the global generator
     model, tokenizer = models.prepare_preference_model(
         config.init, config.lora_settings(), device=config.device, dtype=torch.float32
     )
-    splits = {
-        "train": tokenize_all(
-            load_examples(config.data, "train", config.max_train_examples), tokenizer, config
-        ),
-        "valid": tokenize_all(
-            load_examples(config.data, "valid", config.max_eval_examples), tokenizer, config
-        ),
-    }
+    if config.disable_dropout:
+        models.disable_dropout(model)
+    train_examples = load_examples(config.data, "train", config.max_train_examples)
+    valid_examples = load_examples(config.data, "valid", config.max_eval_examples, config.seed)
+    # Hard negatives are drawn in the trainer from the policy's scores over every candidate.
+    drawn = 0 if config.negatives == "hard" else config.num_negatives
     train = PreferenceDataset(
-        splits["train"], config.seed, config.num_negatives, config.hard_temperature
+        tokenize_lazily(train_examples, tokenizer, config), config.seed, drawn
     )
-    valid = PreferenceDataset(splits["valid"], config.seed, num_negatives=0)
-    if config.precompute_ref:
-        ref = _reference_logps(model, tokenizer, config, splits)
-        train.ref_logps, valid.ref_logps = ref["train"], ref["valid"]
-
-    def refresh_hard_negatives(policy: torch.nn.Module) -> None:
-        train.hard_scores = all_candidate_logps(
-            policy,
-            train.tokenized,
-            tokenizer.pad_token_id,
-            batch_size=config.per_device_eval_batch_size,
-            share_prefix=config.share_prefix,
-            average=config.average_logps,
-            chunk_size=config.chunk_size,
-            desc="hard negatives",
-        )
-
-    refresh = refresh_hard_negatives if config.negatives == "hard" else None
+    valid = PreferenceDataset(tokenize_lazily(valid_examples, tokenizer, config), config.seed, 0)
+    splits = {"train": train, "valid": valid} if len(valid) else {"train": train}
+    reference = _reference(model, tokenizer, config, splits)
     return PreferenceTrainer(
         model=model,
         args=config,
@@ -273,7 +286,8 @@ def build_pref_trainer(config: PrefConfig) -> PreferenceTrainer:
         eval_dataset=valid if len(valid) else None,
         data_collator=PreferenceCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[EpochCallback([train], refresh)],
+        callbacks=[EpochCallback([train]), MemoFlush(reference.memo)],
+        reference=reference,
     )
 
 
@@ -281,10 +295,15 @@ def train_pref(config: PrefConfig, resume: bool = False) -> Path:
     """Preference-train from `config.init` into `config.output_dir` (`resume`: last checkpoint).
 
     Evaluates on the valid split before the first step (`eval_on_start`, logged at step 0)
-    and after the last (`eval_*` entries of trainer_state.json). The run directory ends as `train_sft`'s does, its
-    `setdpo_model.json` listing the SFT adapter then this run's.
+    and after the last (`eval_*` entries of trainer_state.json). The run directory ends as
+    `train_sft`'s does: with LoRA its `setdpo_model.json` lists the SFT adapter then this
+    run's; with full fine-tuning the whole model is saved as `base/`. The reference memo's
+    shards are merged into one file at the end.
     """
     trainer = build_pref_trainer(config)
     if trainer.eval_dataset is None:  # no valid split: nothing to evaluate at the start
         config.eval_on_start = False
-    return train_and_close(trainer, config, resume, init_run=config.init)
+    run_dir = train_and_close(trainer, config, resume, init_run=config.init)
+    if trainer.is_world_process_zero():
+        trainer.reference.memo.merge_shards()
+    return run_dir

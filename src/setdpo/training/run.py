@@ -2,44 +2,68 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from transformers import Trainer
 
 from setdpo import model as models
 from setdpo.data import load_split
 from setdpo.data.schema import PreferenceExample
 from setdpo.errors import InputError
-from setdpo.tokenization import tokenize_examples
 from setdpo.training.config import write_resolved_config
+from setdpo.training.data import LazyTokenized
+
+logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.json"
 
 
-def load_examples(data_dir: str | Path, split: str, limit: int | None) -> list[PreferenceExample]:
-    """The first `limit` examples of a split (all if None); [] for a missing valid split."""
+def load_examples(
+    data_dir: str | Path, split: str, limit: int | None, seed: int | None = None
+) -> list[PreferenceExample]:
+    """The first `limit` examples of a split (all if None), or with `seed` a sample of `limit`
+    in file order; [] for a missing valid split."""
     path = Path(data_dir) / f"{split}.jsonl"
     if split != "train" and not path.is_file():
         return []
     examples = load_split(data_dir, split)
     if split == "train" and not examples:
         raise InputError(f"{path}: the training split is empty")
-    return examples[:limit] if limit else examples
+    if not limit or len(examples) <= limit:
+        return examples
+    if seed is None:
+        return examples[:limit]
+    chosen = np.random.default_rng(seed).choice(len(examples), size=limit, replace=False)
+    return [examples[i] for i in sorted(chosen)]
 
 
-def tokenize_all(examples: Sequence[PreferenceExample], tokenizer: Any, config: Any) -> list[Any]:
-    """`tokenize_examples` with the config's prompt budget and chat template."""
-    return tokenize_examples(
+def tokenize_lazily(
+    examples: Sequence[PreferenceExample], tokenizer: Any, config: Any
+) -> LazyTokenized:
+    """`examples` tokenized on first use, with the config's prompt budget and chat template."""
+    return LazyTokenized(
         examples,
         tokenizer,
         max_prompt_length=config.max_prompt_length,
         chat_template=config.chat_template,
         what=f"training data {config.data}",
     )
+
+
+def log_truncation(trainer: Trainer) -> None:
+    """Warn with the truncation counts over what each split tokenized, if any prompt was cut."""
+    for dataset in (trainer.train_dataset, trainer.eval_dataset):
+        tokenized = getattr(dataset, "tokenized", None)
+        if isinstance(tokenized, LazyTokenized):
+            report = tokenized.report()
+            if report.history_truncated or report.token_truncated:
+                logger.warning("%s: %s", tokenized.what, report)
 
 
 def write_trainer_state(trainer: Trainer, run_dir: Path) -> None:
@@ -62,6 +86,7 @@ def train_and_close(trainer: Trainer, config: Any, resume: bool, **run_model: An
     trainer.train(resume_from_checkpoint=True if resume else None)
     if trainer.eval_dataset is not None:
         trainer.evaluate()
+    log_truncation(trainer)
     run_dir = Path(config.output_dir)
     if trainer.is_world_process_zero():
         run_dir.mkdir(parents=True, exist_ok=True)

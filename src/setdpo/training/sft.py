@@ -17,7 +17,7 @@ from setdpo import model as models
 from setdpo.training.callbacks import EpochCallback, check_finite
 from setdpo.training.config import SFTConfig
 from setdpo.training.data import SFTCollator, SFTDataset
-from setdpo.training.run import load_examples, tokenize_all, train_and_close
+from setdpo.training.run import load_examples, tokenize_lazily, train_and_close
 
 
 class SFTTrainer(Trainer):
@@ -43,9 +43,10 @@ def _tiny_texts(examples: list[Any]) -> list[str]:
 
 
 def build_sft_trainer(config: SFTConfig) -> SFTTrainer:
-    """Load the base model, add a fresh LoRA adapter and wire data, collator and callbacks."""
+    """Load the base model, add a fresh LoRA adapter (or train every weight with `peft: none`)
+    and wire data, collator and callbacks."""
     train_examples = load_examples(config.data, "train", config.max_train_examples)
-    eval_examples = load_examples(config.data, "valid", config.max_eval_examples)
+    eval_examples = load_examples(config.data, "valid", config.max_eval_examples, config.seed)
     model, tokenizer = models.load(
         config.model,
         device="cpu",  # the Trainer moves it to `config.device`
@@ -53,11 +54,12 @@ def build_sft_trainer(config: SFTConfig) -> SFTTrainer:
         tiny_texts=_tiny_texts(train_examples + eval_examples),
     )
     set_seed(config.seed)  # LoRA's A matrices draw from the global generator
-    model = models.add_lora(model, config.lora_settings())
+    lora = config.lora_settings()
+    model = models.add_lora(model, lora) if lora else model.requires_grad_(True)
     train = SFTDataset(
-        tokenize_all(train_examples, tokenizer, config), config.seed, config.positives
+        tokenize_lazily(train_examples, tokenizer, config), config.seed, config.positives
     )
-    valid = SFTDataset(tokenize_all(eval_examples, tokenizer, config), config.seed, "each")
+    valid = SFTDataset(tokenize_lazily(eval_examples, tokenizer, config), config.seed, "each")
     return SFTTrainer(
         model=model,
         args=config,
@@ -72,8 +74,8 @@ def build_sft_trainer(config: SFTConfig) -> SFTTrainer:
 def train_sft(config: SFTConfig, resume: bool = False) -> Path:
     """Run SFT into `config.output_dir`; `resume` continues from its last checkpoint.
 
-    The run directory ends with the adapter, the tokenizer and `setdpo_model.json` (so
-    `setdpo.model.load(run_dir)` reloads the model), `resolved_config.yaml` and
-    `trainer_state.json`.
+    The run directory ends with the adapter (full fine-tuning: the whole model as `base/`), the
+    tokenizer and `setdpo_model.json` (so `setdpo.model.load(run_dir)` reloads the model),
+    `resolved_config.yaml` and `trainer_state.json`.
     """
     return train_and_close(build_sft_trainer(config), config, resume, base_model=config.model)
