@@ -195,7 +195,7 @@ def _spread(values: list[int]) -> dict[str, float]:
     return {"min": int(min(values)), "max": int(max(values)), "mean": float(np.mean(values))}
 
 
-def protocol(config: EvalConfig, examples: list[PreferenceExample]) -> dict:
+def protocol(config: EvalConfig, examples: list[PreferenceExample], scorer: Scorer) -> dict:
     """Everything a reader needs to know to interpret (and reproduce) the numbers."""
     prepare_config = Path(config.data) / "config.json"
     metas = examples[0].meta
@@ -213,9 +213,9 @@ def protocol(config: EvalConfig, examples: list[PreferenceExample]) -> dict:
         "template": sorted({str(ex.meta.get("template")) for ex in examples}),
         "mode": metas.get("mode"),
         "source": metas.get("source"),
-        "scoring": "baseline " + config.model
-        if config.model in BASELINES
-        else ("length-averaged" if config.average else "summed") + " candidate log-probability",
+        # A baseline describes its own scores (popularity: its random tie-break).
+        "scoring": getattr(scorer, "scoring", None)
+        or ("length-averaged" if config.average else "summed") + " candidate log-probability",
         "share_prefix": config.share_prefix,
         "chat_template": config.chat_template,
         "max_prompt_length": config.max_prompt_length,
@@ -280,7 +280,7 @@ def evaluate(config: EvalConfig, scorer: Scorer | None = None) -> dict:
     timing["total_s"] = time.perf_counter() - start
     timing["contexts_per_s"] = len(examples) / timing["ranking_s"] if timing["ranking_s"] else None
     return {
-        "protocol": protocol(config, examples),
+        "protocol": protocol(config, examples, scorer),
         "metrics": {name: iv.to_dict() for name, iv in summary.items()},
         "timing": timing,
         "contexts": contexts,

@@ -107,6 +107,6 @@ def build_scorer(
     if model == "popularity":
         if data_dir is None:
             raise ValueError("the popularity baseline needs the prepared data directory")
-        return PopularityScorer(load_items(data_dir)), None
+        return PopularityScorer(load_items(data_dir), seed), None
     lm, tokenizer = load(model, device=device)
     return ModelScorer(lm, tokenizer, name=str(model), **model_options), tokenizer
