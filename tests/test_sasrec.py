@@ -10,6 +10,7 @@ import torch
 
 from setdpo.cli import main
 from setdpo.data import PrepareConfig, load_items, load_split, prepare
+from setdpo.errors import InputError
 from setdpo.evaluation.compare import compare
 from setdpo.evaluation.evaluate import EvalConfig, evaluate
 from setdpo.evaluation.results import write_json_atomic
@@ -56,14 +57,32 @@ def test_training_is_deterministic_by_seed():
     seqs = (starts + np.arange(6)) % 40 + 1
     seqs[::3, :2] = 0  # some shorter, left-padded sequences
     settings = SASRecSettings(hidden=8, epochs=10, batch_size=16, lr=1e-2)
-    (a, loss_a), (b, loss_b) = (fit(seqs, 40, settings, progress=False) for _ in range(2))
-    c, loss_c = fit(
+    (a, hist_a), (b, hist_b) = (fit(seqs, 40, settings, progress=False) for _ in range(2))
+    c, hist_c = fit(
         seqs, 40, SASRecSettings(hidden=8, epochs=10, batch_size=16, lr=1e-2, seed=1), False
     )
-    assert loss_a == loss_b and loss_a != loss_c
+    assert hist_a == hist_b and hist_a["loss"] != hist_c["loss"]
     for key, value in a.state_dict().items():
         torch.testing.assert_close(value, b.state_dict()[key], rtol=0, atol=0)
-    assert loss_a[-1] < loss_a[0]
+    assert hist_a["loss"][-1] < hist_a["loss"][0]
+    with pytest.raises(InputError, match="at least two items"):
+        fit(np.array([[0, 5], [0, 7]]), 40, settings, progress=False)
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    seqs = (np.arange(32)[:, None] + np.arange(5)) % 20 + 1
+    scripted, states = iter([0.1, 0.5, 0.3, 0.2, 0.9]), []
+
+    def validate(model):
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(scripted)
+
+    settings = SASRecSettings(hidden=8, epochs=5, patience=2, batch_size=8)
+    model, hist = fit(seqs, 20, settings, progress=False, validate=validate)
+    assert hist["valid"] == [0.1, 0.5, 0.3, 0.2] and hist["best_epoch"] == 2  # 0.9 never seen
+    assert len(hist["loss"]) == 4
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, states[1][key], rtol=0, atol=0)
 
 
 def test_cli_trains_once_then_reuses_the_cached_model(ml100k_next_dir, tmp_path, capsys):
@@ -76,6 +95,8 @@ def test_cli_trains_once_then_reuses_the_cached_model(ml100k_next_dir, tmp_path,
     info = first["protocol"]["sasrec"]
     assert info["cached"] is False and second["protocol"]["sasrec"]["cached"] is True
     assert info["settings"]["epochs"] == 2 and info["settings"]["maxlen"] == 10
+    assert len(info["epoch_valid_mrr"]) == 2 and info["best_epoch"] in (1, 2)
+    assert info["valid_contexts"] == 50  # the fixture's whole valid split
     assert info["training_sequences"] == 200 and (tmp_path / "cache" / "sasrec").is_dir()
     assert "sampled negative" in first["protocol"]["scoring"]
     assert [c["scores"] for c in first["contexts"]] == [c["scores"] for c in second["contexts"]]

@@ -31,13 +31,14 @@ of the same data reuses it.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,6 +53,7 @@ from setdpo.data import load_items
 from setdpo.data.download import cache_dir
 from setdpo.data.schema import PreferenceExample
 from setdpo.errors import InputError
+from setdpo.evaluation.metrics import positive_ranks
 
 
 @dataclass(frozen=True)
@@ -65,11 +67,21 @@ class SASRecSettings:
     maxlen: int | None = None  # None: the longest training sequence
     lr: float = 1e-3
     batch_size: int = 128
-    epochs: int = 20
+    epochs: int = 50  # at most; early stopping on the valid split usually ends sooner
+    patience: int = 3  # epochs without a better valid MRR before stopping
+    valid_contexts: int = 1000  # seeded sample of the valid split used for early stopping
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("hidden", "blocks", "heads", "batch_size", "epochs"):
+        for name in (
+            "hidden",
+            "blocks",
+            "heads",
+            "batch_size",
+            "epochs",
+            "patience",
+            "valid_contexts",
+        ):
             if getattr(self, name) < 1:
                 raise InputError(f"SASRec {name} must be >= 1, got {getattr(self, name)}")
         if self.hidden % self.heads:
@@ -207,30 +219,56 @@ class SASRec(nn.Module):
 
 
 def fit(
-    sequences: np.ndarray, n_items: int, settings: SASRecSettings, progress: bool = True
-) -> tuple[SASRec, list[float]]:
-    """Train a SASRec on right-aligned sequences [N, maxlen + 1] (`crop`); returns it and the
-    epochs' mean losses."""
+    sequences: np.ndarray,
+    n_items: int,
+    settings: SASRecSettings,
+    progress: bool = True,
+    validate: Callable[[SASRec], float] | None = None,
+) -> tuple[SASRec, dict]:
+    """Train a SASRec on right-aligned sequences [N, maxlen + 1] (`crop`).
+
+    With ``validate`` (higher = better, called after each epoch in eval mode), training stops
+    after ``patience`` epochs without improvement and the best epoch's weights are kept.
+    Returns the model and ``{"loss": [per epoch], "valid": [per epoch], "best_epoch"}``.
+    """
     maxlen = sequences.shape[1] - 1
+    if maxlen < 1 or not (sequences[:, -2] != 0).any():  # right-aligned: -2 = second-to-last
+        raise InputError("SASRec needs training sequences of at least two items (history + target)")
     rng = np.random.default_rng(settings.seed)
+    history: dict = {"loss": [], "valid": [], "best_epoch": settings.epochs}
     with torch.random.fork_rng(devices=[]):  # seeded init and dropout; global RNG untouched
         torch.manual_seed(settings.seed)
         model = SASRec(n_items, maxlen, settings)
         opt = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(0.9, 0.98))
-        model.train()
-        losses = []
-        bar = tqdm(range(settings.epochs), desc="training SASRec", disable=not progress)
-        for _ in bar:
+        starts = range(0, len(sequences), settings.batch_size)
+        bar = tqdm(
+            total=settings.epochs * len(starts), desc="training SASRec", disable=not progress
+        )
+        best = None
+        for epoch in range(1, settings.epochs + 1):
+            model.train()
             order = rng.permutation(len(sequences))
             total, count = 0.0, 0
-            for start in range(0, len(order), settings.batch_size):
+            for start in starts:
                 batch = sequences[order[start : start + settings.batch_size]]
                 loss, n = _step(model, opt, batch, _negatives(batch, n_items, rng))
                 total, count = total + loss * n, count + n
-            losses.append(total / count)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                bar.update()
+            history["loss"].append(total / count)
+            bar.set_postfix(epoch=epoch, loss=f"{history['loss'][-1]:.4f}")
+            if validate is None:
+                continue
+            model.eval()
+            history["valid"].append(validate(model))
+            if best is None or history["valid"][-1] > max(history["valid"][:-1]):
+                best, history["best_epoch"] = copy.deepcopy(model.state_dict()), epoch
+            elif epoch - history["best_epoch"] >= settings.patience:
+                break
+        bar.close()
+        if best is not None:
+            model.load_state_dict(best)
     model.eval()
-    return model, losses
+    return model, history
 
 
 def _negatives(batch: np.ndarray, n_items: int, rng: np.random.Generator) -> np.ndarray:
@@ -248,6 +286,8 @@ def _step(model: SASRec, opt: torch.optim.Optimizer, batch: np.ndarray, neg: np.
     seqs = torch.from_numpy(batch)
     inputs, targets, negatives = seqs[:, :-1], seqs[:, 1:], torch.from_numpy(neg)
     mask = (inputs != 0) & (targets != 0)  # a target needs at least one item before it
+    if not mask.any():  # a batch of one-item sequences: nothing to predict
+        return 0.0, 0
     feats = model.features(inputs)
     pos_logits = (feats * model.item_emb(targets)).sum(-1)[mask]
     neg_logits = (feats * model.item_emb(negatives)).sum(-1)[mask]
@@ -261,46 +301,79 @@ def _step(model: SASRec, opt: torch.optim.Optimizer, batch: np.ndarray, neg: np.
     return loss.item(), int(mask.sum())
 
 
+@torch.no_grad()
+def score_examples(
+    model: SASRec, index: ItemIndex, examples: Sequence[PreferenceExample], batch_size: int = 512
+) -> list[np.ndarray]:
+    """Per example, its candidates' scores [n]: the state after its history . item embeddings."""
+    maxlen = model.maxlen
+    out: list[np.ndarray] = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        seqs = np.zeros((len(chunk), maxlen), dtype=np.int64)
+        for row, ex in enumerate(chunk):
+            hist = index.lookup(ex.history, f"example {ex.context_id!r} history")[-maxlen:]
+            seqs[row, maxlen - len(hist) :] = hist
+        state = model.features(torch.from_numpy(seqs))[:, -1]  # [B, d]
+        for row, ex in enumerate(chunk):
+            cands = index.lookup(ex.candidates, f"example {ex.context_id!r} candidates")
+            emb = model.item_emb(torch.from_numpy(cands))  # [n, d]
+            out.append((emb @ state[row]).double().numpy())
+    return out
+
+
 class SASRecScorer:
-    """Scores candidates with a trained SASRec: hidden state after the history . item embedding."""
+    """Scores candidates with a trained SASRec (`score_examples`); ``info`` goes to the protocol."""
 
     name = "sasrec"
 
-    def __init__(self, model: SASRec, index: ItemIndex, info: dict, batch_size: int = 512):
-        self.model, self.index, self.info, self.batch_size = model, index, info, batch_size
+    def __init__(self, model: SASRec, index: ItemIndex, info: dict):
+        self.model, self.index, self.info = model, index, info
         self.scoring = (
             "baseline sasrec: dot product of the SASRec state after the context's history with "
             "each candidate's item embedding; trained on the training split's history + positives "
-            "(BCE, one sampled negative per position, as in Kang and McAuley 2018); "
-            f"settings {json.dumps(info['settings'], sort_keys=True)}"
+            "(BCE, one sampled negative per position, as in Kang and McAuley 2018), early "
+            "stopping on the valid split's MRR; settings in 'sasrec'"
         )
 
-    @torch.no_grad()
     def score(self, examples: Sequence[PreferenceExample]) -> list[np.ndarray]:
-        maxlen = self.model.maxlen
-        out: list[np.ndarray] = []
-        for start in range(0, len(examples), self.batch_size):
-            chunk = examples[start : start + self.batch_size]
-            seqs = np.zeros((len(chunk), maxlen), dtype=np.int64)
-            for row, ex in enumerate(chunk):
-                hist = self.index.lookup(ex.history, f"example {ex.context_id!r} history")[-maxlen:]
-                seqs[row, maxlen - len(hist) :] = hist
-            state = self.model.features(torch.from_numpy(seqs))[:, -1]  # [B, d]
-            for row, ex in enumerate(chunk):
-                cands = self.index.lookup(ex.candidates, f"example {ex.context_id!r} candidates")
-                emb = self.model.item_emb(torch.from_numpy(cands))  # [n, d]
-                out.append((emb @ state[row]).double().numpy())
-        return out
+        return score_examples(self.model, self.index, examples)
+
+
+def valid_sample(data_dir: str | Path, n: int, seed: int) -> list[PreferenceExample]:
+    """A seeded sample of at most ``n`` valid-split examples (read from ``hf/valid``)."""
+    import datasets
+
+    folder = Path(data_dir) / "hf" / "valid"
+    if not folder.is_dir():
+        return []
+    table = datasets.load_from_disk(str(folder)).data.table
+    keep = np.random.default_rng(seed).choice(table.num_rows, min(n, table.num_rows), replace=False)
+    return [PreferenceExample.from_dict(row) for row in table.take(np.sort(keep)).to_pylist()]
+
+
+def mean_reciprocal_rank(index: ItemIndex, examples: list[PreferenceExample]):
+    """``validate(model)`` for `fit`: the mean reciprocal rank of the first positive."""
+
+    def validate(model: SASRec) -> float:
+        scores = score_examples(model, index, examples)
+        ranks = [positive_ranks(s, ex.levels)[0] for s, ex in zip(scores, examples, strict=True)]
+        return float(np.mean(1.0 / np.array(ranks)))
+
+    return validate
 
 
 def load_or_train(
     data_dir: str | Path, settings: SASRecSettings, progress: bool = True
 ) -> SASRecScorer:
-    """The SASRec of ``data_dir``'s training split: from the cache, else trained and cached."""
+    """The SASRec of ``data_dir``'s training split (early-stopped on a valid sample): from the
+    cache, else trained and cached."""
     index = ItemIndex(load_items(data_dir))
     sequences = crop(training_sequences(data_dir, index), settings)
+    valid = valid_sample(data_dir, settings.valid_contexts, settings.seed)
     digest = hashlib.sha256(sequences.tobytes())
-    digest.update(json.dumps([sequences.shape, len(index), asdict(settings)]).encode())
+    key = [sequences.shape, len(index), asdict(settings), [ex.to_dict() for ex in valid]]
+    digest.update(json.dumps(key, sort_keys=True).encode())
     folder = cache_dir() / "sasrec" / digest.hexdigest()[:20]
     if (folder / "sasrec.json").is_file():
         model = SASRec(len(index), sequences.shape[1] - 1, settings)
@@ -310,13 +383,17 @@ def load_or_train(
         info["cached"] = True
     else:
         start = time.perf_counter()
-        model, losses = fit(sequences, len(index), settings, progress)
+        validate = mean_reciprocal_rank(index, valid) if valid else None
+        model, history = fit(sequences, len(index), settings, progress, validate)
         info = {
             "settings": asdict(settings) | {"maxlen": model.maxlen},
             "loss": "BCE, one uniform negative per position (not in the sequence)",
             "training_sequences": int(len(sequences)),
             "n_items": len(index),
-            "epoch_losses": losses,
+            "valid_contexts": len(valid),
+            "epoch_losses": history["loss"],
+            "epoch_valid_mrr": history["valid"],
+            "best_epoch": history["best_epoch"],
             "train_s": time.perf_counter() - start,
             "torch_threads": torch.get_num_threads(),
         }
