@@ -61,8 +61,9 @@ def _add_evaluate(subparsers) -> None:
     p.add_argument(
         "--sasrec-epochs",
         type=int,
-        default=20,
-        help="--model sasrec: training epochs (%(default)s)",
+        default=50,
+        help="--model sasrec: most training epochs; early stopping on the valid split usually "
+        "ends sooner (%(default)s)",
     )
     p.add_argument("--device", default="auto")
     _add_threads(p)

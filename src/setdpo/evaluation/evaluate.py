@@ -73,7 +73,11 @@ class EvalConfig:
     chunk_size: int = _help("catalog items scored per forward chunk", 256)
     n_resamples: int = _help("bootstrap resamples", 1000)
     seed: int = _help("seed of the subset, the baselines and the bootstrap", 0)
-    sasrec_epochs: int = _help("epochs of the SASRec baseline (its other settings: defaults)", 20)
+    sasrec_epochs: int = _help(
+        "most epochs of the SASRec baseline (early-stopped on the valid split; other settings: "
+        "SASRecSettings defaults)",
+        SASRecSettings.epochs,
+    )
     device: str = _help("device for the model: auto, cpu, cuda", "auto")
     progress: bool = _help("show progress bars", True)
 

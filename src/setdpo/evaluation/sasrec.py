@@ -17,7 +17,9 @@ prepared directory's **training split** and scores the same candidate sets.
 - **Loss** (the paper's Eq. 7): at every position, binary cross-entropy of the next item
   against one sampled negative (uniform over the catalog, not in the sequence).
   Adam (lr 1e-3, betas 0.9/0.98), batch 128, hidden size 50, 2 blocks, 1 head,
-  dropout 0.2: the paper's ML-1M settings except ``maxlen``.
+  dropout 0.2: the paper's ML-1M settings except ``maxlen``. At most ``epochs`` epochs,
+  early-stopped on the MRR of a seeded sample of the valid split (patience 3 epochs; the
+  best epoch's weights are kept).
 - **Scoring.** A context's score for a candidate is the dot product of the final hidden
   state after the context's own history (the history the prompt shows) with the
   candidate's item embedding.
@@ -25,7 +27,8 @@ prepared directory's **training split** and scores the same candidate sets.
 Training is seeded (initialisation, dropout, shuffling and negatives) and deterministic
 for a given seed and thread count. The trained model is cached in
 ``$SETDPO_CACHE/sasrec/<fingerprint>/`` (else ``~/.cache/setdpo``), the fingerprint
-hashing the training sequences, the catalog size and the settings, so a second evaluation
+hashing the training sequences, the valid sample, the catalog size and the settings, so a
+second evaluation
 of the same data reuses it.
 """
 
