@@ -10,9 +10,10 @@ import pytest
 from setdpo.cli import main
 from setdpo.data import load_items, load_split
 from setdpo.errors import InputError
+from setdpo.evaluation.baselines import PopularityScorer, RandomScorer
 from setdpo.evaluation.compare import compare
 from setdpo.evaluation.evaluate import EvalConfig, evaluate
-from setdpo.evaluation.metrics import compute_metrics
+from setdpo.evaluation.metrics import compute_metrics, positive_ranks
 from setdpo.evaluation.results import load_results, write_json_atomic
 
 
@@ -21,7 +22,7 @@ def popularity_results(ml100k_next_dir):
     return evaluate(EvalConfig(model="popularity", data=str(ml100k_next_dir), progress=False))
 
 
-def test_popularity_scores_are_train_counts_and_ties_are_pessimistic(
+def test_popularity_scores_are_train_counts_with_a_random_tie_break(
     ml100k_next_dir, popularity_results
 ):
     counts = {it["item_id"]: it["train_count"] for it in load_items(ml100k_next_dir)}
@@ -29,17 +30,63 @@ def test_popularity_scores_are_train_counts_and_ties_are_pessimistic(
     assert len(popularity_results["contexts"]) == len(examples) == 50
     n_ties = 0
     for ex, ctx in zip(examples, popularity_results["contexts"], strict=True):
-        assert ctx["scores"] == [counts[i] for i in ex.meta["candidate_ids"]]
-        # One positive: its rank is 1 + the negatives scoring at least as much (ties lose).
+        own = [counts[i] for i in ex.meta["candidate_ids"]]
+        assert np.floor(ctx["scores"]).tolist() == own  # count + a fraction in [0, 1)
+        # One positive: more-counted negatives rank above it, equally counted ones may or not.
         pos = ctx["levels"].index(1)
-        beaten_by = sum(
-            s >= ctx["scores"][pos]
-            for s, g in zip(ctx["scores"], ctx["levels"], strict=True)
-            if g == 2
-        )
-        assert ctx["positive_ranks"] == [1 + beaten_by]
-        n_ties += sum(s == ctx["scores"][pos] for s in ctx["scores"]) - 1
-    assert n_ties > 0  # the tie rule was exercised on real counts
+        negatives = [c for c, g in zip(own, ctx["levels"], strict=True) if g == 2]
+        above = sum(c > own[pos] for c in negatives)
+        tied = sum(c == own[pos] for c in negatives)
+        assert 1 + above <= ctx["positive_ranks"][0] <= 1 + above + tied
+        n_ties += tied
+    assert n_ties > 0  # the tie-break was exercised on real counts
+    assert "tie-break" in popularity_results["protocol"]["scoring"]
+
+
+def test_popularity_breaks_ties_uniformly_at_random(ml100k_next_dir):
+    """Over seeds, popularity's HR@1 is its expectation under random tie-breaking: a
+    positive tied with t negatives at the top count is first with probability 1/(1+t).
+    The pessimistic rule alone (the old behaviour) gives every such context 0."""
+    # Counts in tens, as a smaller training split gives: ties at the top become common.
+    items = [dict(it, train_count=it["train_count"] // 10) for it in load_items(ml100k_next_dir)]
+    examples = load_split(ml100k_next_dir, "test")
+    counts = [PopularityScorer(items).counts(ex) for ex in examples]
+    expected, pessimistic = [], []
+    for ex, c in zip(examples, counts, strict=True):
+        pos = ex.levels.index(1)
+        neg = np.delete(c, pos)
+        first = not (neg > c[pos]).any()
+        expected.append(first / (1 + (neg == c[pos]).sum()))
+        pessimistic.append(float(first and not (neg == c[pos]).any()))
+    assert np.mean(expected) > np.mean(pessimistic) + 0.01  # ties at the top occur here
+    hits = [
+        positive_ranks(s, ex.levels)[0] == 1
+        for seed in range(200)
+        for ex, s in zip(examples, PopularityScorer(items, seed).score(examples), strict=True)
+    ]
+    # 10,000 Bernoulli draws: standard error <= 0.005.
+    assert np.mean(hits) == pytest.approx(np.mean(expected), abs=0.02)
+    # Contexts whose counts all tie: HR@1 = 1/n, not 0.
+    flat = [dict(it, train_count=7) for it in items]
+    ranks = [positive_ranks(s, ex.levels)[0] for ex, s in
+             zip(examples, PopularityScorer(flat, seed=3).score(examples), strict=True)]  # fmt: skip
+    assert 1 < len(set(ranks)) and np.mean(ranks) == pytest.approx(10.5, abs=2.5)
+
+
+def test_popularity_tie_break_is_seeded_and_subset_stable(ml100k_next_dir):
+    items = load_items(ml100k_next_dir)
+    examples = load_split(ml100k_next_dir, "test")
+    a, b = PopularityScorer(items, 0).score(examples), PopularityScorer(items, 0).score(examples)
+    assert all((x == y).all() for x, y in zip(a, b, strict=True))
+    assert all((x == y).all() for x, y in zip(a[5:9], PopularityScorer(items, 0).score(examples[5:9]), strict=True))  # fmt: skip
+    other = PopularityScorer(items, 1).score(examples)
+    assert all((np.floor(x) == np.floor(y)).all() for x, y in zip(a, other, strict=True))
+    assert any((x != y).any() for x, y in zip(a, other, strict=True))
+    # Not the random baseline's draws for the same seed and context.
+    rand = RandomScorer(0).score(examples)
+    assert not any(np.allclose(x % 1, r) for x, r in zip(a, rand, strict=True))
+    with pytest.raises(InputError, match="train_count 2.5"):
+        PopularityScorer([{"item_id": "1", "title": "A", "train_count": 2.5}])
 
 
 def test_summary_matches_per_context_values_and_recomputes(popularity_results):
@@ -56,6 +103,7 @@ def test_summary_matches_per_context_values_and_recomputes(popularity_results):
     protocol = popularity_results["protocol"]
     assert protocol["n_contexts"] == 50 and protocol["candidates_per_context"]["max"] == 20
     assert "pessimistic" in protocol["tie_rule"] and "hits/valid" in protocol["hr_at_1"]
+    assert "at random" in protocol["tie_rule"]
 
 
 def test_random_baseline_is_seeded_and_subset_stable(ml100k_next_dir):

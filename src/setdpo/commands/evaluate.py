@@ -16,7 +16,7 @@ def _add_evaluate(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="rank each context's candidates with a model or baseline; metrics with intervals",
-        description="Evaluate a model, a run directory, or the 'random'/'popularity' baseline "
+        description="Evaluate a model, a run directory, or the 'random'/'popularity'/'sasrec' baseline "
         "on a prepared split. Writes a results JSON with the protocol, every metric with its "
         "95% bootstrap interval, and per context the candidates' scores and positives' ranks.",
     )
@@ -24,7 +24,8 @@ def _add_evaluate(subparsers) -> None:
         "--model",
         default="embedded:smollm2-135m",
         help="run dir, model folder, "
-        "hub id, 'embedded:smollm2-135m', 'tiny', 'random' or 'popularity' (default: %(default)s)",
+        "hub id, 'embedded:smollm2-135m', 'tiny', 'random', 'popularity' or 'sasrec' (trained on "
+        "the data's training split, cached in $SETDPO_CACHE/sasrec) (default: %(default)s)",
     )
     p.add_argument("--data", required=True, help="prepared data directory")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
@@ -57,6 +58,13 @@ def _add_evaluate(subparsers) -> None:
     p.add_argument("--chunk-size", type=int, default=256, help="catalog items per forward chunk")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--sasrec-epochs",
+        type=int,
+        default=50,
+        help="--model sasrec: most training epochs; early stopping on the valid split usually "
+        "ends sooner (%(default)s)",
+    )
     p.add_argument("--device", default="auto")
     _add_threads(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -92,7 +100,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         max_prompt_length=args.max_prompt_length, chat_template=args.chat_template,
         generate=args.generate, constrained=args.constrained,
         max_new_tokens=args.max_new_tokens, catalog=args.catalog, chunk_size=args.chunk_size,
-        n_resamples=args.resamples, seed=args.seed, device=args.device,
+        n_resamples=args.resamples, seed=args.seed, sasrec_epochs=args.sasrec_epochs,
+        device=args.device,
         progress=not args.no_progress,
     )  # fmt: skip
     results = evaluate(config)

@@ -1,6 +1,6 @@
 """The evaluation runner: score a split's candidates, rank them, summarise with intervals.
 
-`evaluate(config)` is a thin loop: a scorer (a model, ``random`` or ``popularity``)
+`evaluate(config)` is a thin loop: a scorer (a model, ``random``, ``popularity`` or ``sasrec``)
 gives per-candidate scores, `metrics.compute_metrics` turns each context into metric
 values, `results.summarize` adds bootstrap intervals, and the protocol is written next
 to the numbers. Generation (``generate``/``constrained``) and catalog ranking
@@ -33,6 +33,7 @@ from setdpo.evaluation.metrics import (
     protocol_notes,
 )
 from setdpo.evaluation.results import summarize
+from setdpo.evaluation.sasrec import SASRecSettings
 from setdpo.evaluation.scorers import BASELINES, ModelScorer, Scorer, build_scorer
 
 GENERATION_METRICS = ["ValidRatio", "GenHR@1", "GenHR@1/valid"]
@@ -49,7 +50,7 @@ class EvalConfig:
 
     model: str = _help(
         "run directory, model folder, hub id, 'embedded:smollm2-135m', 'tiny', "
-        "'random' or 'popularity'",
+        "'random', 'popularity' or 'sasrec'",
         "embedded:smollm2-135m",
     )
     data: str = _help("prepared data directory (setdpo data prepare --out DIR)", "")
@@ -71,7 +72,12 @@ class EvalConfig:
     catalog: bool = _help("also rank the whole catalog (open-template examples)", False)
     chunk_size: int = _help("catalog items scored per forward chunk", 256)
     n_resamples: int = _help("bootstrap resamples", 1000)
-    seed: int = _help("seed of the subset, the random baseline and the bootstrap", 0)
+    seed: int = _help("seed of the subset, the baselines and the bootstrap", 0)
+    sasrec_epochs: int = _help(
+        "most epochs of the SASRec baseline (early-stopped on the valid split; other settings: "
+        "SASRecSettings defaults)",
+        SASRecSettings.epochs,
+    )
     device: str = _help("device for the model: auto, cpu, cuda", "auto")
     progress: bool = _help("show progress bars", True)
 
@@ -86,7 +92,7 @@ class EvalConfig:
         self.generate = self.generate or self.constrained
         if self.model in BASELINES and self.generate:
             raise InputError(f"--model {self.model} scores candidates but cannot generate")
-        for name in ("batch_size", "chunk_size", "n_resamples", "max_new_tokens"):
+        for name in ("batch_size", "chunk_size", "n_resamples", "max_new_tokens", "sasrec_epochs"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
@@ -195,7 +201,7 @@ def _spread(values: list[int]) -> dict[str, float]:
     return {"min": int(min(values)), "max": int(max(values)), "mean": float(np.mean(values))}
 
 
-def protocol(config: EvalConfig, examples: list[PreferenceExample]) -> dict:
+def protocol(config: EvalConfig, examples: list[PreferenceExample], scorer: Scorer) -> dict:
     """Everything a reader needs to know to interpret (and reproduce) the numbers."""
     prepare_config = Path(config.data) / "config.json"
     metas = examples[0].meta
@@ -213,9 +219,9 @@ def protocol(config: EvalConfig, examples: list[PreferenceExample]) -> dict:
         "template": sorted({str(ex.meta.get("template")) for ex in examples}),
         "mode": metas.get("mode"),
         "source": metas.get("source"),
-        "scoring": "baseline " + config.model
-        if config.model in BASELINES
-        else ("length-averaged" if config.average else "summed") + " candidate log-probability",
+        # A baseline describes its own scores (popularity: its random tie-break).
+        "scoring": getattr(scorer, "scoring", None)
+        or ("length-averaged" if config.average else "summed") + " candidate log-probability",
         "share_prefix": config.share_prefix,
         "chat_template": config.chat_template,
         "max_prompt_length": config.max_prompt_length,
@@ -227,6 +233,8 @@ def protocol(config: EvalConfig, examples: list[PreferenceExample]) -> dict:
         "generation": {"constrained": config.constrained, "max_new_tokens": config.max_new_tokens}
         if config.generate
         else None,
+        # A trained baseline's settings, training time and cache folder.
+        "sasrec": getattr(scorer, "info", None),
         "catalog": {"history_excluded": True, "chunk_size": config.chunk_size}
         if config.catalog
         else None,
@@ -257,6 +265,7 @@ def evaluate(config: EvalConfig, scorer: Scorer | None = None) -> dict:
             max_prompt_length=config.max_prompt_length,
             chat_template=config.chat_template,
             progress=config.progress,
+            sasrec=SASRecSettings(epochs=config.sasrec_epochs, seed=config.seed),
         )
     timing = {}
     t0 = time.perf_counter()
@@ -280,7 +289,7 @@ def evaluate(config: EvalConfig, scorer: Scorer | None = None) -> dict:
     timing["total_s"] = time.perf_counter() - start
     timing["contexts_per_s"] = len(examples) / timing["ranking_s"] if timing["ranking_s"] else None
     return {
-        "protocol": protocol(config, examples),
+        "protocol": protocol(config, examples, scorer),
         "metrics": {name: iv.to_dict() for name, iv in summary.items()},
         "timing": timing,
         "contexts": contexts,

@@ -6,6 +6,9 @@ The protocol (also written into every results file by `protocol_notes`):
   deterministically and *pessimistically*: among equal scores the candidate with the
   larger level (the less preferred one) ranks first, then the lower candidate index. A
   positive tied with a negative therefore always ranks below it, so ties never help.
+  That suits model scores, which rarely tie; count-based baselines (popularity) tie often
+  and break their ties at random in their scores (`setdpo.evaluation.baselines`), so the
+  rule then only orders exactly equal floats, which do not occur.
 - **Positives** are the level-1 candidates. Level 0 marks padding and is dropped.
 - **HR@K** = 1 if at least one positive is among the top K (with several positives, one
   is enough). **MRR** = 1 / rank of the first positive. **Recall@K** = positives in the
@@ -39,7 +42,8 @@ CATALOG_METRICS = ["NDCG@5", "NDCG@15", "NDCG@20", "Recall@20"]
 
 TIE_RULE = (
     "pessimistic: equal scores rank the larger level (less preferred) first, then the lower "
-    "candidate index; a positive tied with a negative ranks below it"
+    "candidate index; a positive tied with a negative ranks below it (count-based baselines "
+    "break ties at random in their scores first: see 'scoring')"
 )
 
 

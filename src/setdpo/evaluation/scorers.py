@@ -3,7 +3,8 @@
 `ModelScorer` scores with a causal LM's candidate log-probabilities (summed, or
 length-averaged with ``average=True``) through the shared-prefix engine of
 `setdpo.scoring`; `build_scorer` also accepts ``"random"`` and ``"popularity"``, the
-baselines of `setdpo.evaluation.baselines`, so one evaluation loop serves all three.
+baselines of `setdpo.evaluation.baselines`, and ``"sasrec"`` (`setdpo.evaluation.sasrec`),
+so one evaluation loop serves them all.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from tqdm.auto import tqdm
 from setdpo.data import load_items
 from setdpo.data.schema import PreferenceExample
 from setdpo.evaluation.baselines import PopularityScorer, RandomScorer
+from setdpo.evaluation.sasrec import SASRecSettings, load_or_train
 from setdpo.model import load
 from setdpo.scoring import candidate_logps
 from setdpo.tokenization import CandidateCollator, tokenize_examples
 
-BASELINES = ("random", "popularity")
+BASELINES = ("random", "popularity", "sasrec")
 
 
 class Scorer(Protocol):
@@ -95,18 +97,24 @@ def build_scorer(
     data_dir: str | Path | None = None,
     seed: int = 0,
     device: str = "auto",
+    sasrec: SASRecSettings | None = None,
     **model_options,
 ) -> tuple[Scorer, object | None]:
-    """A scorer for ``model`` (``"random"``, ``"popularity"``, or anything `setdpo.model.load`
-    accepts) and the loaded tokenizer (None for the baselines).
+    """A scorer for ``model`` (``"random"``, ``"popularity"``, ``"sasrec"``, or anything
+    `setdpo.model.load` accepts) and the loaded tokenizer (None for the baselines).
 
-    Popularity reads ``DATA_DIR/items.json``. ``model_options`` go to `ModelScorer`.
+    Popularity reads ``DATA_DIR/items.json``; SASRec trains on ``DATA_DIR``'s training split
+    with ``sasrec`` (default settings, this seed) or reuses its cached model.
+    ``model_options`` go to `ModelScorer`.
     """
     if model == "random":
         return RandomScorer(seed), None
+    if model in BASELINES and data_dir is None:
+        raise ValueError(f"the {model} baseline needs the prepared data directory")
     if model == "popularity":
-        if data_dir is None:
-            raise ValueError("the popularity baseline needs the prepared data directory")
-        return PopularityScorer(load_items(data_dir)), None
+        return PopularityScorer(load_items(data_dir), seed), None
+    if model == "sasrec":
+        settings = sasrec or SASRecSettings(seed=seed)
+        return load_or_train(data_dir, settings, model_options.get("progress", True)), None
     lm, tokenizer = load(model, device=device)
     return ModelScorer(lm, tokenizer, name=str(model), **model_options), tokenizer
