@@ -250,11 +250,11 @@ def test_score_texts_shared_equals_repeated_and_restores_the_mode(tiny_lora) -> 
     torch.testing.assert_close(
         torch.tensor(shared[0]), torch.tensor(repeated[0]), atol=1e-4, rtol=0
     )
-    # by hand: the summed log-prob of "Heat (1995)</s>" after "<s>The user watched"
+    # by hand: the summed log-prob of " Heat (1995)</s>" after "<s>The user watched"
     prompt = tokenizer(prompts_[1])["input_ids"]
-    cand = tokenizer(candidates[1][0], add_special_tokens=False)["input_ids"] + [
-        tokenizer.eos_token_id
-    ]
+    joint = tokenizer(f"{prompts_[1]} {candidates[1][0]}")["input_ids"]
+    assert joint[: len(prompt)] == prompt
+    cand = joint[len(prompt) :] + [tokenizer.eos_token_id]
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([prompt + cand])).logits[0]
     logp = logits[len(prompt) - 1 : -1].log_softmax(-1)[torch.arange(len(cand)), torch.tensor(cand)]

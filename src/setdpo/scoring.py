@@ -52,7 +52,7 @@ from transformers.cache_utils import DynamicLayer
 from setdpo.tokenization import (
     CandidateCollator,
     TokenizedExample,
-    tokenize_candidate,
+    tokenize_candidates,
     tokenize_prompt,
 )
 
@@ -291,7 +291,8 @@ def score_texts(
     batch_size: int = 4,
     chunk_size: int | None = None,
 ) -> list[list[float]]:
-    """Summed log-prob of each candidate title (+ EOS) given its prompt: ``[prompt][candidate]``.
+    """Summed log-prob of each candidate title (+ EOS) given its prompt: ``[prompt][candidate]``
+    (each title tokenized as it follows its prompt, `setdpo.tokenization.tokenize_candidates`).
 
     Prompts are tokenized as `setdpo.tokenization` does (no truncation). The model runs in
     eval mode (dropout off) and is put back in its previous mode.
@@ -304,7 +305,7 @@ def score_texts(
     tokenized = [
         TokenizedExample(
             prompt_ids=tokenize_prompt(tokenizer, prompt, chat_template),
-            candidate_ids=[tokenize_candidate(tokenizer, title) for title in titles],
+            candidate_ids=tokenize_candidates(tokenizer, prompt, titles, chat_template),
             levels=[1] * len(titles),
         )
         for prompt, titles in zip(prompts, candidates, strict=True)
