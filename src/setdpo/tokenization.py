@@ -154,9 +154,7 @@ def tokenize_example(
     """Token ids of ``example``; see the module docstring for ``max_prompt_length``."""
     if max_prompt_length is not None and max_prompt_length < 1:
         raise ValueError(f"max_prompt_length must be >= 1, got {max_prompt_length}")
-    prompt, prompt_ids, dropped = _fit_history(
-        example, tokenizer, max_prompt_length, chat_template
-    )
+    prompt, prompt_ids, dropped = _fit_history(example, tokenizer, max_prompt_length, chat_template)
     before = len(prompt_ids)
     if max_prompt_length is not None:
         prompt_ids = truncate_tokens(prompt_ids, max_prompt_length, tokenizer.bos_token_id)
