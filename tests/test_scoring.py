@@ -9,11 +9,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    BloomConfig,
+    BloomForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
+from setdpo import scoring
 from setdpo.data import load_split, prompts
+from setdpo.losses import compute
 from setdpo.model import LoraSettings, add_lora, build_tiny, load
-from setdpo.scoring import candidate_logps, score_texts
+from setdpo.scoring import candidate_logps, score_texts, shared_route
 from setdpo.tokenization import CandidateCollator, TokenizedExample, tokenize_example
 
 TEXTS = ["Toy Story (1995)", "GoldenEye (1995)", "Heat (1995)", "The user watched"] * 3
@@ -93,9 +102,10 @@ def _base_params_trainable(model):
             p.requires_grad_(False)
 
 
+@pytest.mark.parametrize("route", ["cache", "packed"])
 @pytest.mark.parametrize("chunk_size", [None, 1, 3])
 @pytest.mark.parametrize("adapter", ["lora", "disabled"])
-def test_shared_equals_repeated_values_and_gradients(tiny_lora, chunk_size, adapter) -> None:
+def test_shared_equals_repeated_values_and_gradients(tiny_lora, route, chunk_size, adapter) -> None:
     model, tokenizer = tiny_lora
     batch = _random_batch(len(tokenizer), *MIXED)
     weights = torch.randn(batch["levels"].shape, generator=torch.Generator().manual_seed(2))
@@ -107,11 +117,13 @@ def test_shared_equals_repeated_values_and_gradients(tiny_lora, chunk_size, adap
             else contextlib.nullcontext([p for n, p in model.named_parameters() if "lora_" in n])
         )
         with params_ctx as params:
-            shared = candidate_logps(model, batch, chunk_size=chunk_size)
+            shared = candidate_logps(model, batch, share_prefix=route, chunk_size=chunk_size)
             repeated = candidate_logps(model, batch, share_prefix=False, chunk_size=chunk_size)
             torch.testing.assert_close(shared.logps, repeated.logps, atol=1e-4, rtol=0)
             torch.testing.assert_close(shared.token_logps, repeated.token_logps, atol=1e-4, rtol=0)
-            _, g_shared = _grads(model, batch, weights, params, chunk_size=chunk_size)
+            _, g_shared = _grads(
+                model, batch, weights, params, share_prefix=route, chunk_size=chunk_size
+            )
             _, g_repeated = _grads(model, batch, weights, params, share_prefix=False)
     _assert_grads_close(g_shared, g_repeated)
 
@@ -173,20 +185,33 @@ def test_padding_candidates_are_masked_and_zero(tiny_lora) -> None:
     assert bool((scores.logps[scores.mask] < 0).all())
 
 
-def test_hundreds_of_candidates_in_chunks(tiny_lora) -> None:
+@pytest.mark.parametrize("route", ["cache", "packed"])
+def test_hundreds_of_candidates_in_chunks(tiny_lora, route) -> None:
     model, tokenizer = tiny_lora
     g = torch.Generator().manual_seed(3)
     lens = torch.randint(2, 8, (150,), generator=g).tolist()
     batch = _random_batch(len(tokenizer), [12, 20], [lens, lens[:40]])
     with torch.no_grad():
-        chunked = candidate_logps(model, batch, chunk_size=32)
+        chunked = candidate_logps(model, batch, share_prefix=route, chunk_size=32)
         repeated = candidate_logps(model, batch, share_prefix=False, chunk_size=64)
     torch.testing.assert_close(chunked.logps, repeated.logps, atol=1e-4, rtol=0)
 
 
+def test_single_token_candidates(tiny_lora) -> None:
+    """Candidates of one token (EOS only) have nothing to pack: only the prompt predicts them."""
+    model, tokenizer = tiny_lora
+    batch = _random_batch(len(tokenizer), [5, 7], [[1, 1], [1, 3]])
+    with torch.no_grad():
+        repeated = candidate_logps(model, batch, share_prefix=False).token_logps
+        for route in ("cache", "packed"):
+            shared = candidate_logps(model, batch, share_prefix=route, chunk_size=1).token_logps
+            torch.testing.assert_close(shared, repeated, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("route", ["cache", "packed"])
 @pytest.mark.parametrize("family", ["gpt2", "qwen2"])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_other_families_and_attention_implementations(family, attention) -> None:
+def test_other_families_and_attention_implementations(family, attention, route) -> None:
     """GPT-2 has absolute position embeddings: packed candidates need the right position ids."""
     torch.manual_seed(0)
     if family == "gpt2":
@@ -205,9 +230,29 @@ def test_other_families_and_attention_implementations(family, attention) -> None
     model.eval()
     batch = _random_batch(64, *MIXED)
     with torch.no_grad():
-        shared = candidate_logps(model, batch, chunk_size=4)
+        shared = candidate_logps(model, batch, share_prefix=route, chunk_size=4)
         repeated = candidate_logps(model, batch, share_prefix=False)
     torch.testing.assert_close(shared.token_logps, repeated.token_logps, atol=1e-4, rtol=0)
+
+
+def test_alibi_models_are_refused_up_front() -> None:
+    """Bloom places tokens by ALiBi biases computed from the attention mask, not by position
+    ids: packed candidates would be scored at the wrong distances (and transformers crashed
+    with 'too many values to unpack' on the cache route)."""
+    torch.manual_seed(0)
+    model = BloomForCausalLM(BloomConfig(vocab_size=64, hidden_size=32, n_layer=2, n_head=2))
+    model.eval()
+    batch = _random_batch(64, *MIXED)
+    with torch.no_grad():
+        for route in (True, "cache", "packed"):
+            with pytest.raises(ValueError, match="model type 'bloom'.*pass share_prefix=False"):
+                candidate_logps(model, batch, share_prefix=route)
+        repeated = candidate_logps(model, batch, share_prefix=False)
+        # the repeated reference still works: the first candidate by hand
+        prompt, cand = batch["prompt_ids"][0, :9], batch["candidate_ids"][0, 0, :3]
+        logits = model(input_ids=torch.cat([prompt, cand])[None]).logits[0, 8:11]
+        expected = logits.log_softmax(-1)[torch.arange(3), cand].sum()
+    torch.testing.assert_close(repeated.logps[0, 0], expected, atol=1e-4, rtol=0)
 
 
 def test_bad_batches_are_refused(tiny_lora) -> None:
@@ -225,14 +270,55 @@ def test_bad_batches_are_refused(tiny_lora) -> None:
         candidate_logps(model, empty)
 
 
-def test_gradient_checkpointing_needs_the_repeated_path() -> None:
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_gradient_checkpointing_shares_the_prompt_in_packed_rows(checkpointing) -> None:
+    """With checkpointing (no key/value cache in training) the default route is the packed
+    row; values and gradients equal the repeated path with checkpointing on and off."""
     model, tokenizer = build_tiny(TEXTS, seed=0)
-    model.gradient_checkpointing_enable()
-    model.train()
-    batch = _random_batch(len(tokenizer), [5], [[3, 2]])
-    with pytest.raises(ValueError, match="pass share_prefix=False"):
-        candidate_logps(model, batch)
-    assert candidate_logps(model, batch, share_prefix=False).logps.requires_grad
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()  # the tiny model has no dropout: train mode is deterministic
+    batch = _random_batch(len(tokenizer), *MIXED)
+    weights = torch.randn(batch["levels"].shape, generator=torch.Generator().manual_seed(2))
+    params = list(model.parameters())
+    assert shared_route(model) == "packed"
+    assert shared_route(model, chunk_size=2) == ("packed" if checkpointing else "cache")
+    shared, g_shared = _grads(model, batch, weights, params, chunk_size=2)
+    repeated, g_repeated = _grads(model, batch, weights, params, share_prefix=False)
+    torch.testing.assert_close(shared, repeated, atol=1e-4, rtol=0)
+    _assert_grads_close(g_shared, g_repeated)
+    if checkpointing:
+        with pytest.raises(ValueError, match="needs the model's dynamic key/value cache"):
+            candidate_logps(model, batch, share_prefix="cache")
+
+
+def test_route_rule(tiny_lora) -> None:
+    model, _ = tiny_lora
+    assert shared_route(model) == "packed"  # gradients on, one pass
+    assert shared_route(model, chunk_size=8) == "cache"
+    with torch.no_grad():
+        assert shared_route(model) == "cache"
+    with pytest.raises(ValueError, match="share_prefix must be True, False, 'cache' or 'packed'"):
+        candidate_logps(model, _random_batch(16, [3], [[2]]), share_prefix="kv")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_log_probs_match_log_softmax_in_value_and_gradient(dtype, monkeypatch) -> None:
+    """The memory-lean log-prob (float32 work in slices of rows) is log_softmax[target]."""
+    monkeypatch.setattr(scoring, "LOGPROB_ROWS", 3)  # several slices
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(7, 50, generator=g) * 4).to(dtype).requires_grad_(True)
+    targets = torch.randint(0, 50, (7,), generator=g)
+    weights = torch.randn(7, generator=g)
+    lean = scoring._log_probs(logits, targets)
+    (g_lean,) = torch.autograd.grad((lean * weights).sum(), logits)
+    plain = logits.float().log_softmax(-1)[torch.arange(7), targets]
+    (g_plain,) = torch.autograd.grad((plain * weights).sum(), logits)
+    assert lean.dtype == torch.float32 and g_lean.dtype == dtype
+    torch.testing.assert_close(lean, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        g_lean.float(), g_plain.float(), atol=1e-2 if dtype != torch.float32 else 1e-6, rtol=0
+    )
 
 
 def test_score_texts_shared_equals_repeated_and_restores_the_mode(tiny_lora) -> None:
@@ -250,11 +336,11 @@ def test_score_texts_shared_equals_repeated_and_restores_the_mode(tiny_lora) -> 
     torch.testing.assert_close(
         torch.tensor(shared[0]), torch.tensor(repeated[0]), atol=1e-4, rtol=0
     )
-    # by hand: the summed log-prob of "Heat (1995)</s>" after "<s>The user watched"
+    # by hand: the summed log-prob of " Heat (1995)</s>" after "<s>The user watched"
     prompt = tokenizer(prompts_[1])["input_ids"]
-    cand = tokenizer(candidates[1][0], add_special_tokens=False)["input_ids"] + [
-        tokenizer.eos_token_id
-    ]
+    joint = tokenizer(f"{prompts_[1]} {candidates[1][0]}")["input_ids"]
+    assert joint[: len(prompt)] == prompt
+    cand = joint[len(prompt) :] + [tokenizer.eos_token_id]
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([prompt + cand])).logits[0]
     logp = logits[len(prompt) - 1 : -1].log_softmax(-1)[torch.arange(len(cand)), torch.tensor(cand)]
@@ -308,3 +394,69 @@ def test_smollm2_shared_equals_repeated_on_ml100k(ml100k_next_dir: Path) -> None
     _assert_grads_close(g_shared, g_repeated)
     assert (on_shared - off_shared).abs().max() > 0.01  # the adapter is active in the first pair
     print(f"smollm2 scoring test: {time.perf_counter() - start:.1f} s")
+
+
+def _real_batch(ml100k_next_dir: Path, tokenizer, template: str, contexts: int, max_len: int):
+    """The first test contexts of the shared ML-100K split, every candidate (1 + 19), the
+    prompt re-rendered with ``template``, oldest history dropped to fit ``max_len`` tokens."""
+    tokenized = []
+    for ex in load_split(ml100k_next_dir, "test")[:contexts]:
+        ex.prompt = prompts.render(template, ex.meta["domain"], ex.history, ex.candidates)
+        ex.meta = {**ex.meta, "template": template}
+        tokenized.append(tokenize_example(ex, tokenizer, max_prompt_length=max_len))
+    return CandidateCollator(tokenizer.pad_token_id)(tokenized)
+
+
+@pytest.mark.smollm2
+def test_smollm2_checkpointed_training_shares_the_prompt(ml100k_next_dir: Path) -> None:
+    """Acceptance of the packed route: SmolLM2 with gradient checkpointing, LoRA, train mode,
+    two real ML-100K prompts (open template, <= 96 tokens) with all 1 + 19 candidates:
+    Mult-DPO loss within 1e-4 of the repeated path and LoRA gradients within 1e-4 relative."""
+    start = time.perf_counter()
+    model, tokenizer = load("embedded:smollm2-135m", device="cpu")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = add_lora(
+        model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj"))
+    )
+    _randomize_lora_b(model, seed=0)
+    batch = _real_batch(ml100k_next_dir, tokenizer, "open", contexts=2, max_len=96)
+    assert batch["levels"].shape == (2, 20)
+    with torch.no_grad(), model.disable_adapter():
+        ref = candidate_logps(model, batch).logps
+    model.train()
+    assert shared_route(model) == "packed"
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    results = {}
+    for route in (True, False):
+        logps = candidate_logps(model, batch, share_prefix=route).logps
+        loss = compute("mult", logps, ref, batch["levels"], beta=1.0).loss
+        grads = torch.autograd.grad(loss, lora)
+        results[route] = loss.detach(), torch.cat([g.flatten() for g in grads])
+    model.eval()
+    (shared_loss, g_shared), (repeated_loss, g_repeated) = results[True], results[False]
+    torch.testing.assert_close(shared_loss, repeated_loss, atol=1e-4, rtol=0)
+    _assert_grads_close(g_shared, g_repeated)
+    print(f"smollm2 checkpointing test: {time.perf_counter() - start:.1f} s")
+
+
+@pytest.mark.smollm2
+def test_smollm2_bf16_autocast_sums_in_float32(ml100k_next_dir: Path) -> None:
+    """CPU bf16 autocast on two real prompts (40 candidates): log-probs come out float32,
+    summed in float32. The bf16 forward itself moves them (its logits are bf16, whose step
+    near 20 is 0.125): measured here up to 0.44 nats on sums of about -30, 1.4% relative,
+    so the bound is relative, 2e-2. Summing the same token log-probs in bf16 would add
+    up to about 0.1 more (the bf16 step near 30 is 0.125); float32 sums add nothing."""
+    model, tokenizer = load("embedded:smollm2-135m", device="cpu")
+    model.eval()
+    batch = _real_batch(ml100k_next_dir, tokenizer, "open", contexts=2, max_len=96)
+    with torch.no_grad():
+        full = candidate_logps(model, batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = candidate_logps(model, batch)
+    assert mixed.logps.dtype == mixed.token_logps.dtype == torch.float32
+    assert (mixed.logps - full.logps).abs().max() > 0  # bf16 did run
+    torch.testing.assert_close(mixed.logps, full.logps, atol=0, rtol=2e-2)
+    exact = mixed.token_logps.double().sum(-1)
+    assert (mixed.logps.double() - exact).abs().max() < 1e-4
+    in_bf16 = mixed.token_logps.bfloat16().sum(-1, dtype=torch.bfloat16).double()
+    assert (in_bf16 - exact).abs().max() > 1e-2  # what a bf16 sum would have cost

@@ -12,6 +12,7 @@ from setdpo.tokenization import (
     CandidateCollator,
     TokenizedExample,
     TruncationReport,
+    tokenize_candidates,
     tokenize_example,
     tokenize_examples,
 )
@@ -57,17 +58,18 @@ def test_prompt_has_bos_and_candidates_are_title_plus_eos_without_bos(tokenizer)
     assert tok.prompt_ids[0] == tokenizer.bos_token_id  # the tiny tokenizer adds <s>
     assert tok.prompt_ids == _ids(tokenizer, ex.prompt, special=True)
     for title, ids in zip(CANDIDATES, tok.candidate_ids, strict=True):
-        assert ids == _ids(tokenizer, title, special=False) + [tokenizer.eos_token_id]
+        assert ids[-1] == tokenizer.eos_token_id
         assert tokenizer.bos_token_id not in ids
-        assert tokenizer.decode(ids[:-1]) == title
+        assert tokenizer.decode(ids[:-1]) == f" {title}"  # read after "Answer:"
     assert (tok.levels, tok.dropped_history, tok.dropped_tokens) == ([1, 2, 2], 0, 0)
 
 
 def test_chat_template_wraps_the_prompt_as_the_user_message(tokenizer) -> None:
     ex = _example()
     tok = tokenize_example(ex, tokenizer, chat_template=True)
-    # the tiny model's template: "<s>user: {prompt}</s>\nassistant: "
-    expected = f"{tokenizer.bos_token}user: {ex.prompt}{tokenizer.eos_token}\nassistant: "
+    # the tiny model's template: "<s>user: {prompt}</s>\nassistant: ", whose final space
+    # leads each candidate
+    expected = f"{tokenizer.bos_token}user: {ex.prompt}{tokenizer.eos_token}\nassistant:"
     assert tokenizer.decode(tok.prompt_ids) == expected
     assert tok.prompt_ids.count(tokenizer.bos_token_id) == 1  # no second BOS from the tokenizer
 
@@ -159,3 +161,75 @@ def test_collator_rejects_empty_parts() -> None:
         collate([TokenizedExample([1], [[2]], [1]), TokenizedExample([1], [[]], [1])])
     with pytest.raises(ValueError, match="empty batch"):
         collate([])
+
+
+def test_candidates_are_tokenized_as_they_follow_the_prompt(tokenizer) -> None:
+    """The template ends in ``Answer:``: each title is read after a space, as in running text,
+    and the prompt's ids are a prefix of the prompt and title tokenized together."""
+    ex = _example()
+    tok = tokenize_example(ex, tokenizer)
+    alone = []
+    for title, ids in zip(CANDIDATES, tok.candidate_ids, strict=True):
+        assert tok.prompt_ids + ids[:-1] == _ids(tokenizer, f"{ex.prompt} {title}", special=True)
+        assert ids[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(ids[:-1]) == f" {title}"
+        alone.append(ids[:-1] == _ids(tokenizer, title, special=False))
+    assert not any(alone)  # on its own, a title starts a text: other ids
+
+
+def test_a_prompt_s_final_space_leads_the_candidates(tokenizer) -> None:
+    """The tiny chat template ends in ``assistant: ``: the whole text splits that space into
+    the title's first token, so the prompt's ids end at ``:`` and each candidate starts with
+    the space; a prompt ending in a newline gets no space."""
+    ex = _example()
+    tok = tokenize_example(ex, tokenizer, chat_template=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": ex.prompt}], tokenize=False, add_generation_prompt=True
+    )
+    assert text.endswith("assistant: ")
+    for title, ids in zip(CANDIDATES, tok.candidate_ids, strict=True):
+        assert tok.prompt_ids + ids[:-1] == _ids(tokenizer, text + title, special=False)
+    plain = "The user watched Heat (1995). Answer:"
+    assert tokenize_candidates(tokenizer, plain + " ", CANDIDATES) == tokenize_candidates(
+        tokenizer, plain, CANDIDATES
+    )
+    (ids,) = tokenize_candidates(tokenizer, "Heat (1995)\n", ["Babe (1995)"])
+    assert tokenizer.decode(ids[:-1]) == "Babe (1995)"
+
+
+def test_candidate_that_changes_the_prompt_ids_is_refused() -> None:
+    """A BPE without pre-tokenizer that merges a newline with the next letter: ``x\n`` + ``y``
+    is ``x``, ``\ny``, so ``y``'s ids cannot follow the prompt's ``x``, ``\n``."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"x": 0, "\n": 1, "y": 2, "\ny": 3, "</s>": 4}
+    model = BPE(vocab=vocab, merges=[("\n", "y")])
+    merging = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(model), eos_token="</s>")
+    with pytest.raises(ValueError, match=r"candidate 'y' tokenized after its prompt"):
+        tokenize_candidates(merging, "x\n", ["y"])
+
+
+def test_truncated_prompt_keeps_the_candidates_ids(tokenizer) -> None:
+    ex = _example()
+    full = tokenize_example(ex, tokenizer)
+    for meta in ({}, None):  # token-wise cut, history dropped
+        cut = tokenize_example(_example(meta), tokenizer, max_prompt_length=20)
+        assert cut.candidate_ids == full.candidate_ids
+
+
+@pytest.mark.smollm2
+def test_smollm2_reads_a_title_after_answer_as_in_running_text() -> None:
+    """The case that motivated it: ``Toy Story`` alone is ``T``, ``oy``, ``ĠStory``."""
+    from setdpo.model import load
+
+    tokenizer = load("embedded:smollm2-135m", device="cpu")[1]
+    prompt = prompts.render("open", "movie", HISTORY[:3], [])
+    (ids,) = tokenize_candidates(tokenizer, prompt, ["Toy Story (1995)"])
+    assert tokenizer.convert_ids_to_tokens(ids[:2]) == ["ĠToy", "ĠStory"]
+    assert tokenizer.convert_ids_to_tokens(tokenizer("Toy Story")["input_ids"]) == [
+        "T",
+        "oy",
+        "ĠStory",
+    ]

@@ -2,7 +2,17 @@
 
 A prompt is tokenized as the model will read it (optionally through the tokenizer's chat
 template: one user message, then the assistant's generation prompt); each candidate is its
-title's ids followed by EOS, without BOS, so that the candidate continues the prompt.
+title's ids as they follow that prompt in running text, then EOS, without BOS.
+
+"As they follow the prompt": templates end in ``Answer:``, and a title tokenized on its own
+starts a text, which BPE tokenizers split differently from the same title after a space
+(SmolLM2: ``Toy Story`` alone is ``T``, ``oy``, ``ĠStory``; after ``Answer:`` it is
+``ĠToy``, ``ĠStory``, the split the model meets everywhere else). So each title is tokenized
+together with its prompt, after a space unless the prompt text ends in a newline (as chat
+templates' generation prompts do), and its ids are what follows the prompt's ids. Spaces at
+the end of a prompt move to the front of each candidate (``Answer: `` + ``Toy`` is read as
+``Answer:`` + `` Toy``, as the tokenizer splits the whole text). The prompt's ids must come out
+unchanged, otherwise the candidate would not continue the prompt the model reads: an error.
 
 ``max_prompt_length`` never cuts a title in half: while the prompt is too long, the oldest
 history item is dropped and the prompt re-rendered from its template
@@ -30,7 +40,7 @@ class TokenizedExample:
     """Token ids of one context.
 
     prompt_ids: the prompt (with BOS if the tokenizer adds one).
-    candidate_ids: per candidate, its title's ids + EOS (no BOS).
+    candidate_ids: per candidate, its title's ids after the prompt + EOS (no BOS).
     levels: preference level per candidate (1 = most preferred).
     dropped_history: oldest history items dropped to fit ``max_prompt_length``.
     dropped_tokens: oldest prompt tokens cut when dropping history could not make it fit.
@@ -71,27 +81,57 @@ class TruncationReport:
         )
 
 
-def tokenize_prompt(tokenizer: Any, prompt: str, chat_template: bool = False) -> list[int]:
-    """Prompt ids: plain text with the tokenizer's special tokens (BOS if it adds one), or
-    the chat template with ``prompt`` as the user message and the generation prompt."""
+def _prompt_text(tokenizer: Any, prompt: str, chat_template: bool) -> tuple[str, str, bool]:
+    """The text the tokenizer reads for ``prompt``, split where a candidate starts: the text
+    without its trailing spaces, the space that leads each candidate (those spaces, or one
+    where the text ends in neither whitespace nor a newline), and whether the tokenizer adds
+    its special tokens."""
     if not chat_template:
-        return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-    if not getattr(tokenizer, "chat_template", None):
+        text, special = prompt, True
+    elif not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             f"chat_template=True but tokenizer {tokenizer.name_or_path!r} has no chat template"
         )
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-    )
-    # The template writes its own special tokens (BOS included) as text.
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    else:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        special = False  # the template writes its own special tokens (BOS included) as text
+    body = text.rstrip(" ")
+    space = text[len(body) :] or ("" if body[-1:].isspace() else " ")
+    return body, space, special
 
 
-def tokenize_candidate(tokenizer: Any, title: str) -> list[int]:
-    """A candidate's ids: the title (no special tokens) followed by EOS."""
+def tokenize_prompt(tokenizer: Any, prompt: str, chat_template: bool = False) -> list[int]:
+    """Prompt ids: plain text with the tokenizer's special tokens (BOS if it adds one), or
+    the chat template with ``prompt`` as the user message and the generation prompt; trailing
+    spaces belong to the candidates (see the module docstring)."""
+    body, _, special = _prompt_text(tokenizer, prompt, chat_template)
+    return list(tokenizer(body, add_special_tokens=special)["input_ids"])
+
+
+def tokenize_candidates(
+    tokenizer: Any, prompt: str, titles: Sequence[str], chat_template: bool = False
+) -> list[list[int]]:
+    """Each title's ids as it follows ``prompt`` (see the module docstring), then EOS.
+
+    Raises ValueError naming the title when tokenizing it after the prompt changes the
+    prompt's own ids (a merge across the boundary).
+    """
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token")
-    return list(tokenizer(title, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+    body, space, special = _prompt_text(tokenizer, prompt, chat_template)
+    prompt_ids = list(tokenizer(body, add_special_tokens=special)["input_ids"])
+    joint = tokenizer([body + space + title for title in titles], add_special_tokens=special)
+    out = []
+    for title, ids in zip(titles, joint["input_ids"], strict=True):
+        if list(ids[: len(prompt_ids)]) != prompt_ids or len(ids) == len(prompt_ids):
+            raise ValueError(
+                f"candidate {title!r} tokenized after its prompt (...{body[-30:]!r}) changes the "
+                f"prompt's last tokens or is empty, so its ids cannot follow the prompt's ids"
+            )
+        out.append(list(ids[len(prompt_ids) :]) + [tokenizer.eos_token_id])
+    return out
 
 
 def truncate_tokens(ids: list[int], max_length: int, bos_token_id: int | None) -> list[int]:
@@ -114,13 +154,14 @@ def tokenize_example(
     """Token ids of ``example``; see the module docstring for ``max_prompt_length``."""
     if max_prompt_length is not None and max_prompt_length < 1:
         raise ValueError(f"max_prompt_length must be >= 1, got {max_prompt_length}")
-    prompt_ids, dropped = _fit_history(example, tokenizer, max_prompt_length, chat_template)
+    prompt, prompt_ids, dropped = _fit_history(example, tokenizer, max_prompt_length, chat_template)
     before = len(prompt_ids)
     if max_prompt_length is not None:
         prompt_ids = truncate_tokens(prompt_ids, max_prompt_length, tokenizer.bos_token_id)
     return TokenizedExample(
         prompt_ids=prompt_ids,
-        candidate_ids=[tokenize_candidate(tokenizer, c) for c in example.candidates],
+        # a token-wise cut keeps the prompt's end, which is all the candidates' ids depend on
+        candidate_ids=tokenize_candidates(tokenizer, prompt, example.candidates, chat_template),
         levels=list(example.levels),
         dropped_history=dropped,
         dropped_tokens=before - len(prompt_ids),
@@ -129,13 +170,14 @@ def tokenize_example(
 
 def _fit_history(
     example: PreferenceExample, tokenizer: Any, max_length: int | None, chat_template: bool
-) -> tuple[list[int], int]:
-    """The prompt ids with the fewest oldest history items dropped so that it fits (or with
-    no history left), and how many were dropped. Without a template, the prompt as is."""
-    ids = tokenize_prompt(tokenizer, example.prompt, chat_template)
+) -> tuple[str, list[int], int]:
+    """The prompt (text and ids) with the fewest oldest history items dropped so that it fits
+    (or with no history left), and how many were dropped. Without a template, as is."""
+    text = example.prompt
+    ids = tokenize_prompt(tokenizer, text, chat_template)
     template, domain = example.meta.get("template"), example.meta.get("domain")
     if max_length is None or len(ids) <= max_length or not (template and domain):
-        return ids, 0
+        return text, ids, 0
     from setdpo.data import prompts  # the data layer renders; imported only when needed
 
     dropped = 0
@@ -143,7 +185,7 @@ def _fit_history(
         dropped += 1
         text = prompts.render(template, domain, example.history[dropped:], example.candidates)
         ids = tokenize_prompt(tokenizer, text, chat_template)
-    return ids, dropped
+    return text, ids, dropped
 
 
 @dataclass
