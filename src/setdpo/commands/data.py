@@ -122,8 +122,8 @@ def run_audit(args: argparse.Namespace) -> int:
 
     checks = audit(args.dir)
     print(format_table(checks))
-    found = findings(checks)
-    print(f"{found} finding(s)" if found else "no findings")
+    found, skipped = findings(checks), sum(c.checked is None for c in checks)
+    print((f"{found} finding(s)" if found else "no findings") + (f"; {skipped} checks not run" if skipped else ""))
     return 1 if found else 0
 
 
