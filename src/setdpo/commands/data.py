@@ -123,7 +123,8 @@ def run_audit(args: argparse.Namespace) -> int:
     checks = audit(args.dir)
     print(format_table(checks))
     found, skipped = findings(checks), sum(c.checked is None for c in checks)
-    print((f"{found} finding(s)" if found else "no findings") + (f"; {skipped} checks not run" if skipped else ""))
+    verdict = f"{found} finding(s)" if found else "no findings"
+    print(verdict + (f"; {skipped} checks not run" if skipped else ""))
     return 1 if found else 0
 
 
