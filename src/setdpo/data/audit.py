@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from setdpo.data.config import MODES
 from setdpo.data.io import SPLITS, load_json, load_timelines
 from setdpo.errors import InputError
 
@@ -40,7 +41,6 @@ CHECKS = {
     "duplicate_candidates": "a title or item id appears twice among the candidates",
     "positive_outside_timeline": "a positive is not in the user's timeline in its window",
 }
-TIMELINE_CHECKS = ("window_crosses_split", "positive_outside_timeline")
 EXAMPLES_SHOWN = 3
 
 
@@ -97,24 +97,24 @@ def audit(folder: str | Path) -> list[Check]:
     rows, timelines = _encode(tables, raw_timelines)
     evaluated = int(((rows.split > 0) & (rows.user >= 0)).sum())
     reconsumed = None if timelines is None else _reconsumed(timelines, rows.n_ids)
-    checks = [
-        _check(rows, "eval_positive_in_train", evaluated, _eval_in_train(rows, reconsumed)),
-        _check(rows, "candidate_in_history", len(rows.split), _in_history(rows)),
-        _check(rows, "duplicate_candidates", len(rows.split), _duplicates(rows)),
-    ]
+    found = {  # name -> (contexts checked, rows found)
+        "eval_positive_in_train": (evaluated, _eval_in_train(rows, reconsumed)),
+        "candidate_in_history": (len(rows.split), _in_history(rows)),
+        "duplicate_candidates": (len(rows.split), _duplicates(rows)),
+    }
     width = _window_width(folder)
-    if timelines is None or width is None:
-        why = "no timelines.jsonl" if timelines is None else "config.json names no mode"
-        checks += [Check(name, None, note=f"not checked: {why}") for name in TIMELINE_CHECKS]
-    else:
+    why = "no timelines.jsonl" if timelines is None else "config.json names no mode"
+    if timelines is not None and width is not None:
         cuts = load_json(folder, "stats.json").get("split_cuts")
         crossing, outside = _windows(rows, timelines, width, cuts)
-        checks += [
-            _check(rows, "window_crosses_split", len(rows.split), crossing),
-            _check(rows, "positive_outside_timeline", len(rows.split), outside),
-        ]
-    order = list(CHECKS)
-    return sorted(checks, key=lambda c: order.index(c.name))
+        found["window_crosses_split"] = (len(rows.split), crossing)
+        found["positive_outside_timeline"] = (len(rows.split), outside)
+    return [
+        _check(rows, name, *found[name])
+        if name in found
+        else Check(name, None, note=f"not checked: {why}")
+        for name in CHECKS
+    ]
 
 
 def findings(checks: list[Check]) -> int:
@@ -152,7 +152,7 @@ def _read_split(folder: Path, split: str) -> pa.Table | None:
 
 def _window_width(folder: Path) -> int | None:
     config = load_json(folder, "config.json")
-    if config.get("mode") not in ("next", "next-k", "rated", "levels"):
+    if config.get("mode") not in MODES:
         return None
     return 1 if config["mode"] == "next" else int(config["k"])
 
