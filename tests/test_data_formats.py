@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -35,7 +36,7 @@ def test_llara_import_matches_the_records(tmp_path):
     train = write_json(tmp_path / "train.json", RECORDS)
     out = tmp_path / "out"
     args = ["data", "import", "--format", "llara", "--train", str(train), "--test", str(train)]
-    assert main([*args, "--out", str(out)]) == 0
+    assert main([*args, "--domain", "movie", "--out", str(out)]) == 0
     examples = load_split(out, "train")
     assert [ex.candidates for ex in examples] == [
         ["Heat (1995)", "Casino (1995)", "Babe (1995)"],
@@ -51,6 +52,57 @@ def test_llara_import_matches_the_records(tmp_path):
     assert load_split(out, "valid") == []  # no file given: an empty split
     counts = {i["title"]: i["train_count"] for i in load_items(out)}
     assert counts["Casino (1995)"] == 1 and counts["Heat (1995)"] == 0
+
+
+LASTFM = [
+    {
+        "historyList": "Kylie Minogue::Madonna::Coldplay",
+        "itemList": ["Muse", "Keane", "Queen"],
+        "trueSelection": "Queen",
+    }
+]
+
+
+def llara_import(train: Path, out: Path, *extra: str) -> int:
+    return main(["data", "import", "--format", "llara", "--train", str(train), "--out", str(out), *extra])  # fmt: skip
+
+
+def test_llara_domain_comes_from_the_file_names(tmp_path):
+    folder = tmp_path / "lastfm-sft-cans20"  # S-DPO's LastFM layout
+    folder.mkdir()
+    train = write_json(folder / "lastfm-train.json", LASTFM)
+    assert llara_import(train, tmp_path / "lastfm") == 0
+    (ex,) = load_split(tmp_path / "lastfm", "train")
+    assert ex.prompt.startswith("This user has listened to Kylie Minogue, Madonna, Coldplay")
+    assert "movie" not in ex.prompt and ex.meta["domain"] == "music"
+    assert json.loads((tmp_path / "lastfm" / "config.json").read_text())["domain"] == "music"
+    books = write_json(tmp_path / "goodreads_valid.json", LASTFM)
+    assert llara_import(books, tmp_path / "b") == 0
+    assert load_split(tmp_path / "b", "train")[0].meta["domain"] == "book"
+    # --domain always wins over the names
+    assert llara_import(train, tmp_path / "g", "--domain", "generic") == 0
+    assert "has interacted with" in load_split(tmp_path / "g", "train")[0].prompt
+
+
+@pytest.mark.parametrize(
+    ("names", "said"),
+    [(["train.json"], "do not say"), (["lastfm-train.json", "ml-test.json"], "say several")],
+)
+def test_llara_domain_unknown_or_ambiguous_needs_the_option(tmp_path, capsys, names, said):
+    paths = [write_json(tmp_path / name, LASTFM) for name in names]
+    extra = ["--test", str(paths[1])] if len(paths) > 1 else []
+    assert llara_import(paths[0], tmp_path / "o", *extra) == 2
+    err = capsys.readouterr().err
+    assert said in err and "pass --domain, one of ['movie', 'music', 'book', 'generic']" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_prepare_points_example_files_to_import(tmp_path, capsys):
+    path = write_json(tmp_path / "lastfm-train.json", LASTFM)
+    assert main(["data", "prepare", "--source", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"source '{path}' is not one of" in err
+    assert "`setdpo data import --format llara|trl --train FILE`" in err
 
 
 def test_trl_export_then_import_gives_the_same_examples(tmp_path, ml100k_next_dir):
@@ -124,17 +176,17 @@ BAD = {
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_llara_files(tmp_path, capsys, case):
     value, message = BAD[case]
-    path = write_json(tmp_path / "bad.json", value)
+    path = write_json(tmp_path / "ml-bad.json", value)  # "ml": MovieLens, the movie domain
     out = tmp_path / "out"
     assert (
         main(["data", "import", "--format", "llara", "--train", str(path), "--out", str(out)]) == 2
     )
     assert message in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ml-bad.json"]
 
 
 def test_invalid_json_names_the_line(tmp_path, capsys):
-    path = tmp_path / "bad.json"
+    path = tmp_path / "movies-bad.json"
     path.write_text('[\n{"historyList": "a",\n oops}\n]', "utf-8")
     assert (
         main(

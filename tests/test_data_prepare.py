@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -19,6 +20,7 @@ from setdpo.data import PrepareConfig, load_items, load_split, prepare
 from setdpo.data.builders import build
 from setdpo.data.io import dumps
 from setdpo.data.prompts import render
+from setdpo.data.sequences import build_contexts, build_sequences, split_contexts
 from setdpo.data.sources import load_source
 
 SPLITS = ("train", "valid", "test")
@@ -45,24 +47,93 @@ def raw_interactions(
     }
 
 
+def raw_timelines(source: str) -> pd.DataFrame:
+    """The shipped file sorted by user, then time, then line (equal times keep file order),
+    with each interaction's ``position`` in its user's sequence."""
+    package, name = FILES[source]
+    path = Path(importlib.util.find_spec(package).submodule_search_locations[0]) / name
+    frame = pd.read_csv(path, sep="\t", dtype=str, quoting=3)
+    frame.columns = ["user", "item", "rating", "time"]
+    frame["time"] = frame["time"].astype(float)
+    frame["line"] = np.arange(len(frame))
+    frame = frame.sort_values(["user", "time", "line"], kind="stable").reset_index(drop=True)
+    frame["position"] = frame.groupby("user").cumcount()
+    return frame
+
+
+# (mode, k): the target window is 1 item in `next` mode, k items otherwise
+WINDOWS = [("next", 1), ("next-k", 3), ("next-k", 5), ("rated", 3), ("levels", 3)]
+
+
+def check_windows_before_cuts(source: str, raw: pd.DataFrame, data, mode: str, k: int) -> dict:
+    """Every context of the full (uncapped) split, checked against the raw file: its whole
+    target window lies before the next split's cut (the earliest first target of that
+    split), no valid/test positive is a training positive of the same user, and the
+    training counts are the interactions before the valid cut. Returns the split sizes."""
+    config = PrepareConfig(source=source, mode=mode, k=k)
+    seq = build_sequences(data)
+    ctx, _ = build_contexts(seq, config, data.has_ratings)
+    split = split_contexts(seq, ctx, config)
+    width = 1 if mode == "next" else k
+    first = raw.groupby("user").indices  # user -> row numbers of raw, in sequence order
+    item_ids = data.items["item_id"].to_numpy(dtype=object)
+    times, positives = {}, {}
+    for name, index in split.index.items():
+        users = seq.user_ids[ctx.user[index]]
+        start = np.array([first[u][0] for u in users]) + (ctx.start - seq.offsets[ctx.user])[index]
+        slots = start[:, None] + np.arange(width)  # rows of raw: the window, from raw
+        assert (raw["user"].to_numpy()[slots] == users[:, None]).all()
+        assert (raw["item"].to_numpy()[slots] == item_ids[ctx.window[index]]).all()
+        times[name] = raw["time"].to_numpy()[slots]
+        window_positive = ctx.levels[index] == 1
+        positives[name] = set(
+            zip(np.repeat(users, width)[window_positive.ravel()],
+                item_ids[ctx.window[index]][window_positive], strict=True)
+        )  # fmt: skip
+    valid_cut, test_cut = times["valid"][:, 0].min(), times["test"][:, 0].min()
+    assert times["train"].max() < valid_cut
+    assert times["valid"].max() < test_cut
+    assert not positives["train"] & (positives["valid"] | positives["test"])
+    before = raw[raw["time"] < valid_cut]
+    expected = before["item"].value_counts().reindex(item_ids, fill_value=0).to_numpy()
+    assert (np.bincount(seq.item[split.training], minlength=len(item_ids)) == expected).all()
+    return {name: len(index) for name, index in split.index.items()} | split.dropped
+
+
 @pytest.fixture(scope="module")
 def raw100k():
     return raw_interactions("ml-100k")
 
 
 @pytest.fixture(scope="module")
+def raw100k_sorted():
+    return raw_timelines("ml-100k")
+
+
+@pytest.mark.parametrize(("mode", "k"), WINDOWS)
+def test_ml100k_windows_stay_before_the_next_cut(raw100k_sorted, mode, k):
+    data = load_source(PrepareConfig())
+    found = check_windows_before_cuts("ml-100k", raw100k_sorted, data, mode, k)
+    if mode == "next":  # one-item windows never cross: nothing dropped, as before
+        assert found == {"train": 77737, "valid": 9717, "test": 9717,
+                         "window_crosses_valid_cut": 0, "window_crosses_test_cut": 0}  # fmt: skip
+    if (mode, k) == ("next-k", 3):  # the issue's count: 207 windows crossed the valid cut
+        assert found["window_crosses_valid_cut"] == 207
+
+
+@pytest.fixture(scope="module")
 def ml100k_modes(tmp_path_factory):
-    """ML-100K in every mode, 300 examples a split, seed 0."""
+    """ML-100K in every mode (next-k also with k=5), 300 examples a split, seed 0."""
     root = tmp_path_factory.mktemp("modes")
     return {
-        mode: prepare(
-            PrepareConfig(source="ml-100k", mode=mode, out=str(root / mode), max_examples=300)
+        f"{mode}-{k}": prepare(
+            PrepareConfig(mode=mode, k=k, out=str(root / f"{mode}-{k}"), max_examples=300)
         )
-        for mode in ("next", "next-k", "rated", "levels")
+        for mode, k in WINDOWS
     }
 
 
-def check_invariants(folder: Path, raw, mode: str, candidates: int = 20) -> None:
+def check_invariants(folder: Path, raw, mode: str, k: int = 3, candidates: int = 20) -> None:
     """The protocol of DESIGN.md section 2, checked example by example against raw data."""
     last_time = {}
     title_to_id = {item["title"]: item["item_id"] for item in load_items(folder)}
@@ -91,15 +162,17 @@ def check_invariants(folder: Path, raw, mode: str, candidates: int = 20) -> None
                 seen = raw.get((ex.user, i))
                 rating = ex.meta.get("candidate_ratings", [None] * candidates)[ids.index(i)]
                 assert seen is None or seen[0] > cutoff or rating is not None
-            check_mode(ex, raw, mode)
+            check_mode(ex, raw, mode, k)
+    stats = json.loads((folder / "stats.json").read_text())
+    assert set(stats["audit"].values()) == {0}  # prepare audited its output: no finding
 
 
-def check_mode(ex, raw, mode: str) -> None:
+def check_mode(ex, raw, mode: str, k: int) -> None:
     ratings = ex.meta.get("candidate_ratings")
     if mode == "next":
         assert sorted(ex.levels) == [1] + [2] * 19
     elif mode == "next-k":
-        assert ex.levels.count(1) == 3 and set(ex.levels) == {1, 2}
+        assert ex.levels.count(1) == k and set(ex.levels) == {1, 2}
     elif mode == "rated":
         for item, g, r in zip(ex.meta["candidate_ids"], ex.levels, ratings, strict=True):
             if r is not None:  # from the target window: rating as in the raw file
@@ -118,23 +191,31 @@ def check_mode(ex, raw, mode: str) -> None:
                     assert g1 < g2
 
 
-@pytest.mark.parametrize("mode", ["next", "next-k", "rated", "levels"])
-def test_ml100k_modes_follow_the_protocol(ml100k_modes, raw100k, mode):
-    check_invariants(ml100k_modes[mode], raw100k, mode)
+@pytest.mark.parametrize(("mode", "k"), WINDOWS)
+def test_ml100k_modes_follow_the_protocol(ml100k_modes, raw100k, mode, k):
+    check_invariants(ml100k_modes[f"{mode}-{k}"], raw100k, mode, k)
+    assert main(["data", "audit", str(ml100k_modes[f"{mode}-{k}"])]) == 0
 
 
+@pytest.mark.slow
 def test_ml1m_all_modes_follow_the_protocol(tmp_path):
+    """Every mode: the full split's windows against the raw file, and a prepared (audited)
+    sample of 60 examples a split checked example by example (about 75 s in all)."""
     config = PrepareConfig(source="ml-1m")
-    data = load_source(config)  # read once, prepared in four modes
+    data = load_source(config)  # read once, prepared in every mode
+    raw_sorted = raw_timelines("ml-1m")
     outs = {}
-    for mode in ("next", "next-k", "rated", "levels"):
-        config = PrepareConfig(source="ml-1m", mode=mode, out=str(tmp_path / mode), max_examples=60)
-        outs[mode] = prepare(config, data)
+    for mode, k in WINDOWS:
+        check_windows_before_cuts("ml-1m", raw_sorted, data, mode, k)
+        config = PrepareConfig(
+            source="ml-1m", mode=mode, k=k, out=str(tmp_path / f"{mode}-{k}"), max_examples=60
+        )
+        outs[mode, k] = prepare(config, data)
     users = {ex.user for out in outs.values() for s in SPLITS for ex in load_split(out, s)}
     raw = raw_interactions("ml-1m", users)
-    for mode, out in outs.items():
-        check_invariants(out, raw, mode)
-    items = load_items(outs["next"])
+    for (mode, k), out in outs.items():
+        check_invariants(out, raw, mode, k)
+    items = load_items(outs["next", 1])
     assert len(items) == 3706  # ML-1M movies with at least one rating
     # ml-1m.item ships ids like "Toy Story (1995)": the title keeps the year
     assert items[0]["item_id"] == items[0]["title"] == "Toy Story (1995)"
@@ -175,6 +256,7 @@ def test_layout_prompts_and_hf_copy(ml100k_next_dir):
         "items.json",
         "stats.json",
         "config.json",
+        "timelines.jsonl",
     }
     sizes = {s: len(load_split(ml100k_next_dir, s)) for s in SPLITS}
     assert sizes == {"train": 200, "valid": 50, "test": 50}

@@ -125,7 +125,8 @@ def test_evaluate_with_catalog_ranks_the_whole_catalog(small_catalog_dir):
         rank = ctx["catalog"]["positive_ranks"][0]
         assert ctx["values"]["catalog/Recall@20"] == float(rank <= 20)
     assert set(CATALOG_METRICS) <= {m.removeprefix("catalog/") for m in results["metrics"]}
-    assert results["protocol"]["catalog"]["history_excluded"] is True
+    # This directory has no timelines.jsonl: only the history is excluded, and it says so.
+    assert results["protocol"]["catalog"]["excluded"].startswith("only the prompt's history")
 
 
 def test_recommend_ranks_candidates_by_log_prob(tiny):

@@ -1,4 +1,5 @@
-"""`setdpo data prepare|inspect|import|export|download`: parse, build a config, call the library.
+"""`setdpo data prepare|inspect|audit|import|export|download`: parse, build a config, call
+the library.
 
 `prepare` has one option per `PrepareConfig` field (same name, dashes for underscores,
 help from the field's metadata); `--config FILE` (YAML or JSON, e.g. a previous
@@ -36,10 +37,12 @@ def _option(field: dataclasses.Field) -> dict:
 
 
 def add_parser(subparsers) -> None:
-    """Register `setdpo data` and its five subcommands."""
+    """Register `setdpo data` and its six subcommands."""
     from setdpo.data.config import PrepareConfig
 
-    parser = subparsers.add_parser("data", help="prepare, inspect, import, export, download data")
+    parser = subparsers.add_parser(
+        "data", help="prepare, inspect, audit, import, export, download data"
+    )
     commands = parser.add_subparsers(dest="data_command", required=True)
 
     prep = commands.add_parser("prepare", help="interactions -> train/valid/test examples")
@@ -54,6 +57,12 @@ def add_parser(subparsers) -> None:
     inspect.add_argument("-n", type=int, default=3, help="examples to print")
     inspect.set_defaults(func=run_inspect)
 
+    audit = commands.add_parser(
+        "audit", help="check a prepared directory for leaks and broken examples (exit 1 if any)"
+    )
+    audit.add_argument("dir")
+    audit.set_defaults(func=run_audit)
+
     imp = commands.add_parser("import", help="LLaRA/S-DPO JSON or TRL JSONL -> prepared dir")
     imp.add_argument("--format", required=True, choices=["llara", "trl"])
     for split in ("train", "valid", "test"):
@@ -61,7 +70,11 @@ def add_parser(subparsers) -> None:
     imp.add_argument("--out", required=True)
     imp.add_argument("--overwrite", action="store_true")
     imp.add_argument("--template", default="listing", help="llara prompts: listing | open")
-    imp.add_argument("--domain", default="movie", help="llara prompts: movie|music|book|generic")
+    imp.add_argument(
+        "--domain",
+        help="llara prompts: movie|music|book|generic (default: what the file names say, "
+        "e.g. lastfm-train.json -> music; required when they say nothing)",
+    )
     imp.set_defaults(func=run_import)
 
     exp = commands.add_parser("export", help="a prepared split -> TRL JSON lines")
@@ -83,6 +96,7 @@ def add_parser(subparsers) -> None:
 def run_prepare(args: argparse.Namespace) -> int:
     """Options (over `--config`) -> `PrepareConfig` -> `setdpo.data.prepare`."""
     from setdpo.data import PrepareConfig, prepare
+    from setdpo.data.io import load_json
     from setdpo.protocol import read_stage
 
     values = read_stage(args.config, "prepare") if args.config else {}
@@ -95,8 +109,23 @@ def run_prepare(args: argparse.Namespace) -> int:
     if unknown := sorted(set(values) - known):
         raise InputError(f"unknown PrepareConfig fields {unknown}")
     out = prepare(PrepareConfig(**values))
-    print(f"prepared {out}")
+    stats = load_json(out, "stats.json")
+    print(f"prepared {out}; dropped contexts: {json.dumps(stats['dropped_contexts'])}")
+    audit = stats["audit"]
+    print(f"audit: {len(audit)} checks, {sum(audit.values())} findings (setdpo data audit {out})")
     return 0
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    """Print the audit table of a prepared directory; exit status 1 on any finding."""
+    from setdpo.data.audit import audit, findings, format_table
+
+    checks = audit(args.dir)
+    print(format_table(checks))
+    found, skipped = findings(checks), sum(c.checked is None for c in checks)
+    verdict = f"{found} finding(s)" if found else "no findings"
+    print(verdict + (f"; {skipped} checks not run" if skipped else ""))
+    return 1 if found else 0
 
 
 def run_inspect(args: argparse.Namespace) -> int:

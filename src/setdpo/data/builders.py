@@ -2,13 +2,15 @@
 
 Steps (DESIGN.md section 2): sort each user's interactions by time; every position with
 at least `min_history` earlier items and a full target window is a context; split 8:1:1
-by target time (or leave-last-out per user); optionally keep a seeded sample per split;
+by target time (or leave-last-out per user), dropping the windows that cross the next
+split's boundary; optionally keep a seeded sample per split;
 add negatives unseen by the user up to the last target, then shuffle the candidates.
 All randomness comes from `config.seed`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,7 @@ from setdpo.data.sequences import (
     SPLIT_NAMES,
     Contexts,
     Sequences,
+    Split,
     build_contexts,
     build_sequences,
     cap_splits,
@@ -36,7 +39,8 @@ class Built:
 
     items / levels / ratings: [N, n] candidate item indices (-1 = none), levels (0 = none)
     and ratings (NaN = sampled; None outside the rated/levels modes, which do not store
-    them); ``bounds`` gives each split's slice of the N rows.
+    them); ``bounds`` gives each split's slice of the N rows; ``cuts`` the chronological
+    split's cut times (`Split.cuts`).
     """
 
     data: Interactions
@@ -48,6 +52,7 @@ class Built:
     bounds: dict[str, slice]
     train_count: np.ndarray
     dropped: dict[str, int]
+    cuts: dict[str, float | None] | None
 
 
 def build(data: Interactions, config: PrepareConfig) -> Built:
@@ -59,14 +64,15 @@ def build(data: Interactions, config: PrepareConfig) -> Built:
             f"{data.name}: no user has {config.min_history} history items before a target window "
             f"of {config.k if config.mode != 'next' else 1}; nothing to prepare"
         )
-    splits = split_contexts(ctx, config)
-    counts = train_counts(seq, ctx, splits["train"], len(data.items))
-    splits = cap_splits(splits, config)
+    split: Split = split_contexts(seq, ctx, config)
+    counts = train_counts(seq, split, len(data.items))
+    splits = cap_splits(split.index, config)
     sizes = np.cumsum([0] + [len(splits[name]) for name in SPLIT_NAMES])
     bounds = {name: slice(sizes[i], sizes[i + 1]) for i, name in enumerate(SPLIT_NAMES)}
     ctx = ctx.take(np.concatenate([splits[name] for name in SPLIT_NAMES]))
     items, levels, ratings = candidate_sets(seq, ctx, counts, config)
-    return Built(data, seq, ctx, items, levels, ratings, bounds, counts, dropped)
+    dropped |= split.dropped
+    return Built(data, seq, ctx, items, levels, ratings, bounds, counts, dropped, split.cuts)
 
 
 def candidate_sets(
@@ -108,6 +114,18 @@ def catalog_rows(built: Built) -> list[dict[str, Any]]:
     ]
 
 
+def timelines(built: Built) -> Iterator[dict[str, Any]]:
+    """timelines.jsonl: each user's whole time-ordered sequence of item ids and times (what
+    the audit and the catalog ranking's exclusion of consumed items read)."""
+    seq, ids = built.seq, built.data.items["item_id"].to_numpy(dtype=object)
+    for user, (lo, hi) in enumerate(zip(seq.offsets[:-1], seq.offsets[1:], strict=True)):
+        yield {
+            "user": str(seq.user_ids[user]),
+            "items": ids[seq.item[lo:hi]].tolist(),
+            "times": seq.time[lo:hi].tolist(),
+        }
+
+
 def statistics(built: Built) -> dict[str, Any]:
     """stats.json: sizes and per-split distributions of positives, candidates, history."""
     stats: dict[str, Any] = {
@@ -116,6 +134,7 @@ def statistics(built: Built) -> dict[str, Any]:
         "items": int(len(built.data.items)),
         "interactions": int(len(built.seq.user)),
         "dropped_contexts": built.dropped,
+        "split_cuts": built.cuts,
         "splits": {},
     }
     for name, part in built.bounds.items():

@@ -64,8 +64,14 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         self.split_ratios = tuple(float(r) for r in self.split_ratios)
         self.level_ratings = tuple(float(r) for r in self.level_ratings)
+        if self.source not in SOURCES:
+            raise InputError(
+                f"source {self.source!r} is not one of {list(SOURCES)}; an interaction file "
+                "goes in with --source file --interactions FILE --items FILE, ready-made example "
+                "sets (LLaRA / S-DPO JSON, TRL rows) with `setdpo data import --format "
+                "llara|trl --train FILE`"
+            )
         for name, allowed in (
-            ("source", SOURCES),
             ("mode", MODES),
             ("negatives", SAMPLINGS),
             ("split", SPLITS),

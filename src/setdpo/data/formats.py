@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,13 @@ from setdpo.data.schema import PreferenceExample
 from setdpo.errors import InputError
 
 FORMATS = ("llara", "trl")
+# Words in a LLaRA / S-DPO file's name or folder that name its domain (S-DPO ships
+# lastfm-sft-cans20/lastfm-train.json, ml-train.json, goodread-train.json).
+DOMAIN_WORDS = {
+    "movie": re.compile(r"ml(\d+[km])?|movielens|movies?"),
+    "music": re.compile(r"lastfm|music"),
+    "book": re.compile(r"goodreads?|books?"),
+}
 
 
 @dataclass
@@ -38,16 +46,41 @@ class ImportConfig:
     out: str = field(default="imported", metadata={"help": "output directory"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output"})
     template: str = field(default="listing", metadata={"help": "llara prompts: listing | open"})
-    domain: str = field(default="movie", metadata={"help": "llara prompts: wording"})
+    domain: str | None = field(
+        default=None, metadata={"help": "llara prompts: wording (None: from the file names)"}
+    )
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise InputError(f"format {self.format!r} is not one of {list(FORMATS)}")
-        if self.template not in TEMPLATES or self.domain not in DOMAINS:
-            raise InputError(f"template/domain must be in {list(TEMPLATES)} / {list(DOMAINS)}")
         unknown = set(self.files) - set(SPLITS)
         if unknown or "train" not in self.files:
             raise InputError(f"files must name a train file and only splits {list(SPLITS)}")
+        if self.format == "llara" and self.domain is None:
+            self.domain = infer_domain(list(self.files.values()))
+        if self.template not in TEMPLATES or self.domain not in (*DOMAINS, None):
+            raise InputError(f"template/domain must be in {list(TEMPLATES)} / {list(DOMAINS)}")
+
+
+def infer_domain(files: list[str]) -> str:
+    """The prompt domain the files' names (or folders) say, e.g. lastfm-train.json -> music.
+
+    Raises InputError, listing the choices, when they say none or several.
+    """
+    words = {
+        word
+        for path in map(Path, files)
+        for word in re.split(r"[^a-z0-9]+", f"{path.parent.name}/{path.name}".lower())
+    }
+    said = {d for d, pattern in DOMAIN_WORDS.items() if any(map(pattern.fullmatch, words))}
+    if len(said) == 1:
+        return said.pop()
+    what = "do not say" if not said else f"say several ({sorted(said)})"
+    raise InputError(
+        f"the names of {files} {what} which domain the items are from; pass --domain, one "
+        f"of {list(DOMAINS)} (the prompt says: movie 'has watched', music 'has listened to', "
+        "book 'has read', generic 'has interacted with')"
+    )
 
 
 def import_examples(config: ImportConfig) -> Path:

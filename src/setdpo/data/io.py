@@ -1,7 +1,8 @@
 """Writing a prepared directory atomically, and reading it back.
 
 Layout (docs/architecture.md): ``{train,valid,test}.jsonl``, ``hf/`` (a
-`datasets.DatasetDict`), ``items.json``, ``stats.json``, ``config.json``. Everything is
+`datasets.DatasetDict`), ``items.json``, ``stats.json``, ``config.json`` and, from
+`prepare`, ``timelines.jsonl``. Everything is
 written into a temporary directory next to the target, then renamed into place, so a
 failed or interrupted run leaves no output directory behind.
 """
@@ -149,6 +150,24 @@ def load_split(folder: str | Path, split: str) -> list[PreferenceExample]:
 def load_items(folder: str | Path) -> list[dict[str, Any]]:
     """The catalog: ``[{"item_id", "title", "train_count"}]``."""
     return json.loads(_prepared_file(folder, "items.json").read_text("utf-8"))
+
+
+def load_timelines(folder: str | Path) -> list[dict[str, Any]] | None:
+    """`timelines.jsonl`: each user's ``{"user", "items", "times"}``, all their interactions
+    in time order (None: the directory has none, e.g. an imported example set)."""
+    path = Path(folder) / "timelines.jsonl"
+    if not path.is_file():
+        return None
+    timelines = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            row = json.loads(line)
+            if not isinstance(row, dict) or len(row.get("items", ())) != len(row.get("times", ())):
+                raise InputError(
+                    f"{path}, line {number}: expected user, items and times alike long"
+                )
+            timelines.append(row)
+    return timelines
 
 
 def load_json(folder: str | Path, name: str) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from setdpo.data.builders import Built, build, catalog_rows, statistics
+from setdpo.data.audit import AuditError, audit, findings, format_table
+from setdpo.data.builders import Built, build, catalog_rows, statistics, timelines
 from setdpo.data.config import PrepareConfig
 from setdpo.data.examples import Catalog, arrow_table, chunks, json_lines, prompts, write_lines
 from setdpo.data.io import (
@@ -20,6 +21,7 @@ from setdpo.data.io import (
     finish_hf,
     save_hf_split,
     write_json,
+    write_jsonl,
 )
 from setdpo.data.sources import Interactions, load_source
 
@@ -29,7 +31,8 @@ def prepare(config: PrepareConfig, data: Interactions | None = None) -> Path:
 
     `data`: the source's interactions if already loaded (`sources.load_source(config)`),
     e.g. to prepare several modes from one read. Returns the output directory. It appears
-    only once complete: nothing is left behind if anything fails.
+    only once complete and audited (`setdpo.data.audit`; the counts go to `stats.json`
+    ``audit``): nothing is left behind if anything fails.
     """
     check_target(config.out, config.overwrite)  # fail before the slow part
     data = data if data is not None else load_source(config)
@@ -40,8 +43,14 @@ def prepare(config: PrepareConfig, data: Interactions | None = None) -> Path:
             save_hf_split(tmp, split, write_split(tmp, built, split, config), fingerprint)
         finish_hf(tmp)
         write_json(tmp / "items.json", catalog_rows(built))
-        write_json(tmp / "stats.json", statistics(built))
+        write_jsonl(tmp / "timelines.jsonl", map(dumps, timelines(built)), len(built.seq.user_ids))
+        stats = statistics(built)
+        write_json(tmp / "stats.json", stats)
         write_json(tmp / "config.json", asdict(config))
+        checks = audit(tmp)
+        if findings(checks):  # prepare's own rules exclude every finding: a bug, never output
+            raise AuditError(f"the prepared data fails its audit:\n{format_table(checks)}")
+        write_json(tmp / "stats.json", stats | {"audit": {c.name: c.found for c in checks}})
     return Path(config.out)
 
 

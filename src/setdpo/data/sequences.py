@@ -174,26 +174,99 @@ def _overlaps(seq: Sequences, ctx: Contexts) -> np.ndarray:
     return bad
 
 
-def split_contexts(ctx: Contexts, config: PrepareConfig) -> dict[str, np.ndarray]:
-    """Indices of the contexts in each split, in chronological order within the split."""
+@dataclass
+class Split:
+    """Which contexts each split keeps, and what the split boundary removed.
+
+    ``index``: context indices per split, chronological within the split. ``dropped``:
+    contexts whose target window crosses the next split's boundary (counted, never kept).
+    ``cuts``: chrono only, the valid and test cut times (a context belongs to a split when
+    its first target is at or after that split's cut; None: no context reaches it).
+    ``training`` [M]: the interactions before the valid boundary, the only ones anything
+    derived from training (popularity counts) may see.
+    """
+
+    index: dict[str, np.ndarray]
+    dropped: dict[str, int]
+    cuts: dict[str, float | None] | None
+    training: np.ndarray
+
+
+def split_contexts(seq: Sequences, ctx: Contexts, config: PrepareConfig) -> Split:
+    """Split the contexts (DESIGN.md section 2): a context belongs to a split only if its
+    whole target window lies before the next split's boundary."""
     if config.split == "chrono":
-        order = np.lexsort((np.arange(len(ctx)), ctx.target_time))
-        shares = np.cumsum(config.split_ratios) / sum(config.split_ratios)
-        cuts = np.round(shares * len(ctx)).astype(np.int64)
-        return dict(zip(SPLIT_NAMES, np.split(order, cuts[:2]), strict=True))
-    frame = pd.DataFrame({"user": ctx.user, "start": ctx.start, "end": ctx.end})
-    test_start = frame.groupby("user")["start"].transform("max").to_numpy()
-    test = np.flatnonzero(ctx.start == test_start)
-    before = frame[ctx.end < test_start]
-    valid_start = before.groupby("user")["start"].max()
-    valid_of_user = valid_start.reindex(ctx.user).to_numpy()  # NaN: user has no valid context
-    valid = np.flatnonzero(ctx.start == valid_of_user)
-    train = np.flatnonzero(ctx.end < valid_of_user)
-    by_time = {
-        name: idx[np.lexsort((idx, ctx.target_time[idx]))]
-        for name, idx in zip(SPLIT_NAMES, (train, valid, test), strict=True)
+        return _chrono_split(seq, ctx, config)
+    return _leave_last_out_split(seq, ctx)
+
+
+def _chrono_split(seq: Sequences, ctx: Contexts, config: PrepareConfig) -> Split:
+    """Cut times at the 8:1:1 quantiles of the first-target times; a window that reaches
+    the next cut is dropped. Contexts whose first target ties with a cut go after it."""
+    order = np.sort(ctx.target_time)
+    shares = np.cumsum(config.split_ratios) / sum(config.split_ratios)
+    at = np.round(shares[:2] * len(ctx)).astype(np.int64)
+    valid_cut, test_cut = (float(order[i]) if i < len(order) else np.inf for i in at)
+    first, last = ctx.target_time, ctx.cutoff_time
+    starts = {
+        "train": first < valid_cut,
+        "valid": (first >= valid_cut) & (first < test_cut),
+        "test": first >= test_cut,
     }
-    return by_time
+    keep = {
+        "train": starts["train"] & (last < valid_cut),
+        "valid": starts["valid"] & (last < test_cut),
+        "test": starts["test"],
+    }
+    return Split(
+        index={name: _by_time(ctx, np.flatnonzero(keep[name])) for name in SPLIT_NAMES},
+        dropped={
+            "window_crosses_valid_cut": int((starts["train"] & ~keep["train"]).sum()),
+            "window_crosses_test_cut": int((starts["valid"] & ~keep["valid"]).sum()),
+        },
+        cuts={
+            name: None if np.isinf(cut) else cut
+            for name, cut in (("valid", valid_cut), ("test", test_cut))
+        },
+        training=seq.time < valid_cut,
+    )
+
+
+def _leave_last_out_split(seq: Sequences, ctx: Contexts) -> Split:
+    """Per user: test = the last context, valid = the latest context whose window ends
+    before the test window starts, train = the contexts whose window ends before the
+    valid window starts (the test window's, for a user without a valid context)."""
+    n_users = len(seq.user_ids)
+    test_start = np.full(n_users, -1, dtype=np.int64)
+    np.maximum.at(test_start, ctx.user, ctx.start)
+    test = ctx.start == test_start[ctx.user]
+    valid_start = np.full(n_users, -1, dtype=np.int64)
+    before = ctx.end < test_start[ctx.user]
+    np.maximum.at(valid_start, ctx.user[before], ctx.start[before])
+    valid = ctx.start == valid_start[ctx.user]
+    # The valid boundary of each user: its valid context, else its test context.
+    boundary = np.where(valid_start >= 0, valid_start, test_start)
+    train = ctx.end < boundary[ctx.user]
+    crossing = ~(train | valid | test)
+    user_end = seq.offsets[1:]
+    limit = np.where(boundary >= 0, boundary, user_end)  # a user without contexts: all
+    return Split(
+        index={
+            name: _by_time(ctx, np.flatnonzero(mask))
+            for name, mask in zip(SPLIT_NAMES, (train, valid, test), strict=True)
+        },
+        dropped={
+            "window_crosses_valid_cut": int((crossing & (ctx.start < boundary[ctx.user])).sum()),
+            "window_crosses_test_cut": int((crossing & (ctx.start > boundary[ctx.user])).sum()),
+        },
+        cuts=None,
+        training=np.arange(len(seq.user)) < limit[seq.user],
+    )
+
+
+def _by_time(ctx: Contexts, index: np.ndarray) -> np.ndarray:
+    """`index` ordered by first-target time (ties: by index)."""
+    return index[np.lexsort((index, ctx.target_time[index]))]
 
 
 def cap_splits(splits: dict[str, np.ndarray], config: PrepareConfig) -> dict[str, np.ndarray]:
@@ -209,11 +282,6 @@ def cap_splits(splits: dict[str, np.ndarray], config: PrepareConfig) -> dict[str
     return capped
 
 
-def train_counts(seq: Sequences, ctx: Contexts, train: np.ndarray, n_items: int) -> np.ndarray:
-    """Interactions per item in the training split: each user's interactions up to the last
-    target of their training contexts (these are the history and targets of those contexts).
-    """
-    last = np.full(len(seq.user_ids), -1, dtype=np.int64)
-    np.maximum.at(last, ctx.user[train], ctx.end[train])
-    seen = np.arange(len(seq.user)) <= last[seq.user]
-    return np.bincount(seq.item[seen], minlength=n_items)
+def train_counts(seq: Sequences, split: Split, n_items: int) -> np.ndarray:
+    """Interactions per item before the valid boundary (`Split.training`)."""
+    return np.bincount(seq.item[split.training], minlength=n_items)

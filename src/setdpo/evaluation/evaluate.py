@@ -21,7 +21,7 @@ import setdpo
 from setdpo.data import load_items, load_split
 from setdpo.data.schema import PreferenceExample
 from setdpo.errors import InputError
-from setdpo.evaluation.catalog import catalog_example
+from setdpo.evaluation.catalog import ConsumedItems, catalog_example, catalog_exclusion
 from setdpo.evaluation.generation import generate_answers
 from setdpo.evaluation.matching import match_answer
 from setdpo.evaluation.metrics import (
@@ -180,11 +180,11 @@ def catalog_values(
     scorer: Scorer, examples: list[PreferenceExample], config: EvalConfig
 ) -> list[dict]:
     """Per context: the catalog ranks of its positives and the catalog metric values."""
-    items = load_items(config.data)
+    items, consumed = load_items(config.data), ConsumedItems.of(config.data)
     out = []
     for ex in tqdm(examples, desc="catalog ranking", disable=not config.progress):
         max_level = context_max_level(ex.levels)
-        big = catalog_example(ex, items, max_level)
+        big = catalog_example(ex, items, max_level, consumed.before(ex))
         (scores,) = scorer.score([big])
         values = compute_metrics(scores, big.levels, CATALOG_METRICS, max_level)
         out.append(
@@ -235,7 +235,7 @@ def protocol(config: EvalConfig, examples: list[PreferenceExample], scorer: Scor
         else None,
         # A trained baseline's settings, training time and cache folder.
         "sasrec": getattr(scorer, "info", None),
-        "catalog": {"history_excluded": True, "chunk_size": config.chunk_size}
+        "catalog": {"excluded": catalog_exclusion(config.data), "chunk_size": config.chunk_size}
         if config.catalog
         else None,
         "bootstrap": {"n_resamples": config.n_resamples, "confidence": 0.95, "seed": config.seed},
