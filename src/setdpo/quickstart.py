@@ -84,8 +84,8 @@ BUDGETS: dict[str, Budget] = {
             "lab": TierBudget(
                 train_examples=None,
                 test_examples=None,
-                sft_steps=600,
-                pref_steps=120,
+                sft_steps=240,
+                pref_steps=30,
                 sft_batch=32,
                 pref_batch=16,
                 sft_lr=2e-3,

@@ -116,5 +116,5 @@ def build_scorer(
     if model == "sasrec":
         settings = sasrec or SASRecSettings(seed=seed)
         return load_or_train(data_dir, settings, model_options.get("progress", True)), None
-    lm, tokenizer = load(model, device=device)
+    lm, tokenizer = load(model, device=device, lab_data=data_dir)
     return ModelScorer(lm, tokenizer, name=str(model), **model_options), tokenizer
