@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from transformers import LlamaForCausalLM
 import setdpo.model
 from setdpo import cli
 from setdpo.model import load
+from setdpo.training.reference import MEMO_DIR, ReferenceModel
 
 pytestmark = [
     pytest.mark.slow,
@@ -127,19 +129,27 @@ def _pref_argv(data: Path, init: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_torchrun_two_processes_match_one_process(
-    tiny_sft: Path, ml100k_next_dir: Path, tmp_path: Path
+    tiny_sft: Path, ml100k_next_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # One SGD step (sensitive to every gradient entry, unlike Adam's sign-like first step) on a
     # global batch of 4: two processes x 2 contexts against one process x 4 contexts.
+    sft = Path(shutil.copytree(tiny_sft, tmp_path / "sft", ignore=shutil.ignore_patterns(MEMO_DIR)))
     step = ["--max-steps", "1", "--optim", "sgd", "--learning-rate", "0.5", "--save-strategy", "no"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     torchrun += ["--master_port", str(_free_port()), "-m", "setdpo"]
-    two = _pref_argv(ml100k_next_dir, tiny_sft, tmp_path / "ddp", *step)
+    two = _pref_argv(ml100k_next_dir, sft, tmp_path / "ddp", *step)
     two += ["--per-device-train-batch-size", "2"]
     done = subprocess.run(torchrun + two, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    one = _pref_argv(ml100k_next_dir, tiny_sft, tmp_path / "single", *step)
+    (memo,) = (sft / MEMO_DIR).iterdir()
+    assert len(list(memo.glob("part-*.json"))) == 1  # both ranks' shards, merged at the end
+    # One process on the same contexts finds every reference log-prob in the ranks' shards.
+    scored = []
+    real = ReferenceModel.logps
+    monkeypatch.setattr(ReferenceModel, "logps", lambda self, b: scored.append(b) or real(self, b))
+    one = _pref_argv(ml100k_next_dir, sft, tmp_path / "single", *step)
     assert cli.main(one + ["--per-device-train-batch-size", "4"]) == 0
+    assert scored == []
     _assert_same_adapter(tmp_path / "ddp", tmp_path / "single", atol=1e-5)
     assert any(
         v.abs().max() > 1e-4 for k, v in _adapter(tmp_path / "single").items() if "lora_B" in k

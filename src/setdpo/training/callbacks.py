@@ -1,4 +1,4 @@
-"""Trainer hooks: the non-finite loss guard and the per-epoch refresh of sampled sets.
+"""Trainer hooks: the non-finite loss guard and the per-epoch redraw of sampled sets.
 
 The guard runs inside `compute_loss`, not in `on_log`: the Trainer filters NaN and inf out of
 its logged loss (`logging_nan_inf_filter`) and would already have stepped the optimiser with
@@ -7,7 +7,6 @@ them. Raising before `backward` leaves the weights and the last checkpoint untou
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,22 +37,17 @@ def check_finite(value: torch.Tensor, what: str, step: int, output_dir: str | No
 
 
 class EpochCallback(TrainerCallback):
-    """Before each epoch: tell the datasets the epoch, then run `refresh(model)` if given.
+    """Before each epoch: tell the datasets the epoch, which keys their random draws.
 
-    `refresh` re-scores hard negatives with the current policy. The epoch is the integer part
-    of `state.epoch`, which is exact at an epoch boundary and fractional after a mid-epoch
-    resume; accelerate's own `set_epoch` forwarding misses datasets under DDP samplers.
+    The epoch is the integer part of `state.epoch`, which is exact at an epoch boundary and
+    fractional after a mid-epoch resume; accelerate's own `set_epoch` forwarding misses
+    datasets under DDP samplers.
     """
 
-    def __init__(
-        self, datasets: list[Any], refresh: Callable[[torch.nn.Module], None] | None = None
-    ) -> None:
+    def __init__(self, datasets: list[Any]) -> None:
         self.datasets = datasets
-        self.refresh = refresh
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         epoch = int(state.epoch or 0)
         for dataset in self.datasets:
             dataset.set_epoch(epoch)
-        if self.refresh is not None:
-            self.refresh(kwargs["model"])

@@ -12,8 +12,8 @@ entries are keyed by a hash of the example's token ids (`training.data.example_k
 changed model, changed data or changed tokenization misses. Each process writes only new
 shard files, atomically and under names of its own, so DDP ranks and concurrent runs from one
 SFT run never write the same file; readers merge every shard. `precompute_ref` fills the memo
-for every candidate of the train and valid splits before the first step (today's up-front
-pass); otherwise only what training and evaluation reach is ever scored.
+for every candidate of the train and valid splits before the first step (an up-front pass);
+otherwise only what training and evaluation reach is ever scored.
 """
 
 from __future__ import annotations
