@@ -22,7 +22,6 @@ from setdpo.data.sequences import (
     SPLIT_NAMES,
     Contexts,
     Sequences,
-    Split,
     build_contexts,
     build_sequences,
     cap_splits,
@@ -64,7 +63,7 @@ def build(data: Interactions, config: PrepareConfig) -> Built:
             f"{data.name}: no user has {config.min_history} history items before a target window "
             f"of {config.k if config.mode != 'next' else 1}; nothing to prepare"
         )
-    split: Split = split_contexts(seq, ctx, config)
+    split = split_contexts(seq, ctx, config)
     counts = train_counts(seq, split, len(data.items))
     splits = cap_splits(split.index, config)
     sizes = np.cumsum([0] + [len(splits[name]) for name in SPLIT_NAMES])

@@ -2,7 +2,8 @@
 
 LLaRA / S-DPO: a JSON list of records with ``historyList`` ("a::b::c" or a list),
 ``itemList`` (the candidate titles, a list or "a::b") and ``trueSelection`` (the
-positive). TRL: JSON lines with ``prompt``, ``chosen`` and ``rejected`` (each a string or
+positive); the records do not say their domain, so the prompt's wording comes from the
+option or from the file names (`infer_domain`). TRL: JSON lines with ``prompt``, ``chosen`` and ``rejected`` (each a string or
 a list) and optionally ``levels`` (one per title of chosen + rejected). Exported rows also
 carry the remaining `PreferenceExample` fields (``context_id``, ``user``, ``history``,
 ``target_time``, ``meta``) and ``candidate_order`` so that an import restores them exactly.
