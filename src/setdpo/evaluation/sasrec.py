@@ -237,7 +237,9 @@ def fit(
         opt = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(0.9, 0.98))
         starts = range(0, len(sequences), settings.batch_size)
         bar = tqdm(
-            total=settings.epochs * len(starts), desc="training SASRec", disable=not progress
+            total=settings.epochs * len(starts),
+            desc="training SASRec (stops early)" if validate else "training SASRec",
+            disable=not progress,
         )
         best = None
         for epoch in range(1, settings.epochs + 1):
