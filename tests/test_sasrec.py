@@ -40,6 +40,16 @@ def test_training_sequences_are_the_training_examples_history_then_positive(ml10
         assert (row[: len(row) - len(expected)] == 0).all()  # right-aligned, left-padded
 
 
+def test_next_k_sequences_end_with_every_positive(tmp_path):
+    config = PrepareConfig(mode="next-k", k=3, out=str(tmp_path / "d"), max_examples=40)
+    data = prepare(config)
+    index = ItemIndex(load_items(data))
+    seqs = training_sequences(data, index)
+    for row, ex in zip(seqs, load_split(data, "train"), strict=True):
+        assert len(ex.positives) == 3
+        assert row[row > 0].tolist() == index.lookup(ex.history + ex.positives, "test").tolist()
+
+
 def test_attention_is_causal_and_padding_is_ignored():
     torch.manual_seed(0)
     model = SASRec(n_items=30, maxlen=6, settings=SASRecSettings(hidden=16, heads=2)).eval()

@@ -76,15 +76,7 @@ class SASRecSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in (
-            "hidden",
-            "blocks",
-            "heads",
-            "batch_size",
-            "epochs",
-            "patience",
-            "valid_contexts",
-        ):
+        for name in "hidden blocks heads batch_size epochs patience valid_contexts".split():
             if getattr(self, name) < 1:
                 raise InputError(f"SASRec {name} must be >= 1, got {getattr(self, name)}")
         if self.hidden % self.heads:
@@ -145,7 +137,7 @@ def training_sequences(data_dir: str | Path, index: ItemIndex) -> np.ndarray:
     positive = levels.to_numpy() == 1
     hist_items = index.lookup(hist_titles.to_pylist(), f"{folder} (history)")
     pos_items = index.lookup(pc.filter(cand_titles, pa.array(positive)).to_pylist(), f"{folder}")
-    n_pos = np.add.reduceat(positive, np.r_[0, np.cumsum(cand_len)[:-1]]) if len(positive) else 0
+    n_pos = np.add.reduceat(positive.astype(np.int64), np.r_[0, np.cumsum(cand_len)[:-1]])
     lengths = hist_len + n_pos
     width = int(lengths.max())
     # Row r's items go to columns width - lengths[r] ... width - 1: history, then positives.
@@ -245,7 +237,9 @@ def fit(
         opt = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(0.9, 0.98))
         starts = range(0, len(sequences), settings.batch_size)
         bar = tqdm(
-            total=settings.epochs * len(starts), desc="training SASRec", disable=not progress
+            total=settings.epochs * len(starts),
+            desc="training SASRec (stops early)" if validate else "training SASRec",
+            disable=not progress,
         )
         best = None
         for epoch in range(1, settings.epochs + 1):
