@@ -84,8 +84,8 @@ BUDGETS: dict[str, Budget] = {
             "lab": TierBudget(
                 train_examples=None,
                 test_examples=None,
-                sft_steps=240,
-                pref_steps=30,
+                sft_steps=200,
+                pref_steps=24,
                 sft_batch=32,
                 pref_batch=16,
                 sft_lr=2e-3,
@@ -390,7 +390,6 @@ def _eval_settings(
 
 def run_tier(config: QuickstartConfig, tier: str, stages: Stages, data_dir: Path) -> Path:
     """SFT, every objective and every evaluation of one tier; returns the tier's report."""
-    from setdpo.evaluation.evaluate import EvalConfig, evaluate
     from setdpo.report import build_report
     from setdpo.training import PrefConfig, SFTConfig, load_config, train_pref, train_sft
 
@@ -422,19 +421,33 @@ def run_tier(config: QuickstartConfig, tier: str, stages: Stages, data_dir: Path
             lambda p=pref: train_pref(load_config(PrefConfig, overrides=p)),
             [f"{tier}-sft"],
         )
+    evaluate_tier(config, tier, stages, data_dir)
+    return build_report(tier_dir, title=f"{tier} tier: {TIER_TITLES[tier](config)}")
 
+
+def evaluate_tier(
+    config: QuickstartConfig,
+    tier: str,
+    stages: Stages,
+    data_dir: Path,
+    names: list[str] | None = None,
+) -> None:
+    """Evaluate the tier's baselines and models (or only ``names``) on its test contexts."""
+    from setdpo.evaluation.evaluate import EvalConfig, evaluate
+
+    tier_dir = Path(config.out) / tier
     # name -> (model, the stage whose output it evaluates)
     models = {name: (name, "data") for name in BASELINE_MODELS}
     models["base"] = (config.tier_model(tier), "data")
-    models["sft"] = (str(sft_dir), f"{tier}-sft")
+    models["sft"] = (str(tier_dir / "runs" / "sft"), f"{tier}-sft")
     for loss in config.tier_losses(tier):
         models[loss] = (str(tier_dir / "runs" / loss), f"{tier}-{loss}")
-    for name, (model, upstream) in models.items():
+    for name in names or list(models):
+        model, upstream = models[name]
         settings = _eval_settings(config, tier, data_dir, model)
         out = tier_dir / "eval" / f"{name}.json"
         work = lambda s=settings, o=out: atomic_write_json(o, evaluate(EvalConfig(**s)))  # noqa: E731
         stages.run(f"{tier}-eval-{name}", settings, out, work, [upstream])
-    return build_report(tier_dir, title=f"{tier} tier: {TIER_TITLES[tier](config)}")
 
 
 TIER_TITLES: dict[str, Callable[[QuickstartConfig], str]] = {
@@ -444,8 +457,14 @@ TIER_TITLES: dict[str, Callable[[QuickstartConfig], str]] = {
 }
 
 
-def _tier_process(config: QuickstartConfig, tier: str, log_path: str) -> None:
-    """Entry of a second process: one torch thread, output to the tier's log file."""
+def _tier_process(
+    config: QuickstartConfig, tier: str, log_path: str, head_start: str | None
+) -> None:
+    """Entry of a second process: one torch thread, output to the tier's log file.
+
+    ``head_start``: a tier whose baselines this process evaluates first, so that the first
+    process (training its models meanwhile) finds them done, SASRec's training included.
+    """
     import torch
 
     torch.set_num_threads(1)
@@ -454,7 +473,10 @@ def _tier_process(config: QuickstartConfig, tier: str, log_path: str) -> None:
         os.dup2(log.fileno(), 2)
         sys.stdout = sys.stderr = log
         run_dir = Path(config.out)
-        run_tier(config, tier, Stages(run_dir, fresh=False), run_dir / "data")
+        stages = Stages(run_dir, fresh=False)
+        if head_start is not None:
+            evaluate_tier(config, head_start, stages, run_dir / "data", BASELINE_MODELS)
+        run_tier(config, tier, stages, run_dir / "data")
 
 
 def _run_tiers(config: QuickstartConfig, stages: Stages, data_dir: Path) -> None:
@@ -472,10 +494,13 @@ def _run_tiers(config: QuickstartConfig, stages: Stages, data_dir: Path) -> None
     child_config = replace(config, fresh=False)
     context = multiprocessing.get_context("spawn")
     children = []
-    for tier in tiers[1 : config.jobs]:
+    for i, tier in enumerate(tiers[1 : config.jobs]):
         log = logs / f"{tier}.log"
         print(f"[quickstart] {tier} tier: running in a second process, log {log}", flush=True)
-        child = context.Process(target=_tier_process, args=(child_config, tier, str(log)))
+        head_start = tiers[0] if i == 0 else None
+        child = context.Process(
+            target=_tier_process, args=(child_config, tier, str(log), head_start)
+        )
         child.start()
         children.append((tier, child, log))
     threads = torch.get_num_threads()
