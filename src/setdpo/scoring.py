@@ -111,8 +111,13 @@ def candidate_logps(
     chunks = pairs.split(chunk_size or max(len(pairs), 1))
     if route:
         _check_shareable(model, int((prompt_lens.unsqueeze(1) + cand_lens).max()))
-    run = {"cache": _shared, "packed": _packed, False: _repeated}[route]
-    index, values = run(model, prompt_ids, prompt_lens, cand_ids, cand_lens, chunks)
+    if route == "cache":
+        index, values = _shared(model, prompt_ids, prompt_lens, cand_ids, cand_lens, chunks)
+    else:  # one forward pass per chunk, its logits freed before the next
+        run = _packed_chunk if route == "packed" else _repeated_chunk
+        index, values = _cat_index(
+            [run(model, prompt_ids, prompt_lens, cand_ids, cand_lens, c) for c in chunks]
+        )
     token_logps = values.new_zeros(cand_ids.shape).index_put(index, values)
     logps = token_logps.sum(-1)  # float32: bf16 sums of 10-30 terms lose the differences
     if average:
@@ -221,20 +226,6 @@ def _cat_index(parts: Sequence[tuple[TokenIndex, torch.Tensor]]) -> tuple[TokenI
 # --- repeated: the reference ------------------------------------------------------------
 
 
-def _repeated(
-    model: Any,
-    prompt_ids: torch.Tensor,
-    prompt_lens: torch.Tensor,
-    cand_ids: torch.Tensor,
-    cand_lens: torch.Tensor,
-    chunks: Sequence[torch.Tensor],
-) -> tuple[TokenIndex, torch.Tensor]:
-    """One row per candidate: its prompt then the candidate (all but its last token)."""
-    return _cat_index(
-        [_repeated_chunk(model, prompt_ids, prompt_lens, cand_ids, cand_lens, c) for c in chunks]
-    )
-
-
 def _repeated_chunk(
     model: Any,
     prompt_ids: torch.Tensor,
@@ -243,7 +234,8 @@ def _repeated_chunk(
     cand_lens: torch.Tensor,
     pairs: torch.Tensor,
 ) -> tuple[TokenIndex, torch.Tensor]:
-    """One chunk of `_repeated` (a function, so that its logits are freed before the next)."""
+    """One row per candidate of the chunk: its prompt then the candidate (all but its last
+    token), right-padded, no cache, no custom mask."""
     b, j = pairs.unbind(1)
     lens, clens = prompt_lens[b], cand_lens[b, j]
     width = int((lens + clens).max()) - 1
@@ -403,20 +395,6 @@ def _cached_chunk(
 
 
 # --- shared prompt, packed route ----------------------------------------------------------
-
-
-def _packed(
-    model: Any,
-    prompt_ids: torch.Tensor,
-    prompt_lens: torch.Tensor,
-    cand_ids: torch.Tensor,
-    cand_lens: torch.Tensor,
-    chunks: Sequence[torch.Tensor],
-) -> tuple[TokenIndex, torch.Tensor]:
-    """Per chunk, one row per context: its prompt, then its candidates (no cache)."""
-    return _cat_index(
-        [_packed_chunk(model, prompt_ids, prompt_lens, cand_ids, cand_lens, c) for c in chunks]
-    )
 
 
 def _packed_chunk(
