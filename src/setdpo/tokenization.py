@@ -34,6 +34,10 @@ from setdpo.data.schema import PreferenceExample
 
 logger = logging.getLogger(__name__)
 
+# Names how candidates are tokenized; caches of log-probs (the reference's) include it, so
+# ones computed under another rule (titles tokenized alone, before) are not reused.
+TOKENIZATION = "titles-after-prompt"
+
 
 @dataclass
 class TokenizedExample:

@@ -19,6 +19,7 @@ from transformers import Trainer, set_seed
 from setdpo import losses
 from setdpo import model as models
 from setdpo.scoring import CandidateScores, candidate_logps
+from setdpo.tokenization import TOKENIZATION
 from setdpo.training.callbacks import EpochCallback, check_finite
 from setdpo.training.config import PrefConfig
 from setdpo.training.data import PreferenceCollator, PreferenceDataset
@@ -208,6 +209,7 @@ def _reference_logps(
         "chat_template": config.chat_template,
         "share_prefix": config.share_prefix,
         "average_logps": config.average_logps,
+        "tokenization": TOKENIZATION,
     }
     key = fingerprint(data_files + model_files(config.init), settings)
 
