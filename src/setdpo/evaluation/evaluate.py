@@ -150,7 +150,8 @@ def generation_values(
     )
     out = []
     for ex, ids, seqs in zip(examples, answers, cands, strict=True):
-        text = tok.decode(ids, skip_special_tokens=True)
+        # strip: an answer follows the prompt's "Answer:" after a space, as titles are scored
+        text = tok.decode(ids, skip_special_tokens=True).strip()
         if config.constrained:  # the answer is one whole candidate sequence by construction
             matched = seqs.index(ids + [tok.eos_token_id])
         else:
