@@ -121,7 +121,8 @@ def table(results: dict, args: argparse.Namespace, elapsed: float) -> str:
         "",
         f"Command: `.venv/bin/python benchmarks/bench_training.py --steps {args.steps} "
         f"--batch {args.batch} --negatives {args.negatives} --candidates {args.candidates} "
-        f"--threads {args.threads}{' --checkpointing' if args.checkpointing else ''}`",
+        f"--threads {args.threads} --device {args.device}"
+        f"{' --bf16' if args.bf16 else ''}{' --checkpointing' if args.checkpointing else ''}`",
         "",
         f"SmolLM2-135M (embedded), {describe(torch.device(args.device), args.threads)} (at the "
         f"end), {'bf16 autocast' if args.bf16 else 'float32'}, LoRA r=8 q/k/v/o, Mult-DPO, "
