@@ -256,7 +256,8 @@ def _with_negatives(tok: TokenizedExample, extra: list[list[int]], k: int) -> To
 def routes(
     model, tok: TokenizedExample, extra: list[list[int]], args: argparse.Namespace
 ) -> list[dict]:
-    """One S-DPO training step (forward + backward through LoRA) per route and size."""
+    """One S-DPO training step (forward + backward through LoRA) per route and size, or with
+    ``--no-grad`` one evaluation call (eval mode, no gradient, ``--chunk-size``)."""
     device = model.get_input_embeddings().weight.device
     memory, params = PeakMemory(device), sum(p.numel() for p in model.parameters())
     rows = []
@@ -274,21 +275,25 @@ def routes(
                 model.gradient_checkpointing_enable({"use_reentrant": False})
             else:
                 model.gradient_checkpointing_disable()
-            model.train()
+            model.train(not args.no_grad)
             times, peak = [], 0.0
             for _ in range(args.train_repeats):
                 model.zero_grad(set_to_none=True)
                 memory.reset()
                 start = time.perf_counter()
-                logps = candidate_logps(model, batch, share_prefix=share).logps
-                compute("sdpo", logps, ref, batch["levels"], beta=1.0).loss.backward()
+                with torch.set_grad_enabled(not args.no_grad):
+                    logps = candidate_logps(
+                        model, batch, share_prefix=share, chunk_size=args.chunk_size
+                    ).logps
+                    if not args.no_grad:
+                        compute("sdpo", logps, ref, batch["levels"], beta=1.0).loss.backward()
                 _sync(device)
                 times.append(time.perf_counter() - start)
                 peak = max(peak, memory.read_mb())
             model.eval()
             seconds = statistics.median(times)
             tokens = n["repeated" if share is False else "shared"]
-            util = mfu(params, tokens / seconds, device, training=True)
+            util = mfu(params, tokens / seconds, device, training=not args.no_grad)
             rows.append(
                 {
                     "route": name,
@@ -353,6 +358,8 @@ def main() -> None:
         help="route:negatives pairs to leave out (default: what a 23 GB CPU machine cannot "
         "hold or afford: repeated 1+19 took 16 GB)",
     )
+    parser.add_argument("--no-grad", action="store_true", help="routes: evaluation calls")
+    parser.add_argument("--chunk-size", type=int, default=None, help="routes: chunk_size")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--dtype", default="float32", help="float32 | bf16 (model weights)")
     parser.add_argument("--json", type=Path, default=None, help="write the routes rows here")
