@@ -11,7 +11,12 @@ candidates), LoRA r=8 on every projection (dropout 0):
    negatives -- with its reference log-probs precomputed too (``precompute_ref_log_probs``),
    all pairs in one batch or, with ``--trl-micro-batch``, gradient accumulation over
    micro-batches of pairs (1+19 at once ran out of this machine's memory);
-3. the `score_texts` check: shared and repeated agree within 1e-3 and shared is >= 6x faster.
+3. the `score_texts` check: shared and repeated agree within 1e-3 and shared is >= 6x faster;
+4. ``--sections routes``: one training step per route and candidate count (1+3, 1+19, 1+99:
+   the context's own negatives, then catalog titles), timed, with the peak memory above the
+   model's (`device_stats.PeakMemory`): the cache route, the packed row, the packed row with
+   gradient checkpointing, repeated, repeated with checkpointing (``--skip`` leaves out what
+   this machine cannot hold or afford). ``--json`` writes its rows.
 
 Tokens: what each route feeds the model (shared: prompt + each candidate but its last
 token; repeated: prompt + candidate but its last token per row; TRL: prompt + chosen and
@@ -19,15 +24,14 @@ prompt + rejected per pair). The ideal ratio is ``n (P + C) / (P + n C)`` with t
 lengths (sum over candidates of P + C_i over P + sum C_i). Methods are timed round-robin
 (one run of each, repeated), so load from other processes hits them alike; medians.
 
-Run: ``.venv/bin/python benchmarks/bench_scoring.py`` (``--help`` for repeats, negatives).
-Needs TRL for the third column: ``.venv/bin/pip install -e '.[bench]'``.
+Run: ``.venv/bin/python benchmarks/bench_scoring.py`` (``--help`` for repeats, negatives,
+``--device cuda --dtype bf16``). Needs TRL for the TRL column: ``.venv/bin/pip install -e
+'.[bench]'`` (or ``--no-trl``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -35,13 +39,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from device_stats import PeakMemory, describe, mfu
 
-from setdpo.data import PrepareConfig, load_split, prepare
+from setdpo.atomic import atomic_write_json
+from setdpo.data import PrepareConfig, load_items, load_split, prepare
 from setdpo.data.schema import PreferenceExample
 from setdpo.losses import compute
 from setdpo.model import LoraSettings, add_lora, load
 from setdpo.scoring import candidate_logps, score_texts
-from setdpo.tokenization import CandidateCollator, TokenizedExample, tokenize_example
+from setdpo.tokenization import (
+    CandidateCollator,
+    TokenizedExample,
+    tokenize_candidates,
+    tokenize_example,
+)
 
 MODEL = "embedded:smollm2-135m"
 
@@ -60,13 +71,19 @@ def _round_robin(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def _policy(seed: int = 0):
-    model, tokenizer = load(MODEL, device="cpu")
+def _policy(seed: int = 0, device: str = "cpu", dtype: str = "float32"):
+    model, tokenizer = load(MODEL, device=device, dtype=dtype)
     torch.manual_seed(seed)  # same LoRA A for every copy
     return add_lora(model, LoraSettings(r=8, alpha=16, dropout=0.0)), tokenizer
 
 
-def _listing_example(workdir: Path) -> PreferenceExample:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _listing_example(workdir: Path) -> tuple[PreferenceExample, list[str]]:
+    """The first test context and the catalog's titles."""
     out = prepare(
         PrepareConfig(
             source="ml-100k",
@@ -77,7 +94,7 @@ def _listing_example(workdir: Path) -> PreferenceExample:
             max_examples_per_split={"train": 20, "valid": 5, "test": 5},
         )
     )
-    return load_split(out, "test")[0]
+    return load_split(out, "test")[0], [str(item["title"]) for item in load_items(out)]
 
 
 def _subset(tok: TokenizedExample, negatives: int) -> TokenizedExample:
@@ -219,6 +236,96 @@ def score_texts_check(model, tokenizer, example: PreferenceExample, repeats: int
     )
 
 
+ROUTES = {  # name: (share_prefix, gradient checkpointing)
+    "cache": ("cache", False),
+    "packed": ("packed", False),
+    "packed+ckpt": (True, True),
+    "repeated": (False, False),
+    "repeated+ckpt": (False, True),
+}
+
+
+def _with_negatives(tok: TokenizedExample, extra: list[list[int]], k: int) -> TokenizedExample:
+    """The positive and k negatives: the context's own first, then ``extra`` (catalog titles
+    tokenized after the same prompt)."""
+    own = _subset(tok, k)
+    more = extra[: max(k + 1 - len(own.levels), 0)]
+    return TokenizedExample(tok.prompt_ids, own.candidate_ids + more, own.levels + [2] * len(more))
+
+
+def routes(
+    model, tok: TokenizedExample, extra: list[list[int]], args: argparse.Namespace
+) -> list[dict]:
+    """One S-DPO training step (forward + backward through LoRA) per route and size, or with
+    ``--no-grad`` one evaluation call (eval mode, no gradient, ``--chunk-size``)."""
+    device = model.get_input_embeddings().weight.device
+    memory, params = PeakMemory(device), sum(p.numel() for p in model.parameters())
+    rows = []
+    for k in args.route_negatives:
+        case = _with_negatives(tok, extra, k)
+        batch = CandidateCollator(args.pad)([case])
+        with torch.no_grad(), model.disable_adapter():
+            ref = candidate_logps(model, batch).logps
+        n = _tokens(case)
+        for name in args.routes:
+            if f"{name}:{k}" in args.skip:
+                continue
+            share, checkpointing = ROUTES[name]
+            if checkpointing:
+                model.gradient_checkpointing_enable({"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_disable()
+            model.train(not args.no_grad)
+            times, peak = [], 0.0
+            for _ in range(args.train_repeats):
+                model.zero_grad(set_to_none=True)
+                memory.reset()
+                start = time.perf_counter()
+                with torch.set_grad_enabled(not args.no_grad):
+                    logps = candidate_logps(
+                        model, batch, share_prefix=share, chunk_size=args.chunk_size
+                    ).logps
+                    if not args.no_grad:
+                        compute("sdpo", logps, ref, batch["levels"], beta=1.0).loss.backward()
+                _sync(device)
+                times.append(time.perf_counter() - start)
+                peak = max(peak, memory.read_mb())
+            model.eval()
+            seconds = statistics.median(times)
+            tokens = n["repeated" if share is False else "shared"]
+            util = mfu(params, tokens / seconds, device, training=not args.no_grad)
+            rows.append(
+                {
+                    "route": name,
+                    "candidates": f"1+{k}",
+                    "P": n["P"],
+                    "tokens": tokens,
+                    "seconds": seconds,
+                    "tokens_per_s": tokens / seconds,
+                    "contexts_per_s": 1 / seconds,
+                    "peak_mb": peak,
+                    "mfu": util,
+                }
+            )
+            print(_route_row(rows[-1]), flush=True)
+    model.gradient_checkpointing_disable()
+    return rows
+
+
+ROUTE_HEADER = (
+    "| route | candidates | P | tokens read | step s | tokens/s | contexts/s | peak MB | MFU |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def _route_row(r: dict) -> str:
+    util = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+    return (
+        f"| {r['route']} | {r['candidates']} | {r['P']} | {r['tokens']} | {r['seconds']:.2f} | "
+        f"{r['tokens_per_s']:.0f} | {r['contexts_per_s']:.3f} | {r['peak_mb']:.0f} | {util} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (evaluation)")
@@ -235,35 +342,68 @@ def main() -> None:
     parser.add_argument(
         "--skip-eval", action="store_true", help="training steps only (no evaluation, no check)"
     )
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=["steps"],
+        choices=["steps", "routes"],
+        help="steps: evaluation, training steps, check (above); routes: time and memory per route",
+    )
+    parser.add_argument("--routes", nargs="+", default=list(ROUTES), choices=list(ROUTES))
+    parser.add_argument("--route-negatives", type=int, nargs="+", default=[3, 19, 99])
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=["repeated:19", "repeated:99", "repeated+ckpt:99"],
+        help="route:negatives pairs to leave out (default: what a 23 GB CPU machine cannot "
+        "hold or afford: repeated 1+19 took 16 GB)",
+    )
+    parser.add_argument("--no-grad", action="store_true", help="routes: evaluation calls")
+    parser.add_argument("--chunk-size", type=int, default=None, help="routes: chunk_size")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--dtype", default="float32", help="float32 | bf16 (model weights)")
+    parser.add_argument("--json", type=Path, default=None, help="write the routes rows here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(
-        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__}, {args.threads} thread(s), load average "
-        f"{os.getloadavg()[0]:.1f} at start"
-    )
+    print(f"# {describe(torch.device(args.device), args.threads)} at start, {args.dtype}")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        example = _listing_example(workdir)
-        model, tokenizer = _policy()
+        example, catalog = _listing_example(workdir)
+        model, tokenizer = _policy(device=args.device, dtype=args.dtype)
         model.eval()
         tok = tokenize_example(example, tokenizer)
-        pad = tokenizer.pad_token_id
-        trl_cols = " tokens TRL | TRL (s) | TRL / shared |"
-        print(HEADER + (trl_cols if not args.no_trl else ""))
-        print("|---" * (11 + (0 if args.no_trl else 3)) + "|")
-        if not args.skip_eval:
-            print(evaluation(model, tok, pad, args.repeats), flush=True)
-        for k in args.negatives:
-            trainer = None if args.no_trl else trl_trainer_for(example, k, workdir)
-            row = training_step(
-                model, trainer, _subset(tok, k), pad, args.train_repeats, args.trl_micro_batch
-            )
-            print(row, flush=True)
-            del trainer
-        if not args.skip_eval:
-            print(score_texts_check(model, tokenizer, example, args.repeats))
-    print(f"# load average {os.getloadavg()[0]:.1f} at end")
+        args.pad = pad = tokenizer.pad_token_id
+        if "steps" in args.sections:
+            trl_cols = " tokens TRL | TRL (s) | TRL / shared |"
+            print(HEADER + (trl_cols if not args.no_trl else ""))
+            print("|---" * (11 + (0 if args.no_trl else 3)) + "|")
+            if not args.skip_eval:
+                print(evaluation(model, tok, pad, args.repeats), flush=True)
+            for k in args.negatives:
+                trainer = None if args.no_trl else trl_trainer_for(example, k, workdir)
+                row = training_step(
+                    model, trainer, _subset(tok, k), pad, args.train_repeats, args.trl_micro_batch
+                )
+                print(row, flush=True)
+                del trainer
+            if not args.skip_eval:
+                print(score_texts_check(model, tokenizer, example, args.repeats))
+        if "routes" in args.sections:
+            seen = set(example.history) | set(example.candidates)
+            titles = [t for t in catalog if t not in seen][: max(args.route_negatives)]
+            extra = tokenize_candidates(tokenizer, example.prompt, titles)
+            print(ROUTE_HEADER, flush=True)
+            rows = routes(model, tok, extra, args)
+            if args.json:
+                atomic_write_json(
+                    args.json,
+                    {
+                        "setup": describe(torch.device(args.device), args.threads),
+                        "dtype": args.dtype,
+                        "rows": rows,
+                    },
+                )
+    print(f"# {describe(torch.device(args.device), args.threads)} at end")
 
 
 if __name__ == "__main__":

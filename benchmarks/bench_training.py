@@ -11,6 +11,9 @@ float32, LoRA r=8 on q/k/v/o. For each setting it runs `--steps` optimisation st
 (tokens the policy pass reads: the prompt once per context when shared, once per candidate
 when repeated), averaged over the steps after the first; the one-off reference pass of the
 precomputed settings is timed apart. Writes `## Training (bench_training.py)` of RESULTS.md.
+``--checkpointing`` adds the shared and repeated settings with gradient checkpointing;
+``--device cuda --bf16`` runs on a GPU with bf16 weights' autocast (the Trainer's ``bf16``),
+``--json`` writes the rows with peak memory and MFU (`device_stats`).
 
     .venv/bin/python benchmarks/bench_training.py --steps 5 --batch 2 --negatives 3
 """
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -28,7 +30,9 @@ import time
 from pathlib import Path
 
 import torch
+from device_stats import PeakMemory, describe, mfu
 
+from setdpo.atomic import atomic_write_json
 from setdpo.data import PrepareConfig, prepare
 from setdpo.training import PrefConfig, SFTConfig, load_config, train_sft
 from setdpo.training.preference import build_pref_trainer
@@ -45,12 +49,35 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--candidates", type=int, default=20, help="candidates per prompt")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--checkpointing", action="store_true", help="also shared/repeated with checkpointing"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (CUDA)")
+    parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     return parser.parse_args()
 
 
-def sft_init(data: Path, root: Path) -> Path:
+def settings(args: argparse.Namespace) -> list[tuple[bool, bool, bool]]:
+    """(share_prefix, precompute_ref, gradient checkpointing) to run."""
+    rows = [(share, pre, False) for share in (True, False) for pre in (True, False)]
+    if args.checkpointing:
+        rows += [(True, True, True), (False, True, True)]
+    return rows
+
+
+def device_flags(args: argparse.Namespace) -> dict:
+    """TrainingArguments for ``--device`` / ``--bf16``."""
+    flags = {"use_cpu": args.device == "cpu"}
+    if args.bf16:
+        flags["bf16"] = True
+    return flags
+
+
+def sft_init(data: Path, root: Path, args: argparse.Namespace) -> Path:
     """A one-step SFT run: a valid init run directory for the preference stage."""
     values = {"data": str(data), "output_dir": str(root / "sft"), "max_steps": 1}
+    values |= device_flags(args)
     values |= {"per_device_train_batch_size": 1, "save_strategy": "no", "disable_tqdm": True}
     return train_sft(load_config(SFTConfig, None, values))
 
@@ -73,17 +100,25 @@ def run_setting(data: Path, init: Path, out: Path, args: argparse.Namespace, **f
         "save_strategy": "no",
         "disable_tqdm": True,
         "logging_steps": 1,
+        **device_flags(args),
         **flags,
     }
     start = time.perf_counter()
     trainer = build_pref_trainer(load_config(PrefConfig, None, values))
     build = time.perf_counter() - start
+    memory = PeakMemory(trainer.args.device)
+    memory.reset()
     trainer.train()
+    peak = memory.read_mb()
     steps = [e for e in trainer.state.log_history if "tokens_per_second" in e][1:]
+    tokens_per_s = statistics.mean(e["tokens_per_second"] for e in steps)
+    params = sum(p.numel() for p in trainer.model.parameters())
     return {
         "build_s": build,
         "contexts_per_s": statistics.mean(e["contexts_per_second"] for e in steps),
-        "tokens_per_s": statistics.mean(e["tokens_per_second"] for e in steps),
+        "tokens_per_s": tokens_per_s,
+        "peak_mb": peak,
+        "mfu": mfu(params, tokens_per_s, trainer.args.device, training=True),
     }
 
 
@@ -93,11 +128,12 @@ def table(results: dict, args: argparse.Namespace, elapsed: float) -> str:
         "",
         f"Command: `.venv/bin/python benchmarks/bench_training.py --steps {args.steps} "
         f"--batch {args.batch} --negatives {args.negatives} --candidates {args.candidates} "
-        f"--threads {args.threads}`",
+        f"--threads {args.threads} --device {args.device}"
+        f"{' --bf16' if args.bf16 else ''}{' --checkpointing' if args.checkpointing else ''}`",
         "",
-        f"SmolLM2-135M (embedded), CPU ({os.cpu_count()} cores, {args.threads} torch threads, "
-        f"torch {torch.__version__}, "
-        f"{platform.machine()}), float32, LoRA r=8 q/k/v/o, Mult-DPO, ML-100K `next` listing "
+        f"SmolLM2-135M (embedded), {describe(torch.device(args.device), args.threads)} (at the "
+        f"end), {'bf16 autocast' if args.bf16 else 'float32'}, LoRA r=8 q/k/v/o, Mult-DPO, "
+        "ML-100K `next` listing "
         f"prompts listing {args.candidates} titles, {1 + args.negatives} of them scored per "
         f"context and step, batch {args.batch}, mean over "
         f"steps 2..{args.steps}. Setup = model load + reference pass over all "
@@ -105,13 +141,17 @@ def table(results: dict, args: argparse.Namespace, elapsed: float) -> str:
         f"1 valid context (when precomputed). Total {elapsed:.0f} s. "
         "The machine is shared with other jobs: timings are noisy.",
         "",
-        "| share_prefix | precompute_ref | contexts/s | tokens/s | setup s |",
-        "|---|---|---|---|---|",
+        "Peak MB: above the resident set (CPU) or allocated memory (CUDA) before training.",
+        "",
+        "| share_prefix | precompute_ref | checkpointing | contexts/s | tokens/s | setup s | "
+        "peak MB | MFU |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for (share, pre), r in results.items():
+    for (share, pre, ckpt), r in results.items():
+        util = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         lines.append(
-            f"| {share} | {pre} | {r['contexts_per_s']:.2f} | {r['tokens_per_s']:.0f} "
-            f"| {r['build_s']:.1f} |"
+            f"| {share} | {pre} | {ckpt} | {r['contexts_per_s']:.2f} | {r['tokens_per_s']:.0f} "
+            f"| {r['build_s']:.1f} | {r['peak_mb']:.0f} | {util} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -146,16 +186,26 @@ def main() -> None:
                 max_examples_per_split=sizes,
             )
         )
-        init = sft_init(data, root)
+        init = sft_init(data, root, args)
         results = {}
-        for share in (True, False):
-            for pre in (True, False):
-                out = root / f"pref-{share}-{pre}"
-                flags = {"share_prefix": share, "precompute_ref": pre}
-                results[share, pre] = run_setting(data, init, out, args, **flags)
-                print(share, pre, results[share, pre], flush=True)
+        for share, pre, ckpt in settings(args):
+            out = root / f"pref-{share}-{pre}-{ckpt}"
+            flags = {"share_prefix": share, "precompute_ref": pre}
+            if ckpt:
+                flags |= {
+                    "gradient_checkpointing": True,
+                    "gradient_checkpointing_kwargs": {"use_reentrant": False},
+                }
+            results[share, pre, ckpt] = run_setting(data, init, out, args, **flags)
+            print(share, pre, ckpt, results[share, pre, ckpt], flush=True)
     text = table(results, args, time.perf_counter() - start)
     print(text)
+    if args.json:
+        rows = [
+            {"share_prefix": k[0], "precompute_ref": k[1], "checkpointing": k[2], **r}
+            for k, r in results.items()
+        ]
+        atomic_write_json(args.json, {"setup": text.splitlines()[4], "rows": rows})
     if not args.no_write:
         write_section(text)
 

@@ -3,7 +3,9 @@
 ``s(y|x) = sum_t log pi(y_t | x, y_<t)``: the log-prob of candidate token t comes from the
 logits at the previous position (the last prompt token predicts the first candidate token).
 
-Shared prefix (``share_prefix=True``), two forward passes per batch:
+Shared prefix (``share_prefix=True``) has two routes; `shared_route` picks one per call.
+
+The cache route, two forward passes per batch:
 
 1. the prompts [B, P] (right-padded) run once with a key/value cache; their logits are kept
    only at each prompt's last real token (``logits_to_keep``), giving every candidate's
@@ -15,25 +17,30 @@ Shared prefix (``share_prefix=True``), two forward passes per batch:
    candidate exactly as if it followed its prompt alone. Gradients flow through the cached
    prompt keys/values into the prompt pass (training with LoRA uses this).
 
+The packed route, one forward pass per chunk and no cache: each row holds the context's
+prompt, then its candidates packed the same way, under one block mask (the prompt causal,
+each candidate over the prompt and itself). Gradient checkpointing turns the cache off in
+training, and this route is what it uses.
+
 Tokens processed: ``P + n C`` per context instead of ``n (P + C)``.
 
-Why packed rows over the cache, not the cache expanded over candidates (one row per
-candidate, ``DynamicCache.batch_repeat_interleave``): expanding copies the prompt's keys and
-values n times in every layer (and GQA repeats them again inside attention). Measured on
-SmolLM2-135M (CPU, 1 thread, shared machine; P=300, n=20, C=10, no grad; best of 3): the
-candidate pass took 1.38 s packed against 2.78 s with the expanded cache (a profile of the
-latter: aten::copy_ 0.82 s and cat 0.35 s beside 1.60 s of matrix products) and 1.11 s for
-the same 180 tokens as one plain row; the whole shared call 4.13 s against 52.7 s repeated
-(12.8x; ideal n(P+C)/(P+nC) = 12.4). Packing copies nothing and its extra attention (each
-candidate token also meets the other candidates' keys, masked out) is bounded by
-``chunk_size``. One packed sequence without a cache (prompt + every candidate, one block
-mask) would recompute the prompt for every chunk, which catalog ranking (hundreds of
-candidates) cannot afford.
+Why candidates packed in a row over the cache, not the cache expanded over candidates (one
+row per candidate, ``DynamicCache.batch_repeat_interleave``): expanding copies the prompt's
+keys and values n times in every layer (and GQA repeats them again inside attention).
+Measured on SmolLM2-135M (CPU, 1 thread, shared machine; P=300, n=20, C=10, no grad; best
+of 3): the candidate pass took 1.38 s packed against 2.78 s with the expanded cache (a
+profile of the latter: aten::copy_ 0.82 s and cat 0.35 s beside 1.60 s of matrix products)
+and 1.11 s for the same 180 tokens as one plain row; the whole shared call 4.13 s against
+52.7 s repeated (12.8x; ideal n(P+C)/(P+nC) = 12.4). The packed route reruns the prompt for
+every chunk, which catalog ranking (hundreds of candidates in chunks) cannot afford.
 
-Needs the model's dynamic key/value cache (Llama, Qwen2, Mistral, GPT-2, ...; with sliding
-window layers only while prompt + candidate fit in the window) and the ``sdpa`` or ``eager``
-attention implementation; gradient checkpointing (which turns the cache off) must use
-``share_prefix=False``.
+Both need ``sdpa`` or ``eager`` attention and a model that places tokens by position ids
+(Llama, Qwen2, Mistral, GPT-2, ...; with sliding window layers only while prompt +
+candidate fit in the window); ALiBi models (Bloom, MPT, Falcon with ``alibi``) derive
+positions from the attention mask and are refused up front.
+
+Log-probs are float32 whatever the model's dtype or autocast: summing 10-30 token
+log-probs in bf16 would lose the differences the objectives compare.
 
 ``share_prefix=False`` is the plain reference: one row per candidate holding its prompt and
 the candidate, right-padded, no cache, no custom mask.
@@ -90,7 +97,7 @@ def candidate_logps(
     """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
-    route = shared_route(model, chunk_size) if share_prefix is True else share_prefix
+    route = shared_route(model) if share_prefix is True else share_prefix
     if route not in (False, *ROUTES):
         raise ValueError(f"share_prefix must be True, False, 'cache' or 'packed', got {route!r}")
     device = model.get_input_embeddings().weight.device
@@ -104,8 +111,13 @@ def candidate_logps(
     chunks = pairs.split(chunk_size or max(len(pairs), 1))
     if route:
         _check_shareable(model, int((prompt_lens.unsqueeze(1) + cand_lens).max()))
-    run = {"cache": _shared, "packed": _packed, False: _repeated}[route]
-    index, values = run(model, prompt_ids, prompt_lens, cand_ids, cand_lens, chunks)
+    if route == "cache":
+        index, values = _shared(model, prompt_ids, prompt_lens, cand_ids, cand_lens, chunks)
+    else:  # one forward pass per chunk, its logits freed before the next
+        run = _packed_chunk if route == "packed" else _repeated_chunk
+        index, values = _cat_index(
+            [run(model, prompt_ids, prompt_lens, cand_ids, cand_lens, c) for c in chunks]
+        )
     token_logps = values.new_zeros(cand_ids.shape).index_put(index, values)
     logps = token_logps.sum(-1)  # float32: bf16 sums of 10-30 terms lose the differences
     if average:
@@ -113,19 +125,16 @@ def candidate_logps(
     return CandidateScores(logps=logps, mask=cand_lens > 0, token_logps=token_logps)
 
 
-def shared_route(model: Any, chunk_size: int | None = None) -> str:
+def shared_route(model: Any) -> str:
     """The shared-prompt route for a call: ``"packed"`` (one row per context, no cache) when
-    the model trains with gradient checkpointing (which turns the cache off) or when
-    gradients are on and all candidates go in one pass, else ``"cache"``.
-
-    Measured on SmolLM2-135M (benchmarks/RESULTS.md, "Routes"): with gradients the packed
-    row is as fast as the cache and needs no cache; without gradients, and with chunks (each
-    packed chunk would recompute the prompt: catalog ranking scores hundreds of candidates),
-    the cache is faster.
+    the model trains with gradient checkpointing, which turns the key/value cache off; else
+    ``"cache"``, which measured faster on SmolLM2-135M with gradients (less attention work
+    for the prompt, whose causal pass needs no custom mask), without them, and in chunks,
+    where each packed chunk would rerun the prompt (benchmarks/RESULTS.md, "Scoring routes").
     """
     if model.training and getattr(model, "is_gradient_checkpointing", False):
         return "packed"
-    return "packed" if torch.is_grad_enabled() and chunk_size is None else "cache"
+    return "cache"
 
 
 def _check_shareable(model: Any, total_length: int) -> None:
@@ -217,20 +226,6 @@ def _cat_index(parts: Sequence[tuple[TokenIndex, torch.Tensor]]) -> tuple[TokenI
 # --- repeated: the reference ------------------------------------------------------------
 
 
-def _repeated(
-    model: Any,
-    prompt_ids: torch.Tensor,
-    prompt_lens: torch.Tensor,
-    cand_ids: torch.Tensor,
-    cand_lens: torch.Tensor,
-    chunks: Sequence[torch.Tensor],
-) -> tuple[TokenIndex, torch.Tensor]:
-    """One row per candidate: its prompt then the candidate (all but its last token)."""
-    return _cat_index(
-        [_repeated_chunk(model, prompt_ids, prompt_lens, cand_ids, cand_lens, c) for c in chunks]
-    )
-
-
 def _repeated_chunk(
     model: Any,
     prompt_ids: torch.Tensor,
@@ -239,7 +234,8 @@ def _repeated_chunk(
     cand_lens: torch.Tensor,
     pairs: torch.Tensor,
 ) -> tuple[TokenIndex, torch.Tensor]:
-    """One chunk of `_repeated` (a function, so that its logits are freed before the next)."""
+    """One row per candidate of the chunk: its prompt then the candidate (all but its last
+    token), right-padded, no cache, no custom mask."""
     b, j = pairs.unbind(1)
     lens, clens = prompt_lens[b], cand_lens[b, j]
     width = int((lens + clens).max()) - 1
@@ -399,20 +395,6 @@ def _cached_chunk(
 
 
 # --- shared prompt, packed route ----------------------------------------------------------
-
-
-def _packed(
-    model: Any,
-    prompt_ids: torch.Tensor,
-    prompt_lens: torch.Tensor,
-    cand_ids: torch.Tensor,
-    cand_lens: torch.Tensor,
-    chunks: Sequence[torch.Tensor],
-) -> tuple[TokenIndex, torch.Tensor]:
-    """Per chunk, one row per context: its prompt, then its candidates (no cache)."""
-    return _cat_index(
-        [_packed_chunk(model, prompt_ids, prompt_lens, cand_ids, cand_lens, c) for c in chunks]
-    )
 
 
 def _packed_chunk(

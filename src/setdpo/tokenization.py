@@ -34,7 +34,6 @@ from setdpo.data.schema import PreferenceExample
 
 logger = logging.getLogger(__name__)
 
-
 @dataclass
 class TokenizedExample:
     """Token ids of one context.
@@ -83,9 +82,9 @@ class TruncationReport:
 
 def _prompt_text(tokenizer: Any, prompt: str, chat_template: bool) -> tuple[str, str, bool]:
     """The text the tokenizer reads for ``prompt``, split where a candidate starts: the text
-    without its trailing spaces, the space that leads each candidate (those spaces, or one
-    where the text ends in neither whitespace nor a newline), and whether the tokenizer adds
-    its special tokens."""
+    without its trailing spaces, the space that leads each candidate (those spaces, else one
+    unless the text ends in other whitespace, such as a newline), and whether the tokenizer
+    adds its special tokens."""
     if not chat_template:
         text, special = prompt, True
     elif not getattr(tokenizer, "chat_template", None):
