@@ -17,7 +17,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from setdpo.data.io import load_timelines
+from setdpo.data.io import has_timelines, load_timelines
 from setdpo.data.schema import PreferenceExample
 from setdpo.errors import InputError
 
@@ -33,7 +33,7 @@ EXCLUDED_HISTORY = (
 
 def catalog_exclusion(folder: str | Path) -> str:
     """What catalog ranking on the prepared directory `folder` leaves out (for the protocol)."""
-    return EXCLUDED_CONSUMED if (Path(folder) / "timelines.jsonl").is_file() else EXCLUDED_HISTORY
+    return EXCLUDED_CONSUMED if has_timelines(folder) else EXCLUDED_HISTORY
 
 
 @dataclass
