@@ -121,7 +121,9 @@ def run_prepare(args: argparse.Namespace) -> int:
     print(f"prepared {out}; dropped contexts: {json.dumps(stats['dropped_contexts'])}")
     audit = stats["audit"]
     print(f"audit: {len(audit)} checks, {sum(audit.values())} findings (setdpo data audit {out})")
-    print(f"peak memory {stats['run']['peak_rss_mb']} MiB; seconds: {stats['run']['stage_seconds']}")
+    print(
+        f"peak memory {stats['run']['peak_rss_mb']} MiB; seconds: {stats['run']['stage_seconds']}"
+    )
     return 0
 
 
