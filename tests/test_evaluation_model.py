@@ -122,7 +122,7 @@ def test_evaluate_with_catalog_ranks_the_whole_catalog(small_catalog_dir):
         rank = ctx["catalog"]["positive_ranks"][0]
         assert ctx["values"]["catalog/Recall@20"] == float(rank <= 20)
     assert set(CATALOG_METRICS) <= {m.removeprefix("catalog/") for m in results["metrics"]}
-    # This directory has no timelines.jsonl: only the history is excluded, and it says so.
+    # This directory has no timelines.parquet: only the history is excluded, and it says so.
     assert results["protocol"]["catalog"]["excluded"].startswith("only the prompt's history")
 
 

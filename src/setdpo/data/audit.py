@@ -155,9 +155,11 @@ def _window_width(folder: Path) -> int | None:
 
 
 def _flat(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """A list column as (row of each entry, the entries)."""
-    array = table[column].combine_chunks()
-    return pc.list_parent_indices(array).to_numpy(), pc.list_flatten(array).to_numpy()
+    """A list column as (each row's length, the entries in row order)."""
+    return (
+        pc.list_value_length(table[column]).to_numpy(),
+        pc.list_flatten(table[column]).to_numpy(),
+    )
 
 
 def _meta_ids(table: pa.Table, titles: pa.Array) -> pa.Array:
@@ -179,17 +181,17 @@ def _codes(parts: list[pa.Array]) -> tuple[list[np.ndarray], int]:
     return [c.astype(np.int32) for c in codes], len(vocab)
 
 
-def _padded(sizes: list[int], rows: list[np.ndarray], values: list, fill: int, dtype) -> np.ndarray:
-    """Ragged lists as a matrix [sum(sizes), longest]: per split its number of rows, the
-    row of each entry (in row order) and the entries."""
-    base = np.cumsum([0] + sizes)
-    row = np.concatenate(
-        [np.empty(0, np.int64)] + [r + b for r, b in zip(rows, base, strict=False)]
-    )
-    counts = np.bincount(row, minlength=base[-1])
-    out = np.full((base[-1], int(counts.max(initial=0))), fill, dtype=dtype)
-    column = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
-    out[row, column] = np.concatenate([np.empty(0, dtype), *values])
+def _padded(lengths: list[np.ndarray], values: list[np.ndarray], fill: int, dtype) -> np.ndarray:
+    """Ragged lists, per split each row's length and the entries in row order, as one
+    matrix [rows, longest] padded on the right (filled in place: ML-10M's 10M rows of 20
+    candidates need no index arrays of that size)."""
+    width = max([int(n.max(initial=0)) for n in lengths], default=0)
+    out = np.full((sum(map(len, lengths)), width), fill, dtype=dtype)
+    at = 0
+    for length, value in zip(lengths, values, strict=True):
+        block = out[at : at + len(length)]
+        block[np.arange(width) < length[:, None]] = value
+        at += len(length)
     return out
 
 
@@ -200,47 +202,46 @@ def _encode(
     item rows too, unless the examples carry their own (imported sets: codes of the id
     strings, shared with the timelines); users are codes shared with the timelines."""
     parts = [(i, t) for i, t in enumerate(tables.values()) if t is not None]
-    cand = [_flat(t, "candidate_items") for _, t in parts]
-    hist = [_flat(t, "history_items") for _, t in parts]
+    cand_lengths = [_flat(t, "candidate_items")[0] for _, t in parts]
+    cand_title = _padded(
+        cand_lengths, [_flat(t, "candidate_items")[1] for _, t in parts], -1, np.int32
+    )
     timeline_items = (
         np.empty(0, np.int32)
         if timelines is None
         else pc.list_flatten(timelines["items"]).to_numpy()
     )
-    items = load_items(folder)
-    own_ids = any("meta" in t.column_names for _, t in parts)
-    if own_ids:
+    cand_id, n_ids = cand_title, len(load_items(folder))
+    if any("meta" in t.column_names for _, t in parts):
+        items = load_items(folder)
         titles = pa.array([str(it["title"]) for it in items], pa.string())
         item_ids = pa.array([str(it["item_id"]) for it in items], pa.string())
         ids, n_ids = _codes(
             [_meta_ids(t, titles) for _, t in parts] + [item_ids.take(timeline_items)]
         )
-    else:
-        ids, n_ids = [v for _, v in cand] + [timeline_items], len(items)
-    timeline_users = pa.array([], pa.string()) if timelines is None else timelines["user"]
+        cand_id, timeline_items = _padded(cand_lengths, ids[:-1], -1, np.int32), ids[-1]
     names = [t["user"].combine_chunks() for _, t in parts]
+    timeline_users = pa.array([], pa.string()) if timelines is None else timelines["user"]
     users, n_users = _codes([*names, timeline_users])
-    k, cand_rows = len(parts), [r for r, _ in cand]
-    sizes = [t.num_rows for _, t in parts]
     context_id = pa.chunked_array([t["context_id"].combine_chunks() for _, t in parts], pa.string())
     position = pc.struct_field(pc.extract_regex(context_id, r":(?P<p>\d+)$"), "p")
-    user = np.concatenate([np.empty(0, np.int64), *users[:k]]).astype(np.int64)
+    user = np.concatenate([np.empty(0, np.int64), *users[:-1]]).astype(np.int64)
     user[pc.equal(pa.chunked_array(names, pa.string()), "").to_numpy()] = -1
-    cand_title = _padded(sizes, cand_rows, [v for _, v in cand], -1, np.int32)
+    hist = [_flat(t, "history_items") for _, t in parts]
     rows = Rows(
-        split=np.repeat([i for i, _ in parts], sizes).astype(np.int8),
+        split=np.repeat([i for i, _ in parts], [t.num_rows for _, t in parts]).astype(np.int8),
         context_id=context_id,
         user=user,
         position=pc.fill_null(pc.cast(position, pa.int64()), -1).to_numpy(),
         cand_title=cand_title,
-        cand_id=_padded(sizes, cand_rows, ids[:k], -1, np.int32) if own_ids else cand_title,
-        cand_level=_padded(sizes, cand_rows, [_flat(t, "levels")[1] for _, t in parts], 0, np.int8),
-        hist_title=_padded(sizes, [r for r, _ in hist], [v for _, v in hist], -2, np.int32),
+        cand_id=cand_id,
+        cand_level=_padded(cand_lengths, [_flat(t, "levels")[1] for _, t in parts], 0, np.int8),
+        hist_title=_padded([n for n, _ in hist], [v for _, v in hist], -2, np.int32),
         n_ids=n_ids,
     )
     if timelines is None:
         return rows, None
-    return rows, _timelines(timelines, users[k], ids[k], n_users)
+    return rows, _timelines(timelines, users[-1], timeline_items, n_users)
 
 
 def _timelines(table: pa.Table, users: np.ndarray, items: np.ndarray, n_users: int) -> Timelines:
@@ -278,7 +279,8 @@ def _in_history(rows: Rows) -> np.ndarray:
 
 def _duplicates(rows: Rows) -> np.ndarray:
     hit = np.zeros(len(rows.split), dtype=bool)
-    for codes in (rows.cand_title, rows.cand_id):
+    same = rows.cand_id is rows.cand_title  # prepared sets: an item's row is both
+    for codes in (rows.cand_title,) if same else (rows.cand_title, rows.cand_id):
         ordered = np.sort(codes, axis=1)
         hit |= ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any(axis=1)
     return np.flatnonzero(hit)
