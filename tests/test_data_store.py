@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,7 @@ def test_random_access_views_and_levels(ml100k_next_dir):
     assert list(view) == [everything[5], everything[0], everything[199]]
     assert view[1] == everything[0] and examples[2:4] == everything[2:4]
     assert list(view.levels) == [everything[i].levels for i in (5, 0, 199)]
+    assert list(pickle.loads(pickle.dumps(view))) == list(view)  # reopened from its directory
     with pytest.raises(IndexError):
         examples[200]
 

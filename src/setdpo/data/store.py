@@ -214,14 +214,15 @@ class SplitReader(Sequence[PreferenceExample]):
     """The examples of one split, read and rendered one at a time (`open_split`).
 
     ``reader[i]`` reads row i of the memory-mapped table; ``reader.take(rows)`` is a view
-    of some rows; ``reader.levels`` gives every example's levels without rendering any.
+    of some rows; ``reader.levels`` gives every example's levels without rendering any. A
+    pickled reader (a DataLoader worker's copy) carries its directory and rows, not the table.
     """
 
-    def __init__(
-        self, table: pa.Table, renderer: Renderer, where: str, rows: np.ndarray | None = None
-    ) -> None:
-        self.table, self.renderer, self.where, self.rows = table, renderer, where, rows
-        self._batches = table.to_batches()
+    def __init__(self, folder: str | Path, split: str, rows: np.ndarray | None = None) -> None:
+        self.folder, self.split, self.rows = str(folder), split, rows
+        self.table, self.renderer = read_table(folder, split), Renderer.of(folder)
+        self.where = str(split_path(folder, split))
+        self._batches = self.table.to_batches()
         self._starts = np.cumsum([0] + [b.num_rows for b in self._batches])
         self._levels: Levels | None = None
 
@@ -261,11 +262,13 @@ class SplitReader(Sequence[PreferenceExample]):
     def take(self, indices: Sequence[int] | np.ndarray) -> SplitReader:
         """A view of the examples at `indices` (positions in this reader), in that order."""
         rows = np.asarray(indices, dtype=np.int64)
-        if self.rows is not None:
-            rows = self.rows[rows]
-        view = SplitReader(self.table, self.renderer, self.where, rows)
-        view._batches, view._starts = self._batches, self._starts
+        view = object.__new__(SplitReader)  # shares the table and the renderer
+        view.__dict__.update(self.__dict__)
+        view.rows, view._levels = rows if self.rows is None else self.rows[rows], None
         return view
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return SplitReader, (self.folder, self.split, self.rows)
 
     @property
     def levels(self) -> Levels:
@@ -278,6 +281,4 @@ class SplitReader(Sequence[PreferenceExample]):
 
 def open_split(folder: str | Path, split: str) -> SplitReader:
     """The examples of `split` of a prepared directory, read lazily (see `SplitReader`)."""
-    return SplitReader(
-        read_table(folder, split), Renderer.of(folder), str(split_path(folder, split))
-    )
+    return SplitReader(folder, split)
