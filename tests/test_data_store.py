@@ -17,6 +17,7 @@ from setdpo.data.io import dumps
 from setdpo.data.prompts import render
 from setdpo.data.schema import PreferenceExample
 from setdpo.data.store import Renderer, open_split
+from setdpo.errors import InputError
 from setdpo.evaluation.evaluate import EvalConfig, load_contexts
 from setdpo.model import build_tiny
 from setdpo.training.data import LazyTokenized, SFTDataset
@@ -139,3 +140,15 @@ def test_sft_rows_come_from_the_levels_alone(ml100k_next_dir):
     assert SFTDataset(lazy, 0, "each").rows.tolist() == [[0, 1], [0, 3], [1, 0], [1, 1], [2, 2]]
     assert SFTDataset(lazy, 0, "one").rows.tolist() == [[0, 1], [1, 0], [2, 2]]
     assert lazy.levels.take(np.array([2, 0])).values.tolist() == [3, 2, 1, 2, 1, 2, 1]
+
+
+def test_a_directory_of_the_jsonl_format_is_named_as_such(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_list([{"prompt": "p", "candidates": ["a"]}]).save_to_disk(
+        str(tmp_path / "hf" / "train")
+    )
+    (tmp_path / "items.json").write_text("[]")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(InputError, match="earlier jsonl format.*import --format jsonl"):
+        open_split(tmp_path, "train")

@@ -222,6 +222,12 @@ class SplitReader(Sequence[PreferenceExample]):
         self.folder, self.split, self.rows = str(folder), split, rows
         self.table, self.renderer = read_table(folder, split), Renderer.of(folder)
         self.where = str(split_path(folder, split))
+        if "candidate_items" not in self.table.column_names:
+            raise InputError(
+                f"{self.where}: a split of the earlier jsonl format (prompts stored as text); "
+                f"prepare it again, or convert it with `setdpo data import --format jsonl "
+                f"--train {Path(folder) / 'train.jsonl'} ...`"
+            )
         self._batches = self.table.to_batches()
         self._starts = np.cumsum([0] + [b.num_rows for b in self._batches])
         self._levels: Levels | None = None
