@@ -96,7 +96,7 @@ def title_columns(folder: str | Path, split: str) -> pa.Table:
     """``history``, ``candidates`` (titles) and ``levels`` of every row of a split, built
     column-wise (for readers of whole splits, such as SASRec's training sequences)."""
     table = read_table(folder, split)
-    titles = pa.array([item["title"] for item in _items(folder)], pa.string())
+    titles = pa.array([item["title"] for item in _json(folder, "items.json")], pa.string())
 
     def titled(name: str) -> pa.Array:
         column = table.column(name).combine_chunks()
@@ -113,8 +113,8 @@ def title_columns(folder: str | Path, split: str) -> pa.Table:
     )
 
 
-def _items(folder: str | Path) -> list[dict[str, Any]]:
-    path = Path(folder) / "items.json"
+def _json(folder: str | Path, name: str) -> Any:
+    path = Path(folder) / name
     if not path.is_file():
         raise InputError(f"{path}: missing; is {folder} a directory made by `setdpo data prepare`?")
     return json.loads(path.read_text("utf-8"))
@@ -133,8 +133,7 @@ class Renderer:
 
     @classmethod
     def of(cls, folder: str | Path) -> Renderer:
-        items = _items(folder)
-        config = json.loads((Path(folder) / "config.json").read_text("utf-8"))
+        items, config = _json(folder, "items.json"), _json(folder, "config.json")
         return cls(
             titles=[str(item["title"]) for item in items],
             ids=[str(item["item_id"]) for item in items],
@@ -147,7 +146,7 @@ class Renderer:
         """The example of one stored row (a dict of the columns)."""
         history = [self.titles[i] for i in row["history_items"]]
         candidates = [self.titles[i] for i in row["candidate_items"]]
-        prompt = row["prompt"] if "prompt" in row else None
+        prompt = row.get("prompt")
         if prompt is None:
             prompt = render(self.template, self.domain, history, candidates)
         if row.get("meta") is not None:
