@@ -14,7 +14,7 @@ import setdpo.data.builders as builders
 from setdpo.cli import main
 from setdpo.data import PrepareConfig, load_items, load_split, prepare
 from setdpo.data.audit import AuditError, audit
-from setdpo.data.io import load_json, write_examples
+from setdpo.data.io import TIMELINES, load_json, write_examples
 from setdpo.data.sequences import Split
 
 SPLITS = ("train", "valid", "test")
@@ -63,7 +63,7 @@ def corrupted(clean: Path, out: Path) -> Path:
         load_json(clean, "stats.json"),
         load_json(clean, "config.json"),
     )
-    shutil.copy(clean / "timelines.jsonl", out / "timelines.jsonl")
+    shutil.copy(clean / TIMELINES, out / TIMELINES)
     return out
 
 
@@ -131,4 +131,4 @@ def test_imported_sets_get_the_checks_they_can(tmp_path, capsys):
     assert checks["candidate_in_history"] == 1  # "A" is in the history and a candidate
     capsys.readouterr()
     assert main(["data", "audit", str(out)]) == 1
-    assert "not checked: no timelines.jsonl" in capsys.readouterr().out
+    assert "not checked: no timelines.parquet" in capsys.readouterr().out

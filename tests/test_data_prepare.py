@@ -18,10 +18,10 @@ import pytest
 from setdpo.cli import main
 from setdpo.data import PrepareConfig, load_items, load_split, prepare
 from setdpo.data.builders import build
-from setdpo.data.io import dumps
 from setdpo.data.prompts import render
 from setdpo.data.sequences import build_contexts, build_sequences, split_contexts
 from setdpo.data.sources import load_source
+from setdpo.data.store import read_table, split_schema
 
 SPLITS = ("train", "valid", "test")
 FILES = {
@@ -246,27 +246,20 @@ def test_full_ml100k_split_sizes_by_hand():
     assert int(loo.train_count.sum()) == 100000 - 2 * 943
 
 
-def test_layout_prompts_and_hf_copy(ml100k_next_dir):
+def test_layout_prompts_and_hf_tables(ml100k_next_dir):
     names = {p.name for p in ml100k_next_dir.iterdir()}
-    assert names == {
-        "train.jsonl",
-        "valid.jsonl",
-        "test.jsonl",
-        "hf",
-        "items.json",
-        "stats.json",
-        "config.json",
-        "timelines.jsonl",
-    }
+    assert names == {"hf", "items.json", "stats.json", "config.json", "timelines.parquet"}
     sizes = {s: len(load_split(ml100k_next_dir, s)) for s in SPLITS}
     assert sizes == {"train": 200, "valid": 50, "test": 50}
-    hf = datasets.load_from_disk(str(ml100k_next_dir / "hf"))
+    hf = datasets.load_from_disk(str(ml100k_next_dir / "hf"))  # still a DatasetDict
+    items = load_items(ml100k_next_dir)
     for split in SPLITS:
-        lines = (ml100k_next_dir / f"{split}.jsonl").read_text("utf-8").splitlines()
-        assert hf[split].num_rows == len(lines)
-        assert hf[split][0] == json.loads(lines[0])
-        for line in lines:  # canonical JSON, as io.dumps writes it
-            assert dumps(json.loads(line)) == line
+        examples = load_split(ml100k_next_dir, split)
+        assert hf[split].num_rows == len(examples)
+        assert hf[split].column_names == split_schema().names  # item rows, no text
+        row = hf[split][0]
+        assert [items[i]["title"] for i in row["candidate_items"]] == examples[0].candidates
+        assert [items[i]["title"] for i in row["history_items"]] == examples[0].history
     for ex in load_split(ml100k_next_dir, "test"):
         assert ex.prompt == render("listing", "movie", ex.history, ex.candidates)
         assert "from the following 20 movie titles" in ex.prompt
@@ -286,9 +279,11 @@ def test_same_seed_same_bytes_other_seed_other_negatives(tmp_path):
 
     a, b, c = run(0, "a"), run(0, "b"), run(1, "c")
     for split in SPLITS:
-        assert (a / f"{split}.jsonl").read_bytes() == (b / f"{split}.jsonl").read_bytes()
+        assert read_table(a, split).equals(read_table(b, split))
     assert (a / "items.json").read_bytes() == (b / "items.json").read_bytes()
-    assert (a / "stats.json").read_bytes() == (b / "stats.json").read_bytes()
+    stats = [json.loads((d / "stats.json").read_text()) for d in (a, b)]
+    assert [s.pop("run")["peak_rss_mb"] > 0 for s in stats] == [True, True]
+    assert stats[0] == stats[1]
     first = {ex.context_id: set(ex.negatives) for ex in load_split(a, "test")}
     other = {ex.context_id: set(ex.negatives) for ex in load_split(c, "test")}
     shared = set(first) & set(other)
@@ -319,9 +314,7 @@ def test_config_json_reproduces_the_run_and_inspect_prints(ml100k_next_dir, tmp_
     args = ["data", "prepare", "--config", str(ml100k_next_dir / "config.json"), "--out", str(out)]
     assert main(args) == 0
     for split in SPLITS:
-        assert (out / f"{split}.jsonl").read_bytes() == (
-            ml100k_next_dir / f"{split}.jsonl"
-        ).read_bytes()
+        assert read_table(out, split).equals(read_table(ml100k_next_dir, split))
     capsys.readouterr()
     assert main(["data", "inspect", str(out), "--split", "test", "-n", "2"]) == 0
     printed = capsys.readouterr().out

@@ -160,7 +160,7 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path, capsys):
     assert main(cli_prepare(tmp_path, inter, items)) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(cli_prepare(tmp_path, inter, items, "--overwrite")) == 0
-    assert (tmp_path / "out" / "train.jsonl").is_file()
+    assert (tmp_path / "out" / "hf" / "train" / "state.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # temp dirs removed
 
 
@@ -171,8 +171,10 @@ def test_titles_with_quotes_backslashes_and_unicode_stay_canonical_json(tmp_path
     assert main(cli_prepare(tmp_path, inter, write(items, tmp_path / "items.jsonl"))) == 0
     seen = False
     for split in ("train", "valid", "test"):
-        lines = (tmp_path / "out" / f"{split}.jsonl").read_text("utf-8").splitlines()
-        for line in lines:
+        path = tmp_path / f"{split}.jsonl"
+        assert main(["data", "export", str(tmp_path / "out"), "--split", split,
+                     "--out", str(path), "--format", "jsonl"]) == 0  # fmt: skip
+        for line in path.read_text("utf-8").splitlines():
             row = json.loads(line)
             assert dumps(row) == line
             seen |= 'Say "Hi" \\ Über {x} (2000)' in row["prompt"]

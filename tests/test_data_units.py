@@ -5,12 +5,11 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from setdpo.data.config import DOMAINS, TEMPLATES, PrepareConfig
 from setdpo.data.negatives import SeenIndex, sample_negatives
-from setdpo.data.prompts import SEPARATOR, load_template, render, render_arrow
+from setdpo.data.prompts import load_template, render
 from setdpo.data.schema import PreferenceExample
 from setdpo.data.sequences import dense_levels
 from setdpo.errors import InputError
@@ -32,25 +31,6 @@ def test_listing_wording():
         "user will watch. Choose the answer from the following 2 movie titles: Jaws (1975), "
         "Babe (1995). Answer:"
     )
-
-
-def test_render_arrow_equals_render():
-    history = [["a", 'b "q"'], [], ["ü"]]
-    candidates = [["x", "y"], ["z"], ["w", "v", "u"]]
-
-    def joined(rows):
-        return pa.array([SEPARATOR.join(r) for r in rows], pa.large_string())
-
-    def counts(rows):
-        return pa.array([str(len(r)) for r in rows], pa.large_string())
-
-    fields = {"history": joined(history), "candidates": joined(candidates),
-              "n_history": counts(history), "n_candidates": counts(candidates)}  # fmt: skip
-    for template, domain in itertools.product(TEMPLATES, DOMAINS):
-        got = render_arrow(template, domain, fields).to_pylist()
-        assert got == [
-            render(template, domain, h, c) for h, c in zip(history, candidates, strict=True)
-        ]
 
 
 def seen_index():

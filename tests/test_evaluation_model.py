@@ -9,6 +9,7 @@ import pytest
 
 from setdpo.cli import main
 from setdpo.data import PrepareConfig, load_split, prepare
+from setdpo.data.io import write_examples
 from setdpo.evaluation.catalog import catalog_example
 from setdpo.evaluation.evaluate import EvalConfig, evaluate
 from setdpo.evaluation.metrics import CATALOG_METRICS, compute_metrics, rank_order
@@ -102,15 +103,11 @@ def small_catalog_dir(ml100k_open_dir, tmp_path_factory):
     """Two open-template test contexts and a 90-item catalog: their candidates, their
     histories (to be excluded) and the first 50 items (to keep catalog tests fast)."""
     folder = tmp_path_factory.mktemp("data") / "small-catalog"
-    folder.mkdir()
-    lines = (ml100k_open_dir / "test.jsonl").read_text().splitlines()[:2]
-    (folder / "test.jsonl").write_text("\n".join(lines) + "\n")
-    examples = [json.loads(line) for line in lines]
-    wanted = {t for ex in examples for t in ex["candidates"] + ex["history"]}
+    examples = load_split(ml100k_open_dir, "test")[:2]
+    wanted = {t for ex in examples for t in ex.candidates + ex.history}
     items = json.loads((ml100k_open_dir / "items.json").read_text())
     small = [it for i, it in enumerate(items) if i < 50 or it["title"] in wanted]
-    (folder / "items.json").write_text(json.dumps(small))
-    return folder
+    return write_examples(folder, {"test": examples}, small, {}, {})
 
 
 def test_evaluate_with_catalog_ranks_the_whole_catalog(small_catalog_dir):
@@ -125,7 +122,7 @@ def test_evaluate_with_catalog_ranks_the_whole_catalog(small_catalog_dir):
         rank = ctx["catalog"]["positive_ranks"][0]
         assert ctx["values"]["catalog/Recall@20"] == float(rank <= 20)
     assert set(CATALOG_METRICS) <= {m.removeprefix("catalog/") for m in results["metrics"]}
-    # This directory has no timelines.jsonl: only the history is excluded, and it says so.
+    # This directory has no timelines.parquet: only the history is excluded, and it says so.
     assert results["protocol"]["catalog"]["excluded"].startswith("only the prompt's history")
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from setdpo.cli import main
+from setdpo.data.store import open_split
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "make_synthetic.py"
 
@@ -62,5 +63,5 @@ def test_ml10m_source_prepares_the_synthetic_release(synthetic, tmp_path, monkey
     stats = json.loads((out / "stats.json").read_text())
     assert stats["source"] == "ml-10m" and stats["interactions"] == 20_000
     assert stats["splits"]["test"]["examples"] > 0
-    first = json.loads((out / "test.jsonl").open().readline())
-    assert first["meta"]["source"] == "ml-10m" and len(first["candidates"]) == 20
+    first = open_split(out, "test")[0]
+    assert first.meta["source"] == "ml-10m" and len(first.candidates) == 20

@@ -173,7 +173,7 @@ def test_missing_valid_split_trains_without_evaluation(
     ml100k_next_dir: Path, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
-    shutil.copytree(ml100k_next_dir, data, ignore=shutil.ignore_patterns("valid.jsonl"))
+    shutil.copytree(ml100k_next_dir, data, ignore=shutil.ignore_patterns("valid"))  # hf/valid
     sft = train_sft(sft_config(data, tmp_path / "sft", max_steps=1))
     values = {"max_steps": 1, "max_train_examples": 4, "precompute_ref": True}
     run = train_pref(pref_config(data, sft, tmp_path / "pref", **values))

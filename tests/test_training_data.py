@@ -161,7 +161,7 @@ def test_lazy_tokenization_reads_levels_without_tokenizing() -> None:
     ]
     lazy = LazyTokenized(examples, tokenizer)
     data = PreferenceDataset(lazy, seed=0, num_negatives=1)
-    assert data.levels == [[1, 2]] * 3 and lazy.report().examples == 0
+    assert list(data.levels) == [[1, 2]] * 3 and lazy.report().examples == 0
     assert data[2]["example"].prompt_ids == tokenizer("Pick one:").input_ids
     assert lazy.report().examples == 1  # only the example read
     assert lazy[-1] is lazy[2] and len(lazy[0:2]) == 2
@@ -179,14 +179,14 @@ def test_draw_without_scores_is_uniform(k: int) -> None:
 def test_valid_sample_is_seeded_and_keeps_file_order(ml100k_next_dir: Any) -> None:
     from setdpo.training.run import load_examples
 
-    every = load_examples(ml100k_next_dir, "valid", None)
-    sample = load_examples(ml100k_next_dir, "valid", 10, seed=0)
-    assert sample == load_examples(ml100k_next_dir, "valid", 10, seed=0)
+    every = list(load_examples(ml100k_next_dir, "valid", None))
+    sample = list(load_examples(ml100k_next_dir, "valid", 10, seed=0))
+    assert sample == list(load_examples(ml100k_next_dir, "valid", 10, seed=0))
     assert sample != every[:10]  # the file is ordered by user: the head is a few users
     positions = [every.index(ex) for ex in sample]
     assert positions == sorted(positions) and len(set(positions)) == 10
     assert (
-        load_examples(ml100k_next_dir, "train", 10)
+        list(load_examples(ml100k_next_dir, "train", 10))
         == load_examples(ml100k_next_dir, "train", None)[:10]
     )
     assert load_examples(ml100k_next_dir / "nowhere", "valid", 10) == []

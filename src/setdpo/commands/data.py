@@ -63,8 +63,10 @@ def add_parser(subparsers) -> None:
     audit.add_argument("dir")
     audit.set_defaults(func=run_audit)
 
-    imp = commands.add_parser("import", help="LLaRA/S-DPO JSON or TRL JSONL -> prepared dir")
-    imp.add_argument("--format", required=True, choices=["llara", "trl"])
+    imp = commands.add_parser(
+        "import", help="LLaRA/S-DPO JSON, TRL JSONL or exported jsonl -> prepared dir"
+    )
+    imp.add_argument("--format", required=True, choices=["llara", "trl", "jsonl"])
     for split in ("train", "valid", "test"):
         imp.add_argument(f"--{split}", help=f"{split} file", required=split == "train")
     imp.add_argument("--out", required=True)
@@ -77,11 +79,17 @@ def add_parser(subparsers) -> None:
     )
     imp.set_defaults(func=run_import)
 
-    exp = commands.add_parser("export", help="a prepared split -> TRL JSON lines")
+    exp = commands.add_parser("export", help="a prepared split -> TRL rows or example JSON lines")
     exp.add_argument("dir")
     exp.add_argument("--split", default="train", choices=["train", "valid", "test"])
     exp.add_argument("--out", required=True, help="output .jsonl file")
-    exp.add_argument("--pairs", action="store_true", help="one row per preferred pair (strings)")
+    exp.add_argument(
+        "--format",
+        default="trl",
+        choices=["trl", "jsonl"],
+        help="trl: TRL preference rows; jsonl: one example a line (`data import --format jsonl`)",
+    )
+    exp.add_argument("--pairs", action="store_true", help="trl: one row per preferred pair")
     exp.set_defaults(func=run_export)
 
     down = commands.add_parser("download", help="fetch a GroupLens MovieLens release")
@@ -113,6 +121,9 @@ def run_prepare(args: argparse.Namespace) -> int:
     print(f"prepared {out}; dropped contexts: {json.dumps(stats['dropped_contexts'])}")
     audit = stats["audit"]
     print(f"audit: {len(audit)} checks, {sum(audit.values())} findings (setdpo data audit {out})")
+    print(
+        f"peak memory {stats['run']['peak_rss_mb']} MiB; seconds: {stats['run']['stage_seconds']}"
+    )
     return 0
 
 
@@ -130,11 +141,12 @@ def run_audit(args: argparse.Namespace) -> int:
 
 def run_inspect(args: argparse.Namespace) -> int:
     """Print stats.json and the first examples of a split with their levels."""
-    from setdpo.data import load_split
     from setdpo.data.io import load_json
+    from setdpo.data.store import open_split
 
     print(json.dumps(load_json(args.dir, "stats.json"), indent=2, sort_keys=True))
-    for example in load_split(args.dir, args.split)[: args.n]:
+    examples = open_split(args.dir, args.split)
+    for example in examples.take(range(min(args.n, len(examples)))):
         print(f"\n--- {args.split} {example.context_id} (user {example.user})")
         print(example.prompt)
         for title, level in zip(example.candidates, example.levels, strict=True):
@@ -153,10 +165,10 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """A prepared split -> TRL JSON lines (`formats.export_trl`)."""
-    from setdpo.data.formats import export_trl
+    """A prepared split -> JSON lines (`formats.export`)."""
+    from setdpo.data.formats import export
 
-    rows = export_trl(args.dir, args.split, args.out, pairs=args.pairs)
+    rows = export(args.dir, args.split, args.out, args.format, pairs=args.pairs)
     print(f"wrote {rows} rows to {args.out}")
     return 0
 

@@ -15,14 +15,15 @@ Each check counts the contexts (examples) with the problem:
 - ``positive_outside_timeline``: a positive is not one of the user's interactions in the
   target window (or the window lies outside the user's timeline).
 
-The first and the last need `timelines.jsonl` and the mode of `config.json`, which
+The first and the last need `timelines.parquet` and the mode of `config.json`, which
 `setdpo data prepare` writes; imported example sets have neither and get them "not
-checked". Rows are read from the Arrow copy under ``hf/`` (the same rows as the
-``.jsonl`` files), only the columns needed, so a million examples take seconds.
+checked". Rows are read from the split tables (`setdpo.data.store`), only the columns
+needed, as item rows and integer codes, so ten million examples take a minute.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,8 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from setdpo.data.config import MODES
-from setdpo.data.io import SPLITS, load_json, load_timelines
-from setdpo.errors import InputError
+from setdpo.data.io import TIMELINES, load_items, load_json, read_timelines
+from setdpo.data.store import SPLITS, read_table
 
 CHECKS = {
     "window_crosses_split": "a target window lies past its split's cut or in a later split",
@@ -63,14 +64,15 @@ class Check:
 class Rows:
     """Every split's rows, concatenated train, valid, test, with strings as integer codes.
 
-    Per row [n]: ``split`` (0, 1, 2), ``context_id``, ``user`` (code; -1 without a user),
+    Per row [n]: ``split`` (0, 1, 2), ``context_id`` (Arrow strings), ``user`` (code; -1
+    without a user),
     ``position`` (from the context id; -1 without one). Candidates [n, C] and history
     [n, H] are padded on the right: titles and ids -1 (history -2, so that padding never
     matches), levels 0.
     """
 
     split: np.ndarray
-    context_id: np.ndarray
+    context_id: pa.ChunkedArray
     user: np.ndarray
     position: np.ndarray
     cand_title: np.ndarray
@@ -93,8 +95,7 @@ def audit(folder: str | Path) -> list[Check]:
     """Run every check on the prepared directory `folder`."""
     folder = Path(folder)
     tables = {split: _read_split(folder, split) for split in SPLITS}
-    raw_timelines = load_timelines(folder)
-    rows, timelines = _encode(tables, raw_timelines)
+    rows, timelines = _encode(folder, tables, read_timelines(folder))
     evaluated = int(((rows.split > 0) & (rows.user >= 0)).sum())
     reconsumed = None if timelines is None else _reconsumed(timelines, rows.n_ids)
     found = {  # name -> (contexts checked, rows found)
@@ -103,7 +104,7 @@ def audit(folder: str | Path) -> list[Check]:
         "duplicate_candidates": (len(rows.split), _duplicates(rows)),
     }
     width = _window_width(folder)
-    why = "no timelines.jsonl" if timelines is None else "config.json names no mode"
+    why = f"no {TIMELINES}" if timelines is None else "config.json names no mode"
     if timelines is not None and width is not None:
         cuts = load_json(folder, "stats.json").get("split_cuts")
         crossing, outside = _windows(rows, timelines, width, cuts)
@@ -134,20 +135,16 @@ def format_table(checks: list[Check]) -> str:
 
 def _check(rows: Rows, name: str, checked: int, found: np.ndarray) -> Check:
     names = np.asarray(SPLITS)
-    shown = [f"{names[rows.split[r]]} {rows.context_id[r]}" for r in found[:EXAMPLES_SHOWN]]
+    shown = [
+        f"{names[rows.split[r]]} {rows.context_id[int(r)].as_py()}" for r in found[:EXAMPLES_SHOWN]
+    ]
     return Check(name, checked, int(len(found)), shown)
 
 
 def _read_split(folder: Path, split: str) -> pa.Table | None:
-    """The split's rows from the Arrow copy under hf/ (None: the split is empty)."""
-    import datasets
-
-    path, lines = folder / "hf" / split, folder / f"{split}.jsonl"
-    if not path.is_dir() or not lines.is_file():
-        raise InputError(f"{path}: missing; is {folder} a directory made by `setdpo data prepare`?")
-    if lines.stat().st_size == 0:  # datasets cannot load a split saved without rows
-        return None
-    return datasets.load_from_disk(str(path)).data.table
+    """The split's table (None: the split is empty)."""
+    table = read_table(folder, split)
+    return table if table.num_rows else None
 
 
 def _window_width(folder: Path) -> int | None:
@@ -157,84 +154,101 @@ def _window_width(folder: Path) -> int | None:
     return 1 if config["mode"] == "next" else int(config["k"])
 
 
-def _flat(table: pa.Table, column: str) -> tuple[np.ndarray, pa.Array]:
-    """A list column as (row of each entry, the entries)."""
-    array = table[column].combine_chunks()
-    return pc.list_parent_indices(array).to_numpy(), pc.list_flatten(array)
+def _flat(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """A list column as (each row's length, the entries in row order)."""
+    return (
+        pc.list_value_length(table[column]).to_numpy(),
+        pc.list_flatten(table[column]).to_numpy(),
+    )
 
 
-def _candidate_ids(table: pa.Table) -> pa.Array:
-    meta = table["meta"].type if "meta" in table.column_names else None
-    if meta is None or meta.get_field_index("candidate_ids") < 0:
-        return _flat(table, "candidates")[1]
-    return pc.list_flatten(pc.struct_field(table["meta"].combine_chunks(), "candidate_ids"))
+def _meta_ids(table: pa.Table, titles: pa.Array) -> pa.Array:
+    """Candidate ids of an imported table, from each row's meta (titles when it has none)."""
+    ids = []
+    for meta, items in zip(
+        table["meta"].to_pylist(), table["candidate_items"].to_pylist(), strict=True
+    ):
+        named = json.loads(meta).get("candidate_ids") if meta else None
+        ids += [str(i) for i in named] if named else titles.take(pa.array(items)).to_pylist()
+    return pa.array(ids, pa.string())
 
 
 def _codes(parts: list[pa.Array]) -> tuple[list[np.ndarray], int]:
-    """Integer codes (int32, as Arrow gives them: half the memory of a million rows' worth
-    of int64) of strings, shared across `parts`; and how many distinct strings."""
+    """Integer codes (int32) of strings, shared across `parts`; and how many distinct strings."""
     parts = [pc.cast(p, pa.string()) for p in parts]
     vocab = pc.unique(pa.chunked_array(parts, pa.string()))
     codes = [pc.index_in(p, value_set=vocab).to_numpy(zero_copy_only=False) for p in parts]
     return [c.astype(np.int32) for c in codes], len(vocab)
 
 
-def _padded(sizes: list[int], rows: list[np.ndarray], values: list, fill: int) -> np.ndarray:
-    """Ragged lists as a matrix [sum(sizes), longest]: per split its number of rows, the
-    row of each entry (in row order) and the entries."""
-    base = np.cumsum([0] + sizes)
-    row = np.concatenate(
-        [np.empty(0, np.int64)] + [r + b for r, b in zip(rows, base, strict=False)]
-    )
-    counts = np.bincount(row, minlength=base[-1])
-    out = np.full((base[-1], int(counts.max(initial=0))), fill, dtype=np.int32)
-    column = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
-    out[row, column] = np.concatenate([np.empty(0, np.int32), *values])
+def _padded(lengths: list[np.ndarray], values: list[np.ndarray], fill: int, dtype) -> np.ndarray:
+    """Ragged lists, per split each row's length and the entries in row order, as one
+    matrix [rows, longest] padded on the right (filled in place: ML-10M's 10M rows of 20
+    candidates need no index arrays of that size)."""
+    width = max([int(n.max(initial=0)) for n in lengths], default=0)
+    out = np.full((sum(map(len, lengths)), width), fill, dtype=dtype)
+    at = 0
+    for length, value in zip(lengths, values, strict=True):
+        block = out[at : at + len(length)]
+        block[np.arange(width) < length[:, None]] = value
+        at += len(length)
     return out
 
 
 def _encode(
-    tables: dict[str, pa.Table | None], timelines: list[dict] | None
+    folder: Path, tables: dict[str, pa.Table | None], timelines: pa.Table | None
 ) -> tuple[Rows, Timelines | None]:
-    """All splits' columns as codes (titles, item ids and users shared across splits and
-    the timelines)."""
+    """All splits' columns as codes: titles are item rows (unique titles); item ids are
+    item rows too, unless the examples carry their own (imported sets: codes of the id
+    strings, shared with the timelines); users are codes shared with the timelines."""
     parts = [(i, t) for i, t in enumerate(tables.values()) if t is not None]
-    cand = [_flat(t, "candidates") for _, t in parts]
-    hist = [_flat(t, "history") for _, t in parts]
-    raw = timelines or []
-    timeline_users = pa.array([str(t["user"]) for t in raw], pa.string())
-    timeline_items = pa.array([i for t in raw for i in t["items"]], pa.string())
+    cand_lengths = [_flat(t, "candidate_items")[0] for _, t in parts]
+    cand_title = _padded(
+        cand_lengths, [_flat(t, "candidate_items")[1] for _, t in parts], -1, np.int32
+    )
+    timeline_items = (
+        np.empty(0, np.int32)
+        if timelines is None
+        else pc.list_flatten(timelines["items"]).to_numpy()
+    )
+    cand_id, n_ids = cand_title, len(load_items(folder))
+    if any("meta" in t.column_names for _, t in parts):
+        items = load_items(folder)
+        titles = pa.array([str(it["title"]) for it in items], pa.string())
+        item_ids = pa.array([str(it["item_id"]) for it in items], pa.string())
+        ids, n_ids = _codes(
+            [_meta_ids(t, titles) for _, t in parts] + [item_ids.take(timeline_items)]
+        )
+        cand_id, timeline_items = _padded(cand_lengths, ids[:-1], -1, np.int32), ids[-1]
     names = [t["user"].combine_chunks() for _, t in parts]
-    titles, _ = _codes([v for _, v in cand] + [v for _, v in hist])
-    ids, n_ids = _codes([_candidate_ids(t) for _, t in parts] + [timeline_items])
+    timeline_users = pa.array([], pa.string()) if timelines is None else timelines["user"]
     users, n_users = _codes([*names, timeline_users])
-    k, cand_rows = len(parts), [r for r, _ in cand]
-    sizes = [t.num_rows for _, t in parts]
     context_id = pa.chunked_array([t["context_id"].combine_chunks() for _, t in parts], pa.string())
     position = pc.struct_field(pc.extract_regex(context_id, r":(?P<p>\d+)$"), "p")
-    user = np.concatenate([np.empty(0, np.int64), *users[:k]]).astype(np.int64)
+    user = np.concatenate([np.empty(0, np.int64), *users[:-1]]).astype(np.int64)
     user[pc.equal(pa.chunked_array(names, pa.string()), "").to_numpy()] = -1
+    hist = [_flat(t, "history_items") for _, t in parts]
     rows = Rows(
-        split=np.repeat([i for i, _ in parts], sizes).astype(np.int64),
-        context_id=context_id.to_numpy(),
+        split=np.repeat([i for i, _ in parts], [t.num_rows for _, t in parts]).astype(np.int8),
+        context_id=context_id,
         user=user,
         position=pc.fill_null(pc.cast(position, pa.int64()), -1).to_numpy(),
-        cand_title=_padded(sizes, cand_rows, titles[:k], -1),
-        cand_id=_padded(sizes, cand_rows, ids[:k], -1),
-        cand_level=_padded(sizes, cand_rows, [_flat(t, "levels")[1] for _, t in parts], 0),
-        hist_title=_padded(sizes, [r for r, _ in hist], titles[k:], -2),
+        cand_title=cand_title,
+        cand_id=cand_id,
+        cand_level=_padded(cand_lengths, [_flat(t, "levels")[1] for _, t in parts], 0, np.int8),
+        hist_title=_padded([n for n, _ in hist], [v for _, v in hist], -2, np.int32),
         n_ids=n_ids,
     )
     if timelines is None:
         return rows, None
-    return rows, _timelines(timelines, users[k], ids[k], n_users)
+    return rows, _timelines(timelines, users[-1], timeline_items, n_users)
 
 
-def _timelines(raw: list[dict], users: np.ndarray, items: np.ndarray, n_users: int) -> Timelines:
-    lengths = [len(t["items"]) for t in raw]
+def _timelines(table: pa.Table, users: np.ndarray, items: np.ndarray, n_users: int) -> Timelines:
+    lengths = pc.list_value_length(table["items"]).to_numpy()
     owner = np.repeat(users, lengths)
     order = np.argsort(owner, kind="stable")  # by user code, each user's items in time order
-    times = np.fromiter((x for t in raw for x in t["times"]), np.float64, count=sum(lengths))
+    times = pc.list_flatten(table["times"]).to_numpy()
     offsets = np.searchsorted(owner[order], np.arange(n_users + 1))
     return Timelines(offsets, items[order], times[order])
 
@@ -247,15 +261,13 @@ def _reconsumed(timelines: Timelines, n_ids: int) -> np.ndarray:
 
 
 def _eval_in_train(rows: Rows, reconsumed: np.ndarray | None) -> np.ndarray:
-    positive = (rows.cand_level == 1) & (rows.user >= 0)[:, None]
-    key = rows.user[:, None] * rows.n_ids + rows.cand_id
-    train = key[positive & (rows.split == 0)[:, None]]
+    row, slot = np.nonzero((rows.cand_level == 1) & (rows.user >= 0)[:, None])
+    key = rows.user[row] * rows.n_ids + rows.cand_id[row, slot]  # one per positive
+    train = key[rows.split[row] == 0]
     if reconsumed is not None:
         train = train[~np.isin(train, reconsumed)]
-    evaluated = positive & (rows.split > 0)[:, None]
-    hit = np.zeros(key.shape, dtype=bool)
-    hit[evaluated] = np.isin(key[evaluated], train)
-    return np.flatnonzero(hit.any(axis=1))
+    evaluated = rows.split[row] > 0
+    return np.unique(row[evaluated][np.isin(key[evaluated], train)])
 
 
 def _in_history(rows: Rows) -> np.ndarray:
@@ -267,7 +279,8 @@ def _in_history(rows: Rows) -> np.ndarray:
 
 def _duplicates(rows: Rows) -> np.ndarray:
     hit = np.zeros(len(rows.split), dtype=bool)
-    for codes in (rows.cand_title, rows.cand_id):
+    same = rows.cand_id is rows.cand_title  # prepared sets: an item's row is both
+    for codes in (rows.cand_title,) if same else (rows.cand_title, rows.cand_id):
         ordered = np.sort(codes, axis=1)
         hit |= ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any(axis=1)
     return np.flatnonzero(hit)

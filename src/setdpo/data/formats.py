@@ -1,10 +1,12 @@
-"""Ready-made example sets: the LLaRA / S-DPO JSON layout and TRL preference rows.
+"""Ready-made example sets: the LLaRA / S-DPO JSON layout, TRL preference rows and
+`PreferenceExample` JSON lines; exports to TRL rows and to JSON lines.
 
 LLaRA / S-DPO: a JSON list of records with ``historyList`` ("a::b::c" or a list),
 ``itemList`` (the candidate titles, a list or "a::b") and ``trueSelection`` (the
 positive); the records do not say their domain, so the prompt's wording comes from the
-option or from the file names (`infer_domain`). TRL: JSON lines with ``prompt``, ``chosen`` and ``rejected`` (each a string or
-a list) and optionally ``levels`` (one per title of chosen + rejected). Exported rows also
+option or from the file names (`infer_domain`). jsonl: one `PreferenceExample.to_dict` a
+line (`export`'s ``jsonl``; imported as is). TRL: JSON lines with ``prompt``, ``chosen``
+and ``rejected`` (each a string or a list) and optionally ``levels`` (one per title of chosen + rejected). Exported rows also
 carry the remaining `PreferenceExample` fields (``context_id``, ``user``, ``history``,
 ``target_time``, ``meta``) and ``candidate_order`` so that an import restores them exactly.
 """
@@ -16,19 +18,22 @@ import os
 import re
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from setdpo.data.builders import summary
 from setdpo.data.config import DOMAINS, TEMPLATES
-from setdpo.data.io import SPLITS, dumps, load_split, write_examples
+from setdpo.data.io import SPLITS, dumps, write_examples
 from setdpo.data.prompts import render
 from setdpo.data.records import decode_utf8
 from setdpo.data.schema import PreferenceExample
+from setdpo.data.store import open_split
 from setdpo.errors import InputError
 
-FORMATS = ("llara", "trl")
+FORMATS = ("llara", "trl", "jsonl")
+EXPORTS = ("trl", "jsonl")
 # Words in a LLaRA / S-DPO file's name or folder that name its domain (S-DPO ships
 # lastfm-sft-cans20/lastfm-train.json, ml-train.json, goodread-train.json).
 DOMAIN_WORDS = {
@@ -42,7 +47,7 @@ DOMAIN_WORDS = {
 class ImportConfig:
     """`setdpo data import`: which files, in which layout, rendered how (LLaRA only)."""
 
-    format: str = field(default="llara", metadata={"help": "llara | trl"})
+    format: str = field(default="llara", metadata={"help": "llara | trl | jsonl"})
     files: dict[str, str] = field(default_factory=dict, metadata={"help": "split -> file"})
     out: str = field(default="imported", metadata={"help": "output directory"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output"})
@@ -86,12 +91,12 @@ def infer_domain(files: list[str]) -> str:
 
 def import_examples(config: ImportConfig) -> Path:
     """Read each split's file and write a prepared directory (docs/architecture.md)."""
-    splits = {
-        split: read_llara(path, config.template, config.domain)
-        if config.format == "llara"
-        else read_trl(path)
-        for split, path in config.files.items()
+    readers = {
+        "llara": lambda path: read_llara(path, config.template, config.domain),
+        "trl": read_trl,
+        "jsonl": read_jsonl,
     }
+    splits = {split: readers[config.format](path) for split, path in config.files.items()}
     return write_examples(
         config.out,
         splits,
@@ -99,6 +104,7 @@ def import_examples(config: ImportConfig) -> Path:
         examples_stats(splits, source=config.format),
         asdict(config),
         overwrite=config.overwrite,
+        prompts=config.format != "llara",  # LLaRA prompts are the template's: rendered on read
     )
 
 
@@ -214,10 +220,9 @@ def _trl_row(row: dict[str, Any], where: str, index: int) -> PreferenceExample:
     )
 
 
-def read_trl(path: str | Path) -> list[PreferenceExample]:
-    """TRL-style preference rows (JSON lines) as examples."""
+def _json_lines(path: str | Path) -> Iterator[tuple[dict[str, Any], str]]:
+    """Each non-blank line's object, with where it is ("FILE, line N")."""
     path = Path(path)
-    examples = []
     for number, line in enumerate(decode_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -228,7 +233,25 @@ def read_trl(path: str | Path) -> list[PreferenceExample]:
             raise InputError(f"{where}: invalid JSON ({err.msg})") from err
         if not isinstance(row, dict):
             raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        yield row, where
+
+
+def read_trl(path: str | Path) -> list[PreferenceExample]:
+    """TRL-style preference rows (JSON lines) as examples."""
+    examples: list[PreferenceExample] = []
+    for row, where in _json_lines(path):
         examples.append(_trl_row(row, where, len(examples)))
+    return examples
+
+
+def read_jsonl(path: str | Path) -> list[PreferenceExample]:
+    """`PreferenceExample` rows (JSON lines, as `export_jsonl` writes them) as examples."""
+    examples = []
+    for row, where in _json_lines(path):
+        try:
+            examples.append(PreferenceExample.from_dict(row))
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"{where}: {err!r}") from err
     return examples
 
 
@@ -262,33 +285,49 @@ def trl_rows(example: PreferenceExample, pairs: bool = False) -> list[dict[str, 
     ]
 
 
-def export_trl(folder: str | Path, split: str, out: str | Path, pairs: bool = False) -> int:
-    """Write a prepared split as TRL JSON lines (atomically); returns the number of rows."""
+def export(
+    folder: str | Path, split: str, out: str | Path, fmt: str = "trl", pairs: bool = False
+) -> int:
+    """Write a prepared split as JSON lines (atomically), read one example at a time;
+    returns the number of rows. ``trl``: `trl_rows`; ``jsonl``: one `PreferenceExample`
+    a line (what `setdpo data import --format jsonl` reads back)."""
+    if fmt not in EXPORTS:
+        raise InputError(f"export format {fmt!r} is not one of {list(EXPORTS)}")
     out = Path(out)
-    rows = [row for ex in load_split(folder, split) for row in trl_rows(ex, pairs)]
+    rows = 0
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.writelines(dumps(row) + "\n" for row in rows)
+            for example in open_split(folder, split):
+                lines = trl_rows(example, pairs) if fmt == "trl" else [example.to_dict()]
+                handle.writelines(dumps(row) + "\n" for row in lines)
+                rows += len(lines)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return len(rows)
+    return rows
 
 
 def catalog_of(splits: dict[str, list[PreferenceExample]]) -> list[dict[str, Any]]:
-    """items.json of imported examples: each candidate id and title; train_count counts how
-    often the item is a level-1 candidate in the training split."""
-    titles: dict[str, str] = {}
+    """items.json of imported examples: one item per title (its id assigned at import: the
+    first id a candidate with that title carries, else the title), candidates' and history
+    items' alike, sorted by id; train_count counts how often the item is a level-1
+    candidate in the training split."""
+    ids: dict[str, str] = {}
     counts: Counter[str] = Counter()
     for split, examples in splits.items():
         for ex in examples:
-            ids = ex.meta.get("candidate_ids") or ex.candidates
-            for item_id, title, level in zip(ids, ex.candidates, ex.levels, strict=True):
-                titles.setdefault(str(item_id), title)
-                counts[str(item_id)] += int(split == "train" and level == 1)
-    return [{"item_id": i, "title": titles[i], "train_count": counts[i]} for i in sorted(titles)]
+            named = ex.meta.get("candidate_ids") or ex.candidates
+            for item_id, title, level in zip(named, ex.candidates, ex.levels, strict=True):
+                ids.setdefault(title, str(item_id))
+                counts[title] += int(split == "train" and level == 1)
+    for examples in splits.values():
+        for ex in examples:
+            for title in ex.history:
+                ids.setdefault(title, title)
+    order = sorted(ids, key=lambda title: (ids[title], title))
+    return [{"item_id": ids[t], "title": t, "train_count": counts[t]} for t in order]
 
 
 def examples_stats(splits: dict[str, list[PreferenceExample]], source: str) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Writing a prepared directory atomically, and reading it back.
 
-Layout (docs/architecture.md): ``{train,valid,test}.jsonl``, ``hf/`` (a
-`datasets.DatasetDict`), ``items.json``, ``stats.json``, ``config.json`` and, from
-`prepare`, ``timelines.jsonl``. Everything is
+Layout (docs/architecture.md): ``hf/`` (the splits, a `datasets.DatasetDict` of compact
+tables: `setdpo.data.store`), ``items.json``, ``stats.json``, ``config.json`` and, from
+`prepare`, ``timelines.parquet``. Everything is
 written into a temporary directory next to the target, then renamed into place, so a
 failed or interrupted run leaves no output directory behind.
 """
@@ -14,18 +14,21 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
-from tqdm.auto import tqdm
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from setdpo.data.schema import PreferenceExample
+from setdpo.data.store import SPLITS, finish_hf, open_split, save_split, split_schema
 from setdpo.errors import InputError
 
-SPLITS = ("train", "valid", "test")
+TIMELINES = "timelines.parquet"
 _ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, allow_nan=False)
 
 
@@ -68,61 +71,58 @@ def write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n", "utf-8")
 
 
-def write_jsonl(path: Path, lines: Iterable[str], total: int | None = None) -> int:
-    """Write JSON lines (each without its newline); returns the number of lines."""
-    count = 0
-    with path.open("w", encoding="utf-8", newline="\n") as handle:
-        for line in tqdm(lines, total=total, desc=path.name, unit="ex", mininterval=2.0):
-            handle.write(line)
-            handle.write("\n")
-            count += 1
-    return count
-
-
-def save_hf_split(folder: Path, split: str, table: pa.Table, fingerprint: str) -> None:
-    """One split of the `datasets.DatasetDict` under `folder/hf` (see `finish_hf`).
-
-    An explicit fingerprint spares `datasets` from hashing every byte of the table.
-    """
-    import datasets
-
-    dataset = datasets.Dataset(table, fingerprint=f"{fingerprint}-{split}")
-    dataset.save_to_disk(str(folder / "hf" / split))
-
-
-def finish_hf(folder: Path) -> None:
-    """Write `hf/dataset_dict.json`, as `DatasetDict.save_to_disk` does after its splits
-    (saving split by split lets `prepare` free each table once written)."""
-    (folder / "hf" / "dataset_dict.json").write_text(json.dumps({"splits": list(SPLITS)}), "utf-8")
-
-
-def save_hf(folder: Path, tables: dict[str, pa.Table], fingerprint: str) -> None:
-    """All splits as a `datasets.DatasetDict` under `folder/hf`."""
-    for split in SPLITS:
-        save_hf_split(folder, split, tables[split], fingerprint)
-    finish_hf(folder)
-
-
 def write_examples(
     out: str | Path,
-    splits: dict[str, list[PreferenceExample]],
+    splits: dict[str, Sequence[PreferenceExample]],
     items: list[dict[str, Any]],
     stats: dict[str, Any],
     config: dict[str, Any],
     overwrite: bool = False,
+    prompts: bool = True,
 ) -> Path:
-    """Write a prepared directory from examples in memory (imports; small sets)."""
+    """Write a prepared directory from examples in memory (imports; small sets).
+
+    Every title of the examples must be one of `items` (their rows are what the split
+    tables store); the examples' meta is stored as is. `prompts=False`: the prompts are the
+    template's of `config` (``template``, ``domain``) and are rendered when read.
+    """
+    rows = {str(item["title"]): row for row, item in enumerate(items)}
     with atomic_directory(out, overwrite) as tmp:
-        tables = {}
+        fingerprint = hashlib.sha256(dumps(config).encode()).hexdigest()[:16]
         for split in SPLITS:
-            rows = [example.to_dict() for example in splits.get(split, [])]
-            write_jsonl(tmp / f"{split}.jsonl", (dumps(row) for row in rows), total=len(rows))
-            tables[split] = pa.Table.from_pylist(rows) if rows else pa.table({})
+            table = examples_table(splits.get(split, []), rows, prompts)
+            save_split(tmp, split, table, fingerprint)
+        finish_hf(tmp)
         write_json(tmp / "items.json", items)
         write_json(tmp / "stats.json", stats)
         write_json(tmp / "config.json", config)
-        save_hf(tmp, tables, hashlib.sha256(dumps(config).encode()).hexdigest()[:16])
     return Path(out)
+
+
+def examples_table(
+    examples: Sequence[PreferenceExample], rows: dict[str, int], prompts: bool
+) -> pa.Table:
+    """Examples as a split table (`store`), titles as rows of the items (`rows`)."""
+
+    def items(example: PreferenceExample, titles: list[str]) -> list[int]:
+        missing = [t for t in titles if t not in rows]
+        if missing:
+            raise InputError(f"example {example.context_id!r}: title {missing[0]!r} is not an item")
+        return [rows[t] for t in titles]
+
+    columns = {
+        "context_id": [ex.context_id for ex in examples],
+        "user": [ex.user for ex in examples],
+        "history_items": [items(ex, ex.history) for ex in examples],
+        "candidate_items": [items(ex, ex.candidates) for ex in examples],
+        "levels": [ex.levels for ex in examples],
+        "target_time": [ex.target_time for ex in examples],
+        "meta": [dumps(ex.meta) for ex in examples],
+    }
+    if prompts:
+        columns["prompt"] = [ex.prompt for ex in examples]
+    schema = split_schema(prompts=prompts, meta=True)
+    return pa.table({name: columns[name] for name in schema.names}, schema=schema)
 
 
 def _prepared_file(folder: str | Path, name: str) -> Path:
@@ -133,18 +133,9 @@ def _prepared_file(folder: str | Path, name: str) -> Path:
 
 
 def load_split(folder: str | Path, split: str) -> list[PreferenceExample]:
-    """The examples of one split (`train`, `valid` or `test`) of a prepared directory."""
-    if split not in SPLITS:
-        raise ValueError(f"split {split!r} is not one of {list(SPLITS)}")
-    path = _prepared_file(folder, f"{split}.jsonl")
-    examples = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            try:
-                examples.append(PreferenceExample.from_dict(json.loads(line)))
-            except (ValueError, KeyError, TypeError) as err:
-                raise InputError(f"{path}, line {number}: {err}") from err
-    return examples
+    """The examples of one split (`train`, `valid` or `test`) of a prepared directory,
+    rendered (`open_split` reads them one at a time instead)."""
+    return list(open_split(folder, split))
 
 
 def load_items(folder: str | Path) -> list[dict[str, Any]]:
@@ -152,22 +143,58 @@ def load_items(folder: str | Path) -> list[dict[str, Any]]:
     return json.loads(_prepared_file(folder, "items.json").read_text("utf-8"))
 
 
-def load_timelines(folder: str | Path) -> list[dict[str, Any]] | None:
-    """`timelines.jsonl`: each user's ``{"user", "items", "times"}``, all their interactions
-    in time order (None: the directory has none, e.g. an imported example set)."""
-    path = Path(folder) / "timelines.jsonl"
-    if not path.is_file():
+def has_timelines(folder: str | Path) -> bool:
+    """Whether the directory has its users' timelines (`prepare` writes them; imports not)."""
+    return (Path(folder) / TIMELINES).is_file()
+
+
+def write_timelines(path: Path, users: pa.Array, offsets: np.ndarray, items, times) -> None:
+    """`TIMELINES`: per user (``users`` [U]) the item rows and times of positions
+    ``offsets[u] .. offsets[u + 1] - 1`` of ``items`` / ``times`` (time order)."""
+    offsets = pa.array(offsets, pa.int64())
+    table = pa.table(
+        {
+            "user": users,
+            "items": pa.LargeListArray.from_arrays(offsets, pa.array(items, pa.int32())),
+            "times": pa.LargeListArray.from_arrays(offsets, pa.array(times, pa.float64())),
+        }
+    )
+    pq.write_table(table, path)
+
+
+def read_timelines(folder: str | Path) -> pa.Table | None:
+    """`TIMELINES` as a table (user, items: rows of items.json, times); None if absent."""
+    if not has_timelines(folder):
         return None
-    timelines = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            row = json.loads(line)
-            if not isinstance(row, dict) or len(row.get("items", ())) != len(row.get("times", ())):
-                raise InputError(
-                    f"{path}, line {number}: expected user, items and times alike long"
-                )
-            timelines.append(row)
-    return timelines
+    path = Path(folder) / TIMELINES
+    table = pq.read_table(path)
+    if (
+        table.column_names != ["user", "items", "times"]
+        or not pc.all(
+            pc.equal(pc.list_value_length(table["items"]), pc.list_value_length(table["times"]))
+        ).as_py()
+    ):
+        raise InputError(
+            f"{path}: expected columns user, items and times, items and times alike long"
+        )
+    return table
+
+
+def load_timelines(folder: str | Path) -> list[dict[str, Any]] | None:
+    """Each user's ``{"user", "items", "times"}`` (item ids), all their interactions in time
+    order (None: the directory has none, e.g. an imported example set)."""
+    table = read_timelines(folder)
+    if table is None:
+        return None
+    ids = pa.array([str(item["item_id"]) for item in load_items(folder)], pa.string())
+    lengths = pc.list_value_length(table["items"]).to_numpy()
+    flat_ids = ids.take(pc.list_flatten(table["items"])).to_pylist()
+    flat_times = pc.list_flatten(table["times"]).to_numpy().tolist()
+    bounds = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+    return [
+        {"user": user, "items": flat_ids[lo:hi], "times": flat_times[lo:hi]}
+        for user, lo, hi in zip(table["user"].to_pylist(), bounds[:-1], bounds[1:], strict=True)
+    ]
 
 
 def load_json(folder: str | Path, name: str) -> dict[str, Any]:

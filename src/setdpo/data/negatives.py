@@ -63,10 +63,10 @@ def sample_negatives(
     """Distinct unseen items for each context.
 
     user, cutoff, need: [N]; weights: [n_items] sampling weights (None: uniform).
-    Returns [N, max(need)] item indices, -1 past each row's `need` (or where a user has
+    Returns [N, max(need)] item indices (int32), -1 past each row's `need` (or where a user has
     fewer unseen items than needed). Rows go in chunks to bound memory.
     """
-    out = np.full((len(user), int(need.max(initial=0))), -1, dtype=np.int64)
+    out = np.full((len(user), int(need.max(initial=0))), -1, dtype=np.int32)
     if out.shape[1] == 0:
         return out
     cdf = None if weights is None else np.cumsum(weights) / np.sum(weights)

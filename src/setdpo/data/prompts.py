@@ -9,13 +9,8 @@ tokenizing step, never here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import cache
 from importlib import resources
-from string import Formatter
-
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from setdpo.data.config import DOMAINS, TEMPLATES
 
@@ -41,28 +36,3 @@ def render(template: str, domain: str, history: list[str], candidates: list[str]
         candidates=SEPARATOR.join(candidates),
         n_candidates=len(candidates),
     )
-
-
-def render_arrow(
-    template: str,
-    domain: str,
-    fields: dict[str, pa.Array],
-    literal: Callable[[str], str] = str,
-) -> pa.Array:
-    """`render` for many rows at once (Arrow kernels, no Python loop over rows).
-
-    fields: ``history`` and ``candidates`` (titles already joined with `SEPARATOR`),
-    ``n_history`` and ``n_candidates``, each a large_string array [rows]. `literal` maps
-    the template's own text (e.g. JSON-escapes it when the fields are escaped too).
-    """
-    parts: list[pa.Array | pa.Scalar] = []
-    for text, name, spec, conversion in Formatter().parse(load_template(template, domain)):
-        if text:
-            parts.append(pa.scalar(literal(text), pa.large_string()))
-        if name is not None:
-            if spec or conversion:
-                raise ValueError(
-                    f"template {domain}/{template}: use plain fields, not {{{name}:{spec}}}"
-                )
-            parts.append(fields[name])
-    return pc.binary_join_element_wise(*parts, pa.scalar("", pa.large_string()))

@@ -4,7 +4,7 @@ For each context the whole catalog, minus every item the user consumed before th
 context's first target, becomes the candidate set of one large example that keeps the
 prompt; the scorer runs the prompt once and scores the items in chunks
 (``candidate_logps(..., chunk_size=...)``). Consumed items come from the prepared
-directory's `timelines.jsonl` (all of the user's past, not only the <= 10 items shown in
+directory's `timelines.parquet` (all of the user's past, not only the <= 10 items shown in
 the prompt); a directory without one (imported example sets) excludes the history only,
 and the protocol says so. The context's own candidates keep their levels (positives,
 graded levels), so a re-consumed positive stays ranked; every other catalog item,
@@ -17,28 +17,28 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from setdpo.data.io import load_timelines
+from setdpo.data.io import has_timelines, load_timelines
 from setdpo.data.schema import PreferenceExample
 from setdpo.errors import InputError
 
 EXCLUDED_CONSUMED = (
-    "every item the user consumed before the target (timelines.jsonl), except the "
+    "every item the user consumed before the target (timelines.parquet), except the "
     "context's graded candidates: a re-consumed positive stays ranked"
 )
 EXCLUDED_HISTORY = (
-    "only the prompt's history (the data directory has no timelines.jsonl): earlier items "
+    "only the prompt's history (the data directory has no timelines.parquet): earlier items "
     "the user consumed stay ranked as unobserved"
 )
 
 
 def catalog_exclusion(folder: str | Path) -> str:
     """What catalog ranking on the prepared directory `folder` leaves out (for the protocol)."""
-    return EXCLUDED_CONSUMED if (Path(folder) / "timelines.jsonl").is_file() else EXCLUDED_HISTORY
+    return EXCLUDED_CONSUMED if has_timelines(folder) else EXCLUDED_HISTORY
 
 
 @dataclass
 class ConsumedItems:
-    """Each user's time-ordered item ids and times, from `timelines.jsonl` (None: absent)."""
+    """Each user's time-ordered item ids and times, from `timelines.parquet` (None: absent)."""
 
     timelines: dict[str, tuple[list[str], list[float]]] | None
 
@@ -59,14 +59,14 @@ class ConsumedItems:
         if user != example.user or not position.isdigit():
             raise InputError(f"{where}: the context id is not '<user>:<position>'")
         if user not in self.timelines:
-            raise InputError(f"{where}: user {user!r} has no timeline in timelines.jsonl")
+            raise InputError(f"{where}: user {user!r} has no timeline in timelines.parquet")
         items, times = self.timelines[user]
         at = int(position)
         if at >= len(items) or (
             example.target_time is not None and times[at] != example.target_time
         ):
             raise InputError(
-                f"{where}: position {at} of user {user!r} in timelines.jsonl is not its target"
+                f"{where}: position {at} of user {user!r} in timelines.parquet is not its target"
             )
         return items[:at]
 

@@ -18,8 +18,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import setdpo
-from setdpo.data import load_items, load_split
+from setdpo.data import load_items
 from setdpo.data.schema import PreferenceExample
+from setdpo.data.store import open_split
 from setdpo.errors import InputError
 from setdpo.evaluation.catalog import ConsumedItems, catalog_example, catalog_exclusion
 from setdpo.evaluation.generation import generate_answers
@@ -109,14 +110,15 @@ def context_max_level(levels: list[int]) -> int:
 
 
 def load_contexts(config: EvalConfig) -> list[PreferenceExample]:
-    """The split's examples (a seeded subset under ``limit``, in file order)."""
-    examples = load_split(config.data, config.split)
-    if not examples:
+    """The split's examples (a seeded subset under ``limit``, in file order). Only those are
+    read and rendered (`open_split`): ``limit`` 1000 of ten million reads 1000."""
+    examples = open_split(config.data, config.split)
+    if not len(examples):
         raise InputError(f"{config.data}: split {config.split!r} has no examples")
     if config.limit is not None and config.limit < len(examples):
         keep = np.random.default_rng(config.seed).choice(len(examples), config.limit, replace=False)
-        examples = [examples[i] for i in sorted(keep)]
-    return examples
+        examples = examples.take(np.sort(keep))
+    return list(examples)
 
 
 def rank_contexts(

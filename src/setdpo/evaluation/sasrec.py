@@ -55,6 +55,7 @@ from setdpo.atomic import atomic_write_json
 from setdpo.data import load_items
 from setdpo.data.download import cache_dir
 from setdpo.data.schema import PreferenceExample
+from setdpo.data.store import open_split, title_columns
 from setdpo.errors import InputError
 from setdpo.evaluation.metrics import positive_ranks
 
@@ -111,19 +112,14 @@ class ItemIndex:
 def training_sequences(data_dir: str | Path, index: ItemIndex) -> np.ndarray:
     """The training split's sequences (history + positives), right-aligned: int64 [N, L].
 
-    Read column-wise from the directory's ``hf/train`` dataset, so that millions of
-    examples load in seconds.
+    Read column-wise from the directory's training split (`store.title_columns`), so that
+    millions of examples load in seconds.
     """
-    import datasets
     import pyarrow as pa
     import pyarrow.compute as pc
 
     folder = Path(data_dir) / "hf" / "train"
-    if not folder.is_dir():
-        raise InputError(
-            f"{folder}: missing; is {data_dir} a directory made by `setdpo data prepare`?"
-        )
-    table = datasets.load_from_disk(str(folder)).data.table
+    table = title_columns(data_dir, "train")
     if table.num_rows == 0:
         raise InputError(f"{data_dir}: the training split is empty; SASRec needs training data")
 
@@ -338,15 +334,12 @@ class SASRecScorer:
 
 
 def valid_sample(data_dir: str | Path, n: int, seed: int) -> list[PreferenceExample]:
-    """A seeded sample of at most ``n`` valid-split examples (read from ``hf/valid``)."""
-    import datasets
-
-    folder = Path(data_dir) / "hf" / "valid"
-    if not folder.is_dir():
+    """A seeded sample of at most ``n`` valid-split examples (only those are read)."""
+    if not (Path(data_dir) / "hf" / "valid").is_dir():
         return []
-    table = datasets.load_from_disk(str(folder)).data.table
-    keep = np.random.default_rng(seed).choice(table.num_rows, min(n, table.num_rows), replace=False)
-    return [PreferenceExample.from_dict(row) for row in table.take(np.sort(keep)).to_pylist()]
+    examples = open_split(data_dir, "valid")
+    keep = np.random.default_rng(seed).choice(len(examples), min(n, len(examples)), replace=False)
+    return list(examples.take(np.sort(keep)))
 
 
 def mean_reciprocal_rank(index: ItemIndex, examples: list[PreferenceExample]):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from setdpo.data.schema import PreferenceExample
+from setdpo.data.store import Levels, SplitReader
 from setdpo.tokenization import (
     CandidateCollator,
     TokenizedExample,
@@ -61,11 +63,15 @@ def draw_negatives(
 
 
 class LazyTokenized(Sequence[TokenizedExample]):
-    """Examples tokenized when first read, then kept: a run that stops after 30 steps
-    tokenizes the 120 contexts it trained on, not the 76,000 of its split.
+    """Examples read and tokenized when asked for, the latest `cache_size` kept.
 
-    `levels[i]` needs no tokenization. The first prompt cut to fit `max_prompt_length` is
-    logged as a warning; `report()` counts the truncations over what was tokenized.
+    `examples` may be a `setdpo.data.store.SplitReader` (each example read from disk when
+    first needed) or a list. Memory then follows the batch, not the split: a run tokenizes
+    what it trains on, and an epoch over a million examples holds at most `cache_size` of
+    them (an evicted example is tokenized again: tokenization is deterministic).
+    `levels[i]` needs neither reading nor tokenization. The first prompt cut to fit
+    `max_prompt_length` is logged as a warning; `report()` counts the truncations over the
+    distinct examples tokenized so far.
     """
 
     def __init__(
@@ -75,12 +81,20 @@ class LazyTokenized(Sequence[TokenizedExample]):
         max_prompt_length: int | None = None,
         chat_template: bool = False,
         what: str = "examples",
+        cache_size: int = 8192,
     ) -> None:
-        self.examples = list(examples)
-        self.levels = [list(ex.levels) for ex in self.examples]
+        self.examples = examples
+        self.levels = (
+            examples.levels
+            if isinstance(examples, SplitReader)
+            else Levels.of_lists([ex.levels for ex in examples])
+        )
         self.tokenizer, self.what = tokenizer, what
         self.max_prompt_length, self.chat_template = max_prompt_length, chat_template
-        self._done: dict[int, TokenizedExample] = {}
+        self.cache_size = cache_size
+        self._done: OrderedDict[int, TokenizedExample] = OrderedDict()
+        self._counted = np.zeros(len(examples), dtype=bool)
+        self._report = TruncationReport()
         self._warned = False
 
     def __len__(self) -> int:
@@ -90,30 +104,43 @@ class LazyTokenized(Sequence[TokenizedExample]):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         index = range(len(self))[index]  # negative indices, and IndexError past the end
-        if index not in self._done:
-            tok = tokenize_example(
-                self.examples[index],
-                self.tokenizer,
-                max_prompt_length=self.max_prompt_length,
-                chat_template=self.chat_template,
+        if index in self._done:
+            self._done.move_to_end(index)
+            return self._done[index]
+        example = self.examples[index]
+        tok = tokenize_example(
+            example,
+            self.tokenizer,
+            max_prompt_length=self.max_prompt_length,
+            chat_template=self.chat_template,
+        )
+        if not self._counted[index]:
+            self._counted[index] = True
+            counts = zip(
+                dataclasses.astuple(self._report),
+                dataclasses.astuple(TruncationReport.of([tok])),
+                strict=True,
             )
-            if (tok.dropped_history or tok.dropped_tokens) and not self._warned:
-                self._warned = True
-                logger.warning(
-                    "%s, max_prompt_length %s: the prompt of %r lost %d history items and "
-                    "%d tokens to fit (the counts over the run are logged at its end)",
-                    self.what,
-                    self.max_prompt_length,
-                    self.examples[index].context_id,
-                    tok.dropped_history,
-                    tok.dropped_tokens,
-                )
-            self._done[index] = tok
-        return self._done[index]
+            self._report = TruncationReport(*(a + b for a, b in counts))
+        if (tok.dropped_history or tok.dropped_tokens) and not self._warned:
+            self._warned = True
+            logger.warning(
+                "%s, max_prompt_length %s: the prompt of %r lost %d history items and "
+                "%d tokens to fit (the counts over the run are logged at its end)",
+                self.what,
+                self.max_prompt_length,
+                example.context_id,
+                tok.dropped_history,
+                tok.dropped_tokens,
+            )
+        self._done[index] = tok
+        if len(self._done) > self.cache_size:
+            self._done.popitem(last=False)
+        return tok
 
     def report(self) -> TruncationReport:
-        """Truncation counts over the examples tokenized so far."""
-        return TruncationReport.of(list(self._done.values()))
+        """Truncation counts over the distinct examples tokenized so far."""
+        return self._report
 
 
 class EpochDataset(Dataset):
@@ -128,7 +155,7 @@ class EpochDataset(Dataset):
         self.levels = (
             tokenized.levels
             if isinstance(tokenized, LazyTokenized)
-            else [list(tok.levels) for tok in self.tokenized]
+            else Levels.of_lists([tok.levels for tok in self.tokenized])
         )
         self.seed = seed
         self.epoch = 0
@@ -147,18 +174,17 @@ class SFTDataset(EpochDataset):
     def __init__(self, tokenized: Sequence[Any], seed: int, positives: str = "each") -> None:
         super().__init__(tokenized, seed)
         self.positives = positives
-        self.rows = [
-            (i, j)
-            for i, levels in enumerate(self.levels)
-            for j, level in enumerate(levels)
-            if level == 1 and (positives == "each" or j == levels.index(1))
-        ]
+        example, slot = self.levels.positions(1)  # numpy: no Python object per row
+        if positives == "one":  # the first positive of each example
+            first = np.r_[True, example[1:] != example[:-1]] if len(example) else example > 0
+            example, slot = example[first], slot[first]
+        self.rows = np.stack([example, slot], axis=1)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, list[int]]:
-        i, j = self.rows[index]
+        i, j = (int(v) for v in self.rows[index])
         tok = self.tokenized[i]
         if self.positives == "one":
             positions = [p for p, level in enumerate(self.levels[i]) if level == 1]

@@ -13,8 +13,8 @@ import numpy as np
 from transformers import Trainer
 
 from setdpo import model as models
-from setdpo.data import load_split
 from setdpo.data.schema import PreferenceExample
+from setdpo.data.store import open_split
 from setdpo.errors import InputError
 from setdpo.training.config import write_resolved_config
 from setdpo.training.data import LazyTokenized
@@ -26,21 +26,22 @@ TRAINER_STATE = "trainer_state.json"
 
 def load_examples(
     data_dir: str | Path, split: str, limit: int | None, seed: int | None = None
-) -> list[PreferenceExample]:
+) -> Sequence[PreferenceExample]:
     """The first `limit` examples of a split (all if None), or with `seed` a sample of `limit`
-    in file order; [] for a missing valid split."""
-    path = Path(data_dir) / f"{split}.jsonl"
-    if split != "train" and not path.is_file():
+    in file order; [] for a missing valid split. Read lazily (`open_split`): an example is
+    read from disk when the trainer first asks for it."""
+    path = Path(data_dir) / "hf" / split
+    if split != "train" and not path.is_dir():
         return []
-    examples = load_split(data_dir, split)
-    if split == "train" and not examples:
+    examples = open_split(data_dir, split)
+    if split == "train" and not len(examples):
         raise InputError(f"{path}: the training split is empty")
     if not limit or len(examples) <= limit:
         return examples
     if seed is None:
-        return examples[:limit]
+        return examples.take(np.arange(limit))
     chosen = np.random.default_rng(seed).choice(len(examples), size=limit, replace=False)
-    return [examples[i] for i in sorted(chosen)]
+    return examples.take(np.sort(chosen))
 
 
 def tokenize_lazily(

@@ -51,7 +51,7 @@ def build_sft_trainer(config: SFTConfig) -> SFTTrainer:
         config.model,
         device="cpu",  # the Trainer moves it to `config.device`
         dtype=torch.float32,
-        tiny_texts=_tiny_texts(train_examples + eval_examples),
+        tiny_texts=_tiny_texts([*train_examples, *eval_examples]),
         lab_data=config.data,
     )
     set_seed(config.seed)  # LoRA's A matrices draw from the global generator

@@ -1,0 +1,289 @@
+"""The prepared format on disk: compact split tables of item rows, rendered when read.
+
+Each split is a `datasets.Dataset` saved under ``hf/<split>`` (so
+``datasets.load_from_disk(dir / "hf")`` is a `DatasetDict`), memory-mapped when read. Its
+rows name items by their row in ``items.json``, never by title:
+
+- ``context_id``, ``user`` (strings); ``target_time`` (float64, null when unknown);
+- ``history_items`` (list<int32>, oldest first) and ``candidate_items`` (list<int32>);
+- ``levels`` (list<int8>), one per candidate;
+- ``candidate_ratings`` (list<float64>, null = a sampled negative): rated/levels modes only;
+- ``prompt`` (string): only sets whose prompts are their own (TRL and jsonl imports);
+- ``meta`` (string, JSON): only imported sets, whose meta fields are their own.
+
+A prepared set's prompt is rendered from the template that ``config.json`` names when an
+example is read (a template change needs no re-preparation), and its meta (candidate ids,
+mode, source, template, domain, ratings) is rebuilt from ``items.json`` and ``config.json``.
+`open_split` reads one example at a time; nothing is read before it is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from setdpo.data.prompts import render
+from setdpo.data.schema import PreferenceExample
+from setdpo.errors import InputError
+
+SPLITS = ("train", "valid", "test")
+META_KEYS = ("domain", "mode", "source", "template")  # from config.json, for prepared sets
+ITEM_LIST = pa.list_(pa.int32())
+READ_ROWS = 4096  # rows converted to Python at once when iterating
+
+
+def split_schema(ratings: bool = False, prompts: bool = False, meta: bool = False) -> pa.Schema:
+    """The columns of a split table (module docstring); optional ones by flag."""
+    fields = [
+        ("context_id", pa.string()),
+        ("user", pa.string()),
+        ("history_items", ITEM_LIST),
+        ("candidate_items", ITEM_LIST),
+        ("levels", pa.list_(pa.int8())),
+        ("target_time", pa.float64()),
+    ]
+    fields += [("candidate_ratings", pa.list_(pa.float64()))] if ratings else []
+    fields += [("prompt", pa.string())] if prompts else []
+    fields += [("meta", pa.string())] if meta else []
+    return pa.schema(fields)
+
+
+def save_split(folder: Path, split: str, table: pa.Table, fingerprint: str) -> None:
+    """One split under ``folder/hf/<split>``; an explicit fingerprint spares `datasets`
+    from hashing every byte of the table."""
+    import datasets
+
+    dataset = datasets.Dataset(table, fingerprint=f"{fingerprint}-{split}")
+    dataset.save_to_disk(str(folder / "hf" / split))
+
+
+def finish_hf(folder: Path) -> None:
+    """``hf/dataset_dict.json``, as `DatasetDict.save_to_disk` writes after its splits
+    (saving split by split lets `prepare` free each table once written)."""
+    (folder / "hf" / "dataset_dict.json").write_text(json.dumps({"splits": list(SPLITS)}), "utf-8")
+
+
+def split_path(folder: str | Path, split: str) -> Path:
+    """``hf/<split>`` of a prepared directory; an error naming the directory if missing."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {list(SPLITS)}")
+    path = Path(folder) / "hf" / split
+    if not (path / "state.json").is_file():
+        raise InputError(f"{path}: missing; is {folder} a directory made by `setdpo data prepare`?")
+    return path
+
+
+def read_table(folder: str | Path, split: str) -> pa.Table:
+    """The split's table, memory-mapped (reading it costs nothing until columns are used)."""
+    import datasets
+
+    path = split_path(folder, split)
+    if not json.loads((path / "state.json").read_text("utf-8"))["_data_files"]:
+        # `datasets` saves no data file for an empty split, and cannot load it back
+        info = datasets.DatasetInfo.from_directory(str(path))
+        return info.features.arrow_schema.empty_table()
+    return datasets.load_from_disk(str(path)).data.table
+
+
+def title_columns(folder: str | Path, split: str) -> pa.Table:
+    """``history``, ``candidates`` (titles) and ``levels`` of every row of a split, built
+    column-wise (for readers of whole splits, such as SASRec's training sequences)."""
+    table = read_table(folder, split)
+    titles = pa.array([item["title"] for item in _json(folder, "items.json")], pa.string())
+
+    def titled(name: str) -> pa.Array:
+        column = table.column(name).combine_chunks()
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), titles.take(pc.list_flatten(column)))
+
+    return pa.table(
+        {
+            "history": titled("history_items"),
+            "candidates": titled("candidate_items"),
+            "levels": table.column("levels"),
+        }
+    )
+
+
+def _json(folder: str | Path, name: str) -> Any:
+    path = Path(folder) / name
+    if not path.is_file():
+        raise InputError(f"{path}: missing; is {folder} a directory made by `setdpo data prepare`?")
+    return json.loads(path.read_text("utf-8"))
+
+
+@dataclass(frozen=True)
+class Renderer:
+    """Turns a stored row into a `PreferenceExample`: titles from items.json, the prompt
+    from the template (unless the row has its own), meta from config.json."""
+
+    titles: list[str]
+    ids: list[str]
+    template: str | None
+    domain: str | None
+    meta: dict[str, Any]
+
+    @classmethod
+    def of(cls, folder: str | Path) -> Renderer:
+        items, config = _json(folder, "items.json"), _json(folder, "config.json")
+        return cls(
+            titles=[str(item["title"]) for item in items],
+            ids=[str(item["item_id"]) for item in items],
+            template=config.get("template"),
+            domain=config.get("domain"),
+            meta={key: config.get(key) for key in META_KEYS},
+        )
+
+    def example(self, row: dict[str, Any]) -> PreferenceExample:
+        """The example of one stored row (a dict of the columns)."""
+        history = [self.titles[i] for i in row["history_items"]]
+        candidates = [self.titles[i] for i in row["candidate_items"]]
+        prompt = row.get("prompt")
+        if prompt is None:
+            prompt = render(self.template, self.domain, history, candidates)
+        if row.get("meta") is not None:
+            meta = json.loads(row["meta"])
+        else:
+            meta = {"candidate_ids": [self.ids[i] for i in row["candidate_items"]], **self.meta}
+            if "candidate_ratings" in row:
+                meta["candidate_ratings"] = row["candidate_ratings"]
+        return PreferenceExample(
+            context_id=row["context_id"],
+            user=row["user"],
+            history=history,
+            prompt=prompt,
+            candidates=candidates,
+            levels=row["levels"],
+            target_time=row["target_time"],
+            meta=meta,
+        )
+
+
+class Levels(Sequence[list[int]]):
+    """Every example's candidate levels as two numpy arrays (no Python list per example):
+    ``offsets`` [n + 1] and ``values`` [sum of candidates] (int8)."""
+
+    def __init__(self, offsets: np.ndarray, values: np.ndarray) -> None:
+        self.offsets, self.values = offsets, values
+
+    @classmethod
+    def of_lists(cls, levels: Sequence[Sequence[int]]) -> Levels:
+        lengths = np.fromiter((len(x) for x in levels), np.int64, count=len(levels))
+        values = np.fromiter((g for x in levels for g in x), np.int64, count=int(lengths.sum()))
+        return cls(np.concatenate([[0], np.cumsum(lengths)]), values)
+
+    @classmethod
+    def of_column(cls, column: pa.ChunkedArray) -> Levels:
+        lengths = pc.list_value_length(column).to_numpy()
+        values = pc.list_flatten(column).to_numpy()
+        return cls(np.concatenate([[0], np.cumsum(lengths)]), values)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = range(len(self))[index]
+        return self.values[self.offsets[index] : self.offsets[index + 1]].tolist()
+
+    def take(self, rows: np.ndarray) -> Levels:
+        """The levels of the examples at `rows`, in that order."""
+        lengths = np.diff(self.offsets)[rows]
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        starts = np.repeat(self.offsets[rows] - offsets[:-1], lengths)
+        return Levels(offsets, self.values[starts + np.arange(offsets[-1])])
+
+    def positions(self, level: int) -> tuple[np.ndarray, np.ndarray]:
+        """(example, candidate index) of every candidate at `level`, in example order."""
+        at = np.flatnonzero(self.values == level)
+        example = np.searchsorted(self.offsets, at, side="right") - 1
+        return example, at - self.offsets[example]
+
+
+class SplitReader(Sequence[PreferenceExample]):
+    """The examples of one split, read and rendered one at a time (`open_split`).
+
+    ``reader[i]`` reads row i of the memory-mapped table; ``reader.take(rows)`` is a view
+    of some rows; ``reader.levels`` gives every example's levels without rendering any. A
+    pickled reader (a DataLoader worker's copy) carries its directory and rows, not the table.
+    """
+
+    def __init__(self, folder: str | Path, split: str, rows: np.ndarray | None = None) -> None:
+        self.folder, self.split, self.rows = str(folder), split, rows
+        self.table, self.renderer = read_table(folder, split), Renderer.of(folder)
+        self.where = str(split_path(folder, split))
+        if "candidate_items" not in self.table.column_names:
+            raise InputError(
+                f"{self.where}: a split of the earlier jsonl format (prompts stored as text); "
+                f"prepare it again, or convert it with `setdpo data import --format jsonl "
+                f"--train {Path(folder) / 'train.jsonl'} ...`"
+            )
+        self._batches = self.table.to_batches()
+        self._starts = np.cumsum([0] + [b.num_rows for b in self._batches])
+        self._levels: Levels | None = None
+
+    def __len__(self) -> int:
+        return self.table.num_rows if self.rows is None else len(self.rows)
+
+    def _row(self, index: int) -> int:
+        return index if self.rows is None else int(self.rows[index])
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return list(self.take(np.arange(len(self))[index]))
+        index = range(len(self))[index]  # negative indices, and IndexError past the end
+        row = self._row(index)
+        k = int(np.searchsorted(self._starts, row, side="right")) - 1
+        (values,) = self._batches[k].slice(row - int(self._starts[k]), 1).to_pylist()
+        return self._example(values, row)
+
+    def __iter__(self) -> Iterator[PreferenceExample]:
+        rows = np.arange(len(self)) if self.rows is None else self.rows
+        for lo in range(0, len(rows), READ_ROWS):
+            part = rows[lo : lo + READ_ROWS]
+            table = (
+                self.table.slice(int(part[0]), len(part))
+                if self.rows is None
+                else (self.table.take(pa.array(part)))
+            )
+            for row, values in zip(part, table.to_pylist(), strict=True):
+                yield self._example(values, int(row))
+
+    def _example(self, values: dict[str, Any], row: int) -> PreferenceExample:
+        try:
+            return self.renderer.example(values)
+        except (ValueError, KeyError, IndexError, TypeError) as err:
+            raise InputError(f"{self.where}, row {row}: {err}") from err
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> SplitReader:
+        """A view of the examples at `indices` (positions in this reader), in that order."""
+        rows = np.asarray(indices, dtype=np.int64)
+        view = object.__new__(SplitReader)  # shares the table and the renderer
+        view.__dict__.update(self.__dict__)
+        view.rows, view._levels = rows if self.rows is None else self.rows[rows], None
+        return view
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return SplitReader, (self.folder, self.split, self.rows)
+
+    @property
+    def levels(self) -> Levels:
+        """Every example's levels (read from the levels column only, once)."""
+        if self._levels is None:
+            levels = Levels.of_column(self.table.column("levels"))
+            self._levels = levels if self.rows is None else levels.take(self.rows)
+        return self._levels
+
+
+def open_split(folder: str | Path, split: str) -> SplitReader:
+    """The examples of `split` of a prepared directory, read lazily (see `SplitReader`)."""
+    return SplitReader(folder, split)
