@@ -60,6 +60,7 @@ class TierBudget:
     pref_lr: float
     peft: str  # "lora" | "none" (full fine-tuning)
     num_negatives: int  # negatives per preference step (0 = all 17)
+    valid_examples: int  # valid contexts of the preference stages' loss before and after
     warmup_steps: int = 0
     max_prompt_length: int = 320
 
@@ -68,7 +69,6 @@ class TierBudget:
 class Budget:
     """Data sizes shared by the tiers, and each tier's budget."""
 
-    valid_examples: int
     test_examples: int
     tiers: dict[str, TierBudget]
     note: str
@@ -77,14 +77,13 @@ class Budget:
 # Step counts and sizes are measured (benchmarks/RESULTS.md, "Quickstart"), not guessed.
 BUDGETS: dict[str, Budget] = {
     "small": Budget(
-        valid_examples=64,
         test_examples=600,
         note="CPU, under 20 minutes on 2 cores from a fresh clone (tiers in parallel)",
         tiers={
             "lab": TierBudget(
                 train_examples=None,
                 test_examples=None,
-                sft_steps=200,
+                sft_steps=180,
                 pref_steps=24,
                 sft_batch=32,
                 pref_batch=16,
@@ -92,12 +91,13 @@ BUDGETS: dict[str, Budget] = {
                 pref_lr=1e-4,
                 peft="none",
                 num_negatives=0,
+                valid_examples=64,
                 warmup_steps=50,
                 max_prompt_length=256,
             ),
             "llm": TierBudget(
                 train_examples=48,
-                test_examples=60,
+                test_examples=40,
                 sft_steps=12,
                 pref_steps=12,
                 sft_batch=4,
@@ -106,26 +106,27 @@ BUDGETS: dict[str, Budget] = {
                 pref_lr=2e-4,
                 peft="lora",
                 num_negatives=3,
+                valid_examples=8,
                 max_prompt_length=320,
             ),
         },
     ),
     "medium": Budget(
-        valid_examples=200,
         test_examples=2000,
-        note="CPU, about an hour on 2 cores",
+        note="CPU, sized for about an hour on 2 cores (not yet measured)",
         tiers={
             "lab": TierBudget(
                 train_examples=None,
                 test_examples=None,
-                sft_steps=3000,
-                pref_steps=600,
+                sft_steps=1200,
+                pref_steps=120,
                 sft_batch=32,
                 pref_batch=16,
                 sft_lr=2e-3,
                 pref_lr=1e-4,
                 peft="none",
                 num_negatives=0,
+                valid_examples=200,
                 warmup_steps=50,
                 max_prompt_length=256,
             ),
@@ -140,13 +141,13 @@ BUDGETS: dict[str, Budget] = {
                 pref_lr=2e-4,
                 peft="lora",
                 num_negatives=3,
+                valid_examples=16,
                 max_prompt_length=320,
             ),
         },
     ),
     # seconds on a CPU: for tests and smoke runs, not for results
     "smoke": Budget(
-        valid_examples=8,
         test_examples=16,
         note="seconds: tests and smoke runs, not results",
         tiers={
@@ -161,6 +162,7 @@ BUDGETS: dict[str, Budget] = {
                 pref_lr=1e-4,
                 peft="none",
                 num_negatives=0,
+                valid_examples=8,
                 max_prompt_length=256,
             ),
             "llm": TierBudget(
@@ -174,13 +176,13 @@ BUDGETS: dict[str, Budget] = {
                 pref_lr=2e-4,
                 peft="lora",
                 num_negatives=3,
+                valid_examples=8,
                 max_prompt_length=256,
             ),
         },
     ),
     # the S-DPO protocol's sizes, for a GPU
     "full": Budget(
-        valid_examples=500,
         test_examples=10_000,
         note="GPU: whole training split, S-DPO's effective batch of 128",
         tiers={
@@ -195,6 +197,7 @@ BUDGETS: dict[str, Budget] = {
                 pref_lr=1e-4,
                 peft="none",
                 num_negatives=0,
+                valid_examples=500,
                 warmup_steps=100,
                 max_prompt_length=256,
             ),
@@ -209,6 +212,7 @@ BUDGETS: dict[str, Budget] = {
                 pref_lr=1e-5,
                 peft="lora",
                 num_negatives=3,
+                valid_examples=500,
                 max_prompt_length=1024,
             ),
         },
@@ -331,7 +335,10 @@ class Stages:
 
 def _prepare_settings(config: QuickstartConfig, data_dir: Path) -> dict[str, Any]:
     budget = BUDGETS[config.budget]
-    caps = {"valid": budget.valid_examples, "test": budget.test_examples}
+    caps = {
+        "valid": max(budget.tiers[t].valid_examples for t in config.tiers),
+        "test": budget.test_examples,
+    }
     train_caps = [budget.tiers[t].train_examples for t in config.tiers]
     if None not in train_caps:
         caps["train"] = max(train_caps)
@@ -364,7 +371,7 @@ def _train_settings(
         "peft": tb.peft,
         "max_train_examples": tb.train_examples,
         "max_prompt_length": tb.max_prompt_length,
-        "max_eval_examples": budget.valid_examples,
+        "max_eval_examples": tb.valid_examples,
         "eval_strategy": "no",
         "save_strategy": "no",
         "logging_steps": max(1, (steps if steps > 0 else 100) // 20),
