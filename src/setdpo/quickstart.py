@@ -457,6 +457,16 @@ def evaluate_tier(
         stages.run(f"{tier}-eval-{name}", settings, out, work, [upstream])
 
 
+TIER_NOTES = [
+    "- The **lab** tier is a small language model over the catalog (a 4-layer Llama of 5.5M "
+    "parameters with a tokenizer fitted to the training prompts and titles), trained from "
+    "scratch: not a pretrained LLM, a fast instrument on which the objectives' effects show "
+    "within CPU minutes.",
+    "- The **llm** tier runs the same stages on a pretrained model with LoRA. On a CPU its "
+    "budget is a few dozen examples, which moves a 135M model by no more than its noise: read "
+    "its table as the pipeline working; `--budget full` on a GPU is the measurement.",
+]
+
 TIER_TITLES: dict[str, Callable[[QuickstartConfig], str]] = {
     "lab": lambda c: f"`{c.lab_model}`, a small language model over the catalog trained from "
     "scratch (not a pretrained LLM), full fine-tuning",
@@ -541,6 +551,8 @@ def run_quickstart(config: QuickstartConfig) -> Path:
 
     sections = [
         "# setdpo quickstart",
+        "",
+        *TIER_NOTES,
         "",
         f"Budget `{config.budget}` ({BUDGETS[config.budget].note}); data `{config.source}` "
         f"`{config.mode}`, open prompt, 20 candidates. Each tier's models are scored on the "
