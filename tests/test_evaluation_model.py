@@ -15,7 +15,7 @@ from setdpo.evaluation.metrics import CATALOG_METRICS, compute_metrics, rank_ord
 from setdpo.evaluation.recommend import RecommendConfig, rank_titles
 from setdpo.evaluation.scorers import ModelScorer
 from setdpo.model import build_tiny
-from setdpo.scoring import score_texts
+from setdpo.scoring import ScoringOptions, score_texts
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,9 @@ def test_tiny_model_evaluation_shared_equals_repeated(ml100k_next_dir, tiny):
     results = {}
     for share in (True, False):
         config = EvalConfig(model="tiny", data=str(ml100k_next_dir), limit=6, progress=False)
-        scorer = ModelScorer(model, tokenizer, share_prefix=share, progress=False)
+        scorer = ModelScorer(
+            model, tokenizer, options=ScoringOptions(share_prefix=share), progress=False
+        )
         results[share] = evaluate(config, scorer=scorer)
     shared = np.array([c["scores"] for c in results[True]["contexts"]])
     repeated = np.array([c["scores"] for c in results[False]["contexts"]])
@@ -76,7 +78,9 @@ def test_cli_evaluate_tiny_with_constrained_generation(ml100k_next_dir, tmp_path
 def test_catalog_ranking_equals_candidate_ranking_on_the_candidate_set(ml100k_open_dir, tiny):
     model, tokenizer = tiny
     whole = ModelScorer(model, tokenizer, progress=False)
-    chunked = ModelScorer(model, tokenizer, batch_size=1, chunk_size=7, progress=False)
+    chunked = ModelScorer(
+        model, tokenizer, options=ScoringOptions(chunk_size=7), batch_size=1, progress=False
+    )
     for ex in load_split(ml100k_open_dir, "test")[:3]:
         # The catalog is the candidate set (reversed, plus a history item that must go).
         items = [

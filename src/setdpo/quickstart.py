@@ -218,9 +218,11 @@ BUDGETS: dict[str, Budget] = {
 
 def _objectives(names: list[str], mode: str) -> list[str]:
     """Canonical objective names; empty means every objective that the data mode allows."""
-    from setdpo.losses import canonical_name
+    from setdpo.losses import OBJECTIVES, canonical_name
 
-    names = names or ["dpo", "dmpo", "sdpo", "mult", "pl"] + (["mult2"] if mode == "levels" else [])
+    binary = [name for name, entry in OBJECTIVES.items() if not entry.multi_level]
+    levelled = [name for name, entry in OBJECTIVES.items() if entry.multi_level]
+    names = names or binary + (levelled if mode == "levels" else [])
     return [canonical_name(name) for name in names]
 
 
@@ -242,8 +244,8 @@ class QuickstartConfig:
     losses: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "objectives to align with (default: dpo dmpo sdpo mult pl, and mult2 in "
-            "levels mode)"
+            "help": "objectives to align with (default: every objective of setdpo.losses, the "
+            "multi-level ones only in levels mode)"
         },
     )
     llm_losses: list[str] = field(

@@ -26,7 +26,8 @@ def add_parser(subparsers) -> None:
         "--losses",
         nargs="+",
         default=[],
-        help="lab tier objectives (default: dpo dmpo sdpo mult pl, and mult2 in levels mode)",
+        help="lab tier objectives (default: every objective of setdpo.losses, the multi-level "
+        "ones only in levels mode)",
     )
     p.add_argument(
         "--llm-losses",

@@ -47,7 +47,7 @@ def add_parser(subparsers: Any) -> None:
         sub.add_argument(flag, dest=field, help=field_help)
         sub.add_argument("--out", dest="output_dir", help="Run directory.")
         if stage == "pref":
-            sub.add_argument("--loss", help="Objective: dpo, dmpo, sdpo, mult, mult2, pl.")
+            sub.add_argument("--loss", help="Objective (--help-config lists them).")
         sub.add_argument("--config", help="YAML file of configuration fields.")
         sub.add_argument("--resume", action="store_true", help="Continue from the last checkpoint.")
         sub.add_argument(

@@ -35,6 +35,7 @@ from setdpo.evaluation.metrics import (
 from setdpo.evaluation.results import summarize
 from setdpo.evaluation.sasrec import SASRecSettings
 from setdpo.evaluation.scorers import BASELINES, ModelScorer, Scorer, build_scorer
+from setdpo.scoring import ScoringOptions
 
 GENERATION_METRICS = ["ValidRatio", "GenHR@1", "GenHR@1/valid"]
 CATALOG_PREFIX = "catalog/"
@@ -97,6 +98,10 @@ class EvalConfig:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
             raise InputError(f"limit must be >= 1, got {self.limit}")
+
+    def scoring_options(self) -> ScoringOptions:
+        """How the candidates are scored (the catalog adds ``chunk_size``, `_catalog_scorer`)."""
+        return ScoringOptions(share_prefix=self.share_prefix, average=self.average)
 
 
 def context_max_level(levels: list[int]) -> int:
@@ -260,8 +265,7 @@ def evaluate(config: EvalConfig, scorer: Scorer | None = None) -> dict:
             config.data,
             seed=config.seed,
             device=config.device,
-            share_prefix=config.share_prefix,
-            average=config.average,
+            options=config.scoring_options(),
             batch_size=config.batch_size,
             max_prompt_length=config.max_prompt_length,
             chat_template=config.chat_template,
@@ -307,5 +311,6 @@ def _merge(contexts: list[dict], extra: list[dict], key: str) -> None:
 def _catalog_scorer(scorer: Scorer, config: EvalConfig) -> Scorer:
     """One context at a time, its catalog scored in chunks of ``config.chunk_size`` items."""
     if isinstance(scorer, ModelScorer):
-        return replace(scorer, batch_size=1, chunk_size=config.chunk_size, progress=False)
+        options = replace(scorer.options, chunk_size=config.chunk_size)
+        return replace(scorer, batch_size=1, options=options, progress=False)
     return scorer

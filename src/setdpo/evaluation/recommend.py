@@ -17,7 +17,7 @@ from setdpo.data.io import load_json
 from setdpo.errors import InputError
 from setdpo.evaluation.metrics import rank_order
 from setdpo.model import load
-from setdpo.scoring import score_texts
+from setdpo.scoring import ScoringOptions, score_texts
 
 
 @dataclass
@@ -46,6 +46,9 @@ class RecommendConfig:
         if self.top < 1 or self.chunk_size < 1:
             raise InputError(f"top ({self.top}) and chunk_size ({self.chunk_size}) must be >= 1")
 
+    def scoring_options(self) -> ScoringOptions:
+        return ScoringOptions(average=self.average, chunk_size=self.chunk_size)
+
 
 def _candidate_titles(config: RecommendConfig) -> tuple[list[str], str, str]:
     """The titles to rank, the template and the domain."""
@@ -72,10 +75,9 @@ def rank_titles(
         tokenizer,
         [prompt],
         [list(titles)],
+        config.scoring_options(),
         chat_template=config.chat_template,
-        average=config.average,
         batch_size=1,
-        chunk_size=config.chunk_size,
     )
     order = rank_order(scores, [1] * len(titles))[: config.top]
     return [

@@ -22,7 +22,9 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from setdpo.atomic import atomic_write_text
 from setdpo.errors import InputError
+from setdpo.losses import canonical_name, names_help
 from setdpo.protocol import read_stage
+from setdpo.scoring import ScoringOptions
 
 RESOLVED_CONFIG = "resolved_config.yaml"
 
@@ -169,9 +171,7 @@ class PrefConfig(_SetdpoArguments):
         default=None,
         metadata={"help": "SFT run directory: the starting policy and the reference."},
     )
-    loss: str = field(
-        default="mult", metadata={"help": "Objective: dpo, dmpo, sdpo, mult, mult2, pl."}
-    )
+    loss: str = field(default="mult", metadata={"help": f"Objective: {names_help()}."})
     beta: float = field(default=1.0, metadata={"help": "Reward scale: r = beta (s_theta - s_ref)."})
     num_negatives: int = field(
         default=3,
@@ -222,8 +222,6 @@ class PrefConfig(_SetdpoArguments):
     )
 
     def __post_init__(self) -> None:
-        from setdpo.losses import canonical_name
-
         if not self.init:
             raise InputError("init (--init) is required: the SFT run directory")
         try:
@@ -236,11 +234,17 @@ class PrefConfig(_SetdpoArguments):
             raise InputError(f"num_negatives must be >= 0 (0 = all), got {self.num_negatives}")
         if self.hard_temperature <= 0:
             raise InputError(f"hard_temperature must be > 0, got {self.hard_temperature}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise InputError(f"chunk_size must be >= 1 or None, got {self.chunk_size}")
+        try:
+            self.scoring_options()
+        except ValueError as err:
+            raise InputError(str(err)) from err
         if self.sft_weight < 0:
             raise InputError(f"sft_weight must be >= 0, got {self.sft_weight}")
         super().__post_init__()
+
+    def scoring_options(self) -> ScoringOptions:
+        """How the policy, the reference and hard negatives score candidates."""
+        return ScoringOptions(self.share_prefix, self.average_logps, self.chunk_size)
 
 
 def load_config(

@@ -22,7 +22,7 @@ from transformers import Trainer, set_seed
 
 from setdpo import losses
 from setdpo import model as models
-from setdpo.scoring import CandidateScores, candidate_logps
+from setdpo.scoring import CandidateScores
 from setdpo.training.callbacks import EpochCallback, check_finite
 from setdpo.training.config import PrefConfig
 from setdpo.training.data import (
@@ -61,15 +61,6 @@ def tokens_scored(batch: dict[str, torch.Tensor], share_prefix: bool) -> int:
     candidates = (batch["levels"] > 0).sum(-1)  # [B]
     prompt_tokens = prompt.sum() if share_prefix else (prompt * candidates).sum()
     return int(prompt_tokens + batch["candidate_mask"].sum())
-
-
-def scoring_options(config: PrefConfig) -> dict[str, Any]:
-    """`candidate_logps` keyword arguments from the config (policy, reference, hard negatives)."""
-    return {
-        "share_prefix": config.share_prefix,
-        "average": config.average_logps,
-        "chunk_size": config.chunk_size,
-    }
 
 
 class _DistributedView:
@@ -116,7 +107,7 @@ class PreferenceTrainer(Trainer):
         """
         inner = self.accelerator.unwrap_model(model)
         with torch.no_grad(), eval_mode(inner):
-            scores = candidate_logps(inner, batch, **scoring_options(self.args)).logps.float().cpu()
+            scores = self.args.scoring_options().score(inner, batch).logps.float().cpu()
         args, epoch = self.args, self.train_dataset.epoch
         keep = []
         for b, index in enumerate(batch["example_index"].tolist()):
@@ -133,7 +124,7 @@ class PreferenceTrainer(Trainer):
         """`CandidateScores` of a batch under the policy (with gradients in training)."""
         inner = self.accelerator.unwrap_model(model)
         policy = model if inner is model else _DistributedView(model, inner)
-        scores = candidate_logps(policy, batch, **scoring_options(self.args))
+        scores = self.args.scoring_options().score(policy, batch)
         if model.training:  # before losses.compute, which rejects non-finite log-probs outright
             valid = batch["levels"] > 0
             step, out_dir = self.state.global_step, self.args.output_dir
@@ -235,10 +226,9 @@ def _reference(
     The memo lives in the SFT run directory (shared by every objective aligned from it), or in
     the output directory when `init` is not a run directory (a model folder or hub id).
     """
-    scoring = scoring_options(config)
+    scoring = config.scoring_options()
     load_copy = partial(_frozen_copy, config) if config.peft == "none" else None
-    settings = {k: v for k, v in scoring.items() if k != "chunk_size"}  # same values in chunks
-    settings.update(dtype="float32", bf16=config.bf16, fp16=config.fp16)
+    settings = {**scoring.values(), "dtype": "float32", "bf16": config.bf16, "fp16": config.fp16}
     key = memo_key(config.init, settings)
     root = Path(config.init) if models.is_run_dir(config.init) else Path(config.output_dir)
     memo = ReferenceMemo(root / MEMO_DIR / key[:16], key)

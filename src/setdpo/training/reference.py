@@ -33,7 +33,7 @@ from transformers import TrainerCallback
 
 from setdpo.atomic import atomic_write_text
 from setdpo.model import is_run_dir, read_run_model
-from setdpo.scoring import candidate_logps
+from setdpo.scoring import ScoringOptions
 from setdpo.training.data import PreferenceCollator, PreferenceDataset
 
 MEMO_DIR = "ref_logps"
@@ -182,7 +182,7 @@ class ReferenceModel:
     def __init__(
         self,
         policy: torch.nn.Module,
-        scoring: dict[str, Any],
+        scoring: ScoringOptions,
         load_copy: Callable[[], torch.nn.Module] | None = None,
     ) -> None:
         self.policy, self.scoring, self.load_copy = policy, scoring, load_copy
@@ -197,7 +197,7 @@ class ReferenceModel:
                 self.copy = self.load_copy()
             model, off = self.copy, contextlib.nullcontext()
         with torch.no_grad(), off, eval_mode(model):
-            scores = candidate_logps(model, batch, **self.scoring)
+            scores = self.scoring.score(model, batch)
         return scores.logps.float().cpu()
 
     def release(self) -> None:
