@@ -11,19 +11,18 @@ file gives the same configuration back.
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import yaml
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 
+from setdpo import protocol
 from setdpo.atomic import atomic_write_text
 from setdpo.errors import InputError
 from setdpo.losses import canonical_name, names_help
-from setdpo.protocol import read_stage
 from setdpo.scoring import ScoringOptions
 
 RESOLVED_CONFIG = "resolved_config.yaml"
@@ -252,41 +251,10 @@ def load_config(
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Any:
-    """Build `cls` from a YAML file (optional) with `overrides` taking precedence.
-
-    The file is either a flat mapping of fields or a protocol file whose `sft` / `pref`
-    section is read (`setdpo.protocol`). Unknown keys raise `InputError` naming the file
-    and the keys.
-    """
+    """Build `cls` from a YAML file (optional) with `overrides` taking precedence
+    (`setdpo.protocol.load_config`, reading the `sft` or `pref` section of a protocol file)."""
     section = "sft" if issubclass(cls, SFTConfig) else "pref"
-    values = read_stage(config_file, section) if config_file else {}
-    values.update(overrides or {})
-    known = {f.name for f in fields(cls) if f.init}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        where = config_file or "overrides"
-        raise InputError(f"{where}: unknown {cls.__name__} fields {unknown}")
-    (config,) = HfArgumentParser(cls).parse_dict(values)
-    return config
-
-
-def override_parser(cls: type[_SetdpoArguments]) -> HfArgumentParser:
-    """A parser of `--field value` options for every field of `cls`.
-
-    Defaults are suppressed, so the parsed namespace holds only the fields given explicitly:
-    those override the YAML file.
-    """
-    parser = HfArgumentParser(cls, prog=f"setdpo train ({cls.__name__} fields)", allow_abbrev=False)
-    for action in parser._actions:
-        # On the actions, not `set_defaults`: argparse would copy parser-level defaults in.
-        if action.dest != "help":
-            action.default = argparse.SUPPRESS
-    return parser
-
-
-def parse_overrides(cls: type[_SetdpoArguments], argv: list[str]) -> dict[str, Any]:
-    """Typed field values from `--max-steps 20 --beta 0.5 ...` (exits with usage on errors)."""
-    return vars(override_parser(cls).parse_args(argv))
+    return protocol.load_config(cls, section, config_file, overrides)
 
 
 def write_resolved_config(config: _SetdpoArguments, run_dir: str | Path) -> Path:
