@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from setdpo.cli import build_parser
-from setdpo.commands.options import parse_fields
-from setdpo.commands.train import build_config
+from setdpo.commands.options import build_config, parse_fields
 from setdpo.errors import InputError
 from setdpo.training.config import (
     RESOLVED_CONFIG,

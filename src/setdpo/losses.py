@@ -1,4 +1,4 @@
-"""Set-wise preference objectives in reward space (DESIGN.md section 1).
+"""Set-wise preference objectives in reward space (docs/objectives.md).
 
 Every objective is a small pure function ``(rewards [B, n], levels [B, n]) -> [B]``
 giving the per-context loss; ``OBJECTIVES`` maps names to entries (`ObjectiveEntry`:
@@ -278,7 +278,7 @@ def reward_metrics(rewards: torch.Tensor, levels: torch.Tensor) -> dict[str, flo
 def bound_metrics(
     rewards: torch.Tensor, levels: torch.Tensor, multi_level: bool
 ) -> dict[str, float]:
-    """How far Mult-DPO sits above the exact PL loss (DESIGN.md, "The bound").
+    """How far Mult-DPO sits above the exact PL loss (docs/objectives.md, "The bound between Mult-DPO and PL").
 
     Per stage g with k_g items, A_g = sum of their e^r and B_g = sum of e^r over later
     levels, ``(L_mult,g - log k_g!) - L_pl,g`` lies in ``[0, (k_g - 1) log(1 + A_g/B_g)]``.

@@ -102,10 +102,16 @@ class ConfigParser(argparse.ArgumentParser):
 
 
 def config_command(
-    subparsers: Any, name: str, config: str, section: str, **parser_options: Any
+    subparsers: Any,
+    name: str,
+    config: str,
+    section: str,
+    named: tuple[str, ...] = (),
+    **parser_options: Any,
 ) -> ConfigParser:
     """Register the subcommand `name` of configuration class `config` (``"module:Class"``)
-    reading section `section` of a protocol file, with `--config FILE`."""
+    reading section `section` of a protocol file, with `--config FILE`. `named`: the command's
+    own options that set the field of the same name (shown in its usage line)."""
     parser = subparsers.add_parser(name, allow_abbrev=False, **parser_options)
     if not isinstance(parser, ConfigParser):
         raise TypeError(f"{name}: the subcommand table needs parser_class=ConfigParser")
@@ -113,16 +119,20 @@ def config_command(
     parser.add_argument(
         "--config", help=f"YAML/JSON file of fields (or a protocol file's `{section}` section)"
     )
-    parser.set_defaults(config_class=config, config_section=section, config_prog=parser.prog)
+    parser.set_defaults(
+        config_class=config, config_section=section, config_prog=parser.prog, config_named=named
+    )
     return parser
 
 
 def build_config(args: argparse.Namespace, named: dict[str, Any] | None = None) -> Any:
-    """The command's configuration: its file section, then `named` values (the command's own
-    options; None = not given), then the `--field value` options."""
+    """The command's configuration: its file section, then its own options (`config_command`'s
+    `named`, and `named` here: field values its options spell otherwise; None = not given),
+    then the `--field value` options."""
     from setdpo.protocol import load_config
 
     cls = config_class(args.config_class)
-    values = {k: v for k, v in (named or {}).items() if v is not None}
+    given = {k: getattr(args, k, None) for k in args.config_named} | (named or {})
+    values = {k: v for k, v in given.items() if v is not None}
     values.update(parse_fields(cls, args.overrides, args.config_prog))
     return load_config(cls, args.config_section, args.config, values)

@@ -38,7 +38,14 @@ def add_parser(subparsers: Any) -> None:
     stages = parser.add_subparsers(dest="stage", required=True, parser_class=ConfigParser)
     for stage, (help_text, (flag, field, field_help), config) in STAGES.items():
         sub = config_command(
-            stages, stage, config, stage, help=help_text, description=help_text, epilog=EPILOG
+            stages,
+            stage,
+            config,
+            stage,
+            named=NAMED,
+            help=help_text,
+            description=help_text,
+            epilog=EPILOG,
         )
         sub.add_argument("--data", help="Prepared data directory.")
         sub.add_argument(flag, dest=field, help=field_help)
@@ -52,18 +59,13 @@ def add_parser(subparsers: Any) -> None:
         sub.set_defaults(func=run)
 
 
-def build_config(args: argparse.Namespace) -> Any:
-    """The stage's configuration: YAML file, then the named flags, then the field overrides."""
-    return options.build_config(args, {k: getattr(args, k, None) for k in NAMED})
-
-
 def run(args: argparse.Namespace) -> int:
     from setdpo.training.callbacks import NonFiniteLossError
 
     if args.help_config:
         options.field_parser(options.config_class(args.config_class), args.config_prog).print_help()
         return 0
-    config = build_config(args)
+    config = options.build_config(args)
     if args.stage == "sft":
         from setdpo.training.sft import train_sft as train
     else:

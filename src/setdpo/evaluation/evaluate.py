@@ -37,6 +37,7 @@ from setdpo.evaluation.sasrec import SASRecSettings
 from setdpo.evaluation.scorers import BASELINES, ModelScorer, Scorer, build_scorer
 from setdpo.scoring import ScoringOptions
 
+SPLITS = ("train", "valid", "test")
 GENERATION_METRICS = ["ValidRatio", "GenHR@1", "GenHR@1/valid"]
 CATALOG_PREFIX = "catalog/"
 
@@ -51,7 +52,8 @@ class EvalConfig:
 
     model: str = _help(
         "run directory, model folder, hub id, 'embedded:smollm2-135m', 'tiny', "
-        "'random', 'popularity' or 'sasrec'",
+        "'random', 'popularity' or 'sasrec' (trained on the data's training split, cached in "
+        "$SETDPO_CACHE/sasrec)",
         "embedded:smollm2-135m",
     )
     data: str = _help("prepared data directory (setdpo data prepare --out DIR)", "")
@@ -98,6 +100,10 @@ class EvalConfig:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
             raise InputError(f"limit must be >= 1, got {self.limit}")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise InputError(f"max_prompt_length must be >= 1, got {self.max_prompt_length}")
+        if self.split not in SPLITS:
+            raise InputError(f"split must be one of {list(SPLITS)}, got {self.split!r}")
 
     def scoring_options(self) -> ScoringOptions:
         """How the candidates are scored (the catalog adds ``chunk_size``, `_catalog_scorer`)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from setdpo.data import load_items, prompts
 from setdpo.data.io import load_json
@@ -20,20 +21,28 @@ from setdpo.model import load
 from setdpo.scoring import ScoringOptions, score_texts
 
 
+def _help(text: str, default: Any = None) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
 @dataclass
 class RecommendConfig:
     """One recommendation request; validated on construction."""
 
-    model: str = "embedded:smollm2-135m"
-    history: list[str] = field(default_factory=list)
-    candidates: list[str] | None = None
-    catalog: str | None = None
-    domain: str | None = None
-    top: int = 10
-    average: bool = False
-    chat_template: bool = False
-    chunk_size: int = 256
-    device: str = "auto"
+    model: str = _help("run directory or model", "embedded:smollm2-135m")
+    history: list[str] = field(
+        default_factory=list, metadata={"help": "titles watched, oldest first"}
+    )
+    candidates: list[str] | None = _help("candidate titles (listing prompt)", None)
+    catalog: str | None = _help("prepared data directory: rank its items.json (open prompt)")
+    domain: str | None = _help(
+        "prompt domain: movie, music, book, generic (default: the catalog's, else movie)"
+    )
+    top: int = _help("how many to print", 10)
+    average: bool = _help("length-average the log-probs", False)
+    chat_template: bool = _help("wrap the prompt in the chat template", False)
+    chunk_size: int = _help("titles per forward chunk", 256)
+    device: str = _help("device for the model: auto, cpu, cuda", "auto")
 
     def __post_init__(self) -> None:
         self.history = [h.strip() for h in self.history if h.strip()]

@@ -1,6 +1,6 @@
 """Reference log-probs of preference training: computed when a batch first needs them, memoised.
 
-The reference (pi_ref = pi_SFT, DESIGN.md section 3) never changes, and every objective aligned
+The reference (pi_ref = pi_SFT, docs/training.md) never changes, and every objective aligned
 from one SFT run shares it. So a candidate's reference log-prob is computed the first time a
 batch holds it and kept on disk, in the SFT run directory:
 
