@@ -27,6 +27,8 @@ from setdpo.evaluation.matching import match_answer
 from setdpo.evaluation.metrics import (
     CATALOG_METRICS,
     DEFAULT_METRICS,
+    GENERATION_METRICS,
+    answer_values,
     compute_metrics,
     parse_metric_name,
     positive_ranks,
@@ -38,7 +40,6 @@ from setdpo.evaluation.scorers import BASELINES, ModelScorer, Scorer, build_scor
 from setdpo.scoring import ScoringOptions
 
 SPLITS = ("train", "valid", "test")
-GENERATION_METRICS = ["ValidRatio", "GenHR@1", "GenHR@1/valid"]
 CATALOG_PREFIX = "catalog/"
 
 
@@ -173,18 +174,8 @@ def generation_values(
             matched = seqs.index(ids + [tok.eos_token_id])
         else:
             matched = match_answer(text, ex.candidates)
-        hit = float(matched is not None and ex.levels[matched] == 1)
-        out.append(
-            {
-                "answer": text,
-                "matched": matched,
-                "values": {
-                    "ValidRatio": float(matched is not None),
-                    "GenHR@1": hit,
-                    "GenHR@1/valid": hit,
-                },
-            }
-        )
+        level = None if matched is None else ex.levels[matched]
+        out.append({"answer": text, "matched": matched, "values": answer_values(level)})
     return out
 
 
@@ -289,7 +280,7 @@ def evaluate(config: EvalConfig, scorer: Scorer | None = None) -> dict:
         t0 = time.perf_counter()
         _merge(contexts, generation_values(scorer, examples, config), "generation")
         timing["generation_s"] = time.perf_counter() - t0
-        names += GENERATION_METRICS
+        names += list(GENERATION_METRICS)
     if config.catalog:
         t0 = time.perf_counter()
         catalog_scorer = _catalog_scorer(scorer, config)

@@ -10,8 +10,9 @@ Layout (JSON)::
                    "generation": {...}, "catalog": {...}}]}   # when requested
 
 Every summary metric is ``sum(values) / sum(denominators)`` over contexts; the
-denominator is 1 per context except for the metrics in `RATIO_DENOMINATORS` (generation
-HR@1 over valid answers only divides by the number of valid answers).
+denominator is 1 per context except for the generation metrics registered with one
+(`metrics.register_generation_metric`: generation HR@1 over valid answers only divides by
+the number of valid answers).
 """
 
 from __future__ import annotations
@@ -25,15 +26,13 @@ import numpy as np
 from setdpo.atomic import atomic_write_json
 from setdpo.errors import InputError
 from setdpo.evaluation.bootstrap import Interval, bootstrap_interval
-
-# metric -> the per-context column summed as its denominator
-RATIO_DENOMINATORS = {"GenHR@1/valid": "ValidRatio"}
+from setdpo.evaluation.metrics import denominator_of
 
 
 def metric_columns(contexts: Sequence[dict], name: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-context values [N] of ``name`` and its denominators [N] (None: the mean)."""
     values = np.array([c["values"][name] for c in contexts], dtype=np.float64)
-    den_name = RATIO_DENOMINATORS.get(name)
+    den_name = denominator_of(name)
     if den_name is None:
         return values, None
     return values, np.array([c["values"][den_name] for c in contexts], dtype=np.float64)
