@@ -47,7 +47,7 @@ def test_tiny_model_evaluation_shared_equals_repeated(ml100k_next_dir, tiny):
         scorer = ModelScorer(
             model, tokenizer, options=ScoringOptions(share_prefix=share), progress=False
         )
-        results[share] = evaluate(config, scorer=scorer)
+        results[share] = evaluate(config, scorer=scorer).to_dict()
     shared = np.array([c["scores"] for c in results[True]["contexts"]])
     repeated = np.array([c["scores"] for c in results[False]["contexts"]])
     np.testing.assert_allclose(shared, repeated, atol=1e-4)
@@ -120,7 +120,7 @@ def small_catalog_dir(ml100k_open_dir, tmp_path_factory):
 def test_evaluate_with_catalog_ranks_the_whole_catalog(small_catalog_dir):
     config = EvalConfig(model="tiny", data=str(small_catalog_dir), catalog=True,
                         chunk_size=64, n_resamples=100, progress=False)  # fmt: skip
-    results = evaluate(config)
+    results = evaluate(config).to_dict()
     titles = {it["title"] for it in json.loads((small_catalog_dir / "items.json").read_text())}
     for ctx, ex in zip(results["contexts"], load_split(small_catalog_dir, "test"), strict=True):
         # Every catalog item but the user's history is ranked.

@@ -122,7 +122,7 @@ def test_bad_inputs_are_rejected():
 
 def test_generation_metrics_are_registered_with_their_denominator(monkeypatch) -> None:
     from setdpo.evaluation import metrics
-    from setdpo.evaluation.results import summarize
+    from setdpo.evaluation.results import ContextResult, summarize
 
     assert metrics.answer_values(None) == {"ValidRatio": 0.0, "GenHR@1": 0.0, "GenHR@1/valid": 0.0}
     assert metrics.answer_values(1) == {"ValidRatio": 1.0, "GenHR@1": 1.0, "GenHR@1/valid": 1.0}
@@ -131,7 +131,9 @@ def test_generation_metrics_are_registered_with_their_denominator(monkeypatch) -
         "GenMiss/valid", lambda level: float(level == 2), "ValidRatio"
     )
     # three answers: a hit, a named negative, none valid -> 1 miss over 2 valid answers
-    contexts = [{"values": metrics.answer_values(level)} for level in (1, 2, None)]
+    contexts = [
+        ContextResult(str(i), metrics.answer_values(lv)) for i, lv in enumerate((1, 2, None))
+    ]
     summary = summarize(contexts, ["GenHR@1", "GenHR@1/valid", "GenMiss/valid"], n_resamples=10)
     assert summary["GenHR@1"].value == pytest.approx(1 / 3)
     assert summary["GenHR@1/valid"].value == pytest.approx(1 / 2)

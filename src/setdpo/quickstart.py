@@ -448,7 +448,7 @@ def evaluate_tier(
         model, upstream = models[name]
         settings = _eval_settings(config, tier, data_dir, model)
         out = tier_dir / "eval" / f"{name}.json"
-        work = lambda s=settings, o=out: atomic_write_json(o, evaluate(EvalConfig(**s)))  # noqa: E731
+        work = lambda s=settings, o=out: evaluate(EvalConfig(**s)).write(o)  # noqa: E731
         stages.run(f"{tier}-eval-{name}", settings, out, work, [upstream])
 
 

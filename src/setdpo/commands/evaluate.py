@@ -56,17 +56,16 @@ def _set_threads(threads: int | None) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from setdpo.evaluation.evaluate import evaluate
-    from setdpo.evaluation.results import write_json_atomic
 
     _set_threads(args.threads)
     named = {"share_prefix": False if args.repeat_prompt else None, "n_resamples": args.resamples}
     config = build_config(args, named)
     results = evaluate(config)
-    write_json_atomic(results, args.out)
-    p, t = results["protocol"], results["timing"]
+    results.write(args.out)
+    p, t = results.protocol, results.timing
     print(f"{p['model']} on {p['split']} ({p['n_contexts']} contexts): {t['total_s']:.1f} s")
-    for name, iv in results["metrics"].items():
-        print(f"  {name:<16} {iv['value']:.4f}  [{iv['low']:.4f}, {iv['high']:.4f}]")
+    for name, iv in results.metrics.items():
+        print(f"  {name:<16} {iv.value:.4f}  [{iv.low:.4f}, {iv.high:.4f}]")
     print(f"wrote {args.out}")
     return 0
 

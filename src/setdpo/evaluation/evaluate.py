@@ -34,7 +34,7 @@ from setdpo.evaluation.metrics import (
     positive_ranks,
     protocol_notes,
 )
-from setdpo.evaluation.results import summarize
+from setdpo.evaluation.results import ContextResult, Results, summarize
 from setdpo.evaluation.sasrec import SASRecSettings
 from setdpo.evaluation.scorers import BASELINES, ModelScorer, Scorer, build_scorer
 from setdpo.scoring import ScoringOptions
@@ -133,20 +133,18 @@ def load_contexts(config: EvalConfig) -> list[PreferenceExample]:
 
 def rank_contexts(
     examples: list[PreferenceExample], scores: list[np.ndarray], names: list[str]
-) -> list[dict]:
+) -> list[ContextResult]:
     """Per context: scores, levels, ranks of the positives and the metric values."""
-    out = []
-    for ex, s in zip(examples, scores, strict=True):
-        out.append(
-            {
-                "context_id": ex.context_id,
-                "scores": [float(v) for v in s],
-                "levels": list(ex.levels),
-                "positive_ranks": positive_ranks(s, ex.levels),
-                "values": compute_metrics(s, ex.levels, names, context_max_level(ex.levels)),
-            }
+    return [
+        ContextResult(
+            context_id=ex.context_id,
+            scores=[float(v) for v in s],
+            levels=list(ex.levels),
+            positive_ranks=positive_ranks(s, ex.levels),
+            values=compute_metrics(s, ex.levels, names, context_max_level(ex.levels)),
         )
-    return out
+        for ex, s in zip(examples, scores, strict=True)
+    ]
 
 
 def generation_values(
@@ -249,8 +247,8 @@ def protocol(config: EvalConfig, examples: list[PreferenceExample], scorer: Scor
     }
 
 
-def evaluate(config: EvalConfig, scorer: Scorer | None = None) -> dict:
-    """Evaluate ``config.model`` (or the given ``scorer``) on ``config.split``: the results dict.
+def evaluate(config: EvalConfig, scorer: Scorer | None = None) -> Results:
+    """Evaluate ``config.model`` (or the given ``scorer``) on ``config.split``.
 
     See `setdpo.evaluation.results` for the layout.
     """
@@ -290,19 +288,15 @@ def evaluate(config: EvalConfig, scorer: Scorer | None = None) -> dict:
     summary = summarize(contexts, names, n_resamples=config.n_resamples, seed=config.seed)
     timing["total_s"] = time.perf_counter() - start
     timing["contexts_per_s"] = len(examples) / timing["ranking_s"] if timing["ranking_s"] else None
-    return {
-        "protocol": protocol(config, examples, scorer),
-        "metrics": {name: iv.to_dict() for name, iv in summary.items()},
-        "timing": timing,
-        "contexts": contexts,
-    }
+    return Results(protocol(config, examples, scorer), summary, contexts, timing)
 
 
-def _merge(contexts: list[dict], extra: list[dict], key: str) -> None:
-    """Move each extra entry's values into its context's values; keep the rest under ``key``."""
+def _merge(contexts: list[ContextResult], extra: list[dict], key: str) -> None:
+    """Move each extra entry's values into its context's values; keep the rest under ``key``
+    (``generation`` or ``catalog``)."""
     for ctx, entry in zip(contexts, extra, strict=True):
-        ctx["values"].update(entry.pop("values"))
-        ctx[key] = entry
+        ctx.values.update(entry.pop("values"))
+        setattr(ctx, key, entry)
 
 
 def _catalog_scorer(scorer: Scorer, config: EvalConfig) -> Scorer:
