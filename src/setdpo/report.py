@@ -12,8 +12,6 @@ and writes, atomically, ``RUN/comparison.md``, ``RUN/plots/*.png`` and ``RUN/rep
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from setdpo.atomic import atomic_write_text  # noqa: E402
+from setdpo.atomic import atomic_write_text, atomic_write_with  # noqa: E402
 from setdpo.errors import InputError  # noqa: E402
 from setdpo.evaluation.compare import comparison, format_by_run  # noqa: E402
 from setdpo.evaluation.results import Results, load_results  # noqa: E402
@@ -70,13 +68,12 @@ def series(history: Sequence[dict], key: str) -> tuple[list[float], list[float]]
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write_with(
+            path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"), suffix=".png"
+        )
+    finally:
+        plt.close(fig)
 
 
 def plot_training(pref_runs: dict[str, Path], path: Path) -> Path:
