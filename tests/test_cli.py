@@ -82,3 +82,11 @@ def test_eval_config_refuses_a_bad_prompt_budget_with_a_message(tmp_path: Path, 
     argv = ["evaluate", "--model", "random", "--data", str(tmp_path), "--out", "r.json"]
     assert main([*argv, "--max-prompt-length", "0"]) == 2
     assert "max_prompt_length must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_tuple_dict_and_bool_fields_parse_from_the_command_line() -> None:
+    argv = ["data", "prepare", "--split-ratios", "0.7", "0.2", "0.1", "--overwrite"]
+    argv += ["--max-examples-per-split", "train=20,valid=5", "--level_ratings", "5", "4"]
+    config = build_config(build_parser().parse_args(argv))
+    assert config.split_ratios == (0.7, 0.2, 0.1) and config.level_ratings == (5.0, 4.0)
+    assert config.max_examples_per_split == {"train": 20, "valid": 5} and config.overwrite
