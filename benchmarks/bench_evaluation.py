@@ -28,6 +28,7 @@ from setdpo.evaluation.evaluate import rank_contexts
 from setdpo.evaluation.metrics import DEFAULT_METRICS
 from setdpo.evaluation.scorers import ModelScorer
 from setdpo.model import EMBEDDED_DEFAULT, load
+from setdpo.scoring import ScoringOptions
 
 SECTION = "## Evaluation (bench_evaluation.py)"
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -62,7 +63,11 @@ def run(contexts: int, batch_size: int, repeats: int) -> tuple[list[dict], str]:
     rows, all_scores = [], {}
     for share in (True, False):
         scorer = ModelScorer(
-            model, tokenizer, share_prefix=share, batch_size=batch_size, progress=False
+            model,
+            tokenizer,
+            options=ScoringOptions(share_prefix=share),
+            batch_size=batch_size,
+            progress=False,
         )
         seconds, scores = time_scoring(scorer, examples, repeats)
         ranked = rank_contexts(examples, scores, DEFAULT_METRICS, max_level=2)

@@ -80,12 +80,12 @@ def objective_table(batch: int, n: int, repeats: int) -> str:
     ks = (1, 5, 10)
     head = " | ".join(f"k={k} objective | k={k} compute()" for k in ks)
     lines = [f"| objective | {head} |", "|---" * (1 + 2 * len(ks)) + "|"]
-    for name, objective in losses.OBJECTIVES.items():
+    for name, entry in losses.OBJECTIVES.items():
         cells = []
         for k in ks:
             policy, ref, levels = _batch(batch, n, k, torch.float32)
             policy.requires_grad_()
-            bare = partial(_objective_step, objective, policy, ref, levels)
+            bare = partial(_objective_step, entry.function, policy, ref, levels)
             full = partial(_compute_step, name, policy, ref, levels)
             cells += [f"{1e3 * _time(bare, repeats):.1f}", f"{1e3 * _time(full, repeats):.1f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -46,7 +46,7 @@ from setdpo.data import PrepareConfig, load_items, load_split, prepare
 from setdpo.data.schema import PreferenceExample
 from setdpo.losses import compute
 from setdpo.model import LoraSettings, add_lora, load
-from setdpo.scoring import candidate_logps, score_texts
+from setdpo.scoring import ScoringOptions, candidate_logps, score_texts
 from setdpo.tokenization import (
     CandidateCollator,
     TokenizedExample,
@@ -221,7 +221,9 @@ def score_texts_check(model, tokenizer, example: PreferenceExample, repeats: int
 
     def run(share: bool) -> Callable[[], object]:
         def call() -> None:
-            results[str(share)] = score_texts(model, tokenizer, prompts, candidates, share)
+            results[str(share)] = score_texts(
+                model, tokenizer, prompts, candidates, ScoringOptions(share_prefix=share)
+            )
 
         return call
 

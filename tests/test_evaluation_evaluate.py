@@ -14,7 +14,7 @@ from setdpo.evaluation.baselines import PopularityScorer, RandomScorer
 from setdpo.evaluation.compare import compare
 from setdpo.evaluation.evaluate import EvalConfig, evaluate
 from setdpo.evaluation.metrics import compute_metrics, positive_ranks
-from setdpo.evaluation.results import load_results, write_json_atomic
+from setdpo.evaluation.results import load_results
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +27,9 @@ def test_popularity_scores_are_train_counts_with_a_random_tie_break(
 ):
     counts = {it["item_id"]: it["train_count"] for it in load_items(ml100k_next_dir)}
     examples = load_split(ml100k_next_dir, "test")
-    assert len(popularity_results["contexts"]) == len(examples) == 50
+    assert len(popularity_results.to_dict()["contexts"]) == len(examples) == 50
     n_ties = 0
-    for ex, ctx in zip(examples, popularity_results["contexts"], strict=True):
+    for ex, ctx in zip(examples, popularity_results.to_dict()["contexts"], strict=True):
         own = [counts[i] for i in ex.meta["candidate_ids"]]
         assert np.floor(ctx["scores"]).tolist() == own  # count + a fraction in [0, 1)
         # One positive: more-counted negatives rank above it, equally counted ones may or not.
@@ -40,7 +40,7 @@ def test_popularity_scores_are_train_counts_with_a_random_tie_break(
         assert 1 + above <= ctx["positive_ranks"][0] <= 1 + above + tied
         n_ties += tied
     assert n_ties > 0  # the tie-break was exercised on real counts
-    assert "tie-break" in popularity_results["protocol"]["scoring"]
+    assert "tie-break" in popularity_results.to_dict()["protocol"]["scoring"]
 
 
 def test_popularity_breaks_ties_uniformly_at_random(ml100k_next_dir):
@@ -91,28 +91,28 @@ def test_popularity_tie_break_is_seeded_and_subset_stable(ml100k_next_dir):
 
 
 def test_summary_matches_per_context_values_and_recomputes(popularity_results):
-    contexts = popularity_results["contexts"]
-    hr1 = popularity_results["metrics"]["HR@1"]
+    contexts = popularity_results.to_dict()["contexts"]
+    hr1 = popularity_results.to_dict()["metrics"]["HR@1"]
     assert hr1["value"] == pytest.approx(np.mean([c["positive_ranks"][0] == 1 for c in contexts]))
     assert hr1["low"] <= hr1["value"] <= hr1["high"]
-    mrr = popularity_results["metrics"]["MRR"]["value"]
+    mrr = popularity_results.to_dict()["metrics"]["MRR"]["value"]
     assert mrr == pytest.approx(np.mean([1 / c["positive_ranks"][0] for c in contexts]))
     # Anyone can recompute every value from the stored scores and levels.
     for ctx in contexts[:10]:
         again = compute_metrics(ctx["scores"], ctx["levels"], list(ctx["values"]), max_level=2)
         assert again == ctx["values"]
-    protocol = popularity_results["protocol"]
+    protocol = popularity_results.to_dict()["protocol"]
     assert protocol["n_contexts"] == 50 and protocol["candidates_per_context"]["max"] == 20
     assert "pessimistic" in protocol["tie_rule"] and "hits/valid" in protocol["hr_at_1"]
     assert "at random" in protocol["tie_rule"]
 
 
 def test_random_baseline_is_seeded_and_subset_stable(ml100k_next_dir):
-    full = evaluate(EvalConfig(model="random", data=str(ml100k_next_dir), progress=False))
-    again = evaluate(EvalConfig(model="random", data=str(ml100k_next_dir), progress=False))
+    config = EvalConfig(model="random", data=str(ml100k_next_dir), progress=False)
+    full, again = evaluate(config).to_dict(), evaluate(config).to_dict()
     subset = evaluate(
         EvalConfig(model="random", data=str(ml100k_next_dir), limit=7, progress=False)
-    )
+    ).to_dict()
     assert full["metrics"] == again["metrics"]
     by_id = {c["context_id"]: c["scores"] for c in full["contexts"]}
     assert len(subset["contexts"]) == 7
@@ -154,12 +154,12 @@ def test_cli_evaluate_and_compare(ml100k_next_dir, tmp_path, capsys):
 
 def test_compare_refuses_different_contexts(ml100k_next_dir, popularity_results, tmp_path, capsys):
     full = tmp_path / "full.json"
-    write_json_atomic(popularity_results, full)
+    popularity_results.write(full)
     part = tmp_path / "part.json"
     small = evaluate(
         EvalConfig(model="random", data=str(ml100k_next_dir), limit=10, progress=False)
     )
-    write_json_atomic(small, part)
+    small.write(part)
     with pytest.raises(InputError, match="different contexts"):
         compare([full, part])
     assert main(["compare", str(full), str(part)]) == 2
@@ -168,8 +168,8 @@ def test_compare_refuses_different_contexts(ml100k_next_dir, popularity_results,
 
 def test_paired_difference_of_a_run_with_itself_is_zero(popularity_results, tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
-    write_json_atomic(popularity_results, a)
-    write_json_atomic(popularity_results, b)
+    popularity_results.write(a)
+    popularity_results.write(b)
     table = compare([a, b], n_resamples=100)
     hr1_row = next(line for line in table.splitlines() if line.startswith("| HR@1 "))
     assert "+0.000 [+0.000, +0.000]" in hr1_row and not hr1_row.rstrip(" |").endswith("*")
@@ -198,7 +198,20 @@ def test_graded_relevance_is_relative_to_each_contexts_lowest_level():
     graded = example("b", [1, 2, 3] + [4] * 17)
     scores = [np.arange(20, 0, -1.0), np.arange(20, 0, -1.0)]
     scores[0][0] = 4.5  # the positive ranks 16th of 20
-    a, b = rank_contexts([binary, graded], scores, ["NDCG@20"])
+    a, b = (c.to_dict() for c in rank_contexts([binary, graded], scores, ["NDCG@20"]))
     assert a["values"]["NDCG@20"] == pytest.approx(1 / np.log2(17))
     # Ranked in level order: the ideal ranking, whatever the other context holds.
     assert b["values"]["NDCG@20"] == pytest.approx(1.0)
+
+
+def test_results_are_typed_and_round_trip_through_the_file(popularity_results, tmp_path):
+    from setdpo.evaluation.bootstrap import Interval
+    from setdpo.evaluation.results import ContextResult
+
+    path = popularity_results.write(tmp_path / "r.json")
+    again = load_results(path)
+    assert isinstance(again.metrics["HR@1"], Interval)
+    assert isinstance(again.contexts[0], ContextResult)
+    assert again.metrics == popularity_results.metrics
+    assert again.contexts == popularity_results.contexts
+    assert again.to_dict() == json.loads(path.read_text())

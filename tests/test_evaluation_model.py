@@ -16,7 +16,7 @@ from setdpo.evaluation.metrics import CATALOG_METRICS, compute_metrics, rank_ord
 from setdpo.evaluation.recommend import RecommendConfig, rank_titles
 from setdpo.evaluation.scorers import ModelScorer
 from setdpo.model import build_tiny
-from setdpo.scoring import score_texts
+from setdpo.scoring import ScoringOptions, score_texts
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,10 @@ def test_tiny_model_evaluation_shared_equals_repeated(ml100k_next_dir, tiny):
     results = {}
     for share in (True, False):
         config = EvalConfig(model="tiny", data=str(ml100k_next_dir), limit=6, progress=False)
-        scorer = ModelScorer(model, tokenizer, share_prefix=share, progress=False)
-        results[share] = evaluate(config, scorer=scorer)
+        scorer = ModelScorer(
+            model, tokenizer, options=ScoringOptions(share_prefix=share), progress=False
+        )
+        results[share] = evaluate(config, scorer=scorer).to_dict()
     shared = np.array([c["scores"] for c in results[True]["contexts"]])
     repeated = np.array([c["scores"] for c in results[False]["contexts"]])
     np.testing.assert_allclose(shared, repeated, atol=1e-4)
@@ -77,7 +79,9 @@ def test_cli_evaluate_tiny_with_constrained_generation(ml100k_next_dir, tmp_path
 def test_catalog_ranking_equals_candidate_ranking_on_the_candidate_set(ml100k_open_dir, tiny):
     model, tokenizer = tiny
     whole = ModelScorer(model, tokenizer, progress=False)
-    chunked = ModelScorer(model, tokenizer, batch_size=1, chunk_size=7, progress=False)
+    chunked = ModelScorer(
+        model, tokenizer, options=ScoringOptions(chunk_size=7), batch_size=1, progress=False
+    )
     for ex in load_split(ml100k_open_dir, "test")[:3]:
         # The catalog is the candidate set (reversed, plus a history item that must go).
         items = [
@@ -113,7 +117,7 @@ def small_catalog_dir(ml100k_open_dir, tmp_path_factory):
 def test_evaluate_with_catalog_ranks_the_whole_catalog(small_catalog_dir):
     config = EvalConfig(model="tiny", data=str(small_catalog_dir), catalog=True,
                         chunk_size=64, n_resamples=100, progress=False)  # fmt: skip
-    results = evaluate(config)
+    results = evaluate(config).to_dict()
     titles = {it["title"] for it in json.loads((small_catalog_dir / "items.json").read_text())}
     for ctx, ex in zip(results["contexts"], load_split(small_catalog_dir, "test"), strict=True):
         # Every catalog item but the user's history is ranked.

@@ -26,7 +26,7 @@ def test_constrained_decoding_on_smollm2_always_answers_a_candidate(ml100k_next_
     config = EvalConfig(model="embedded:smollm2-135m", data=str(ml100k_next_dir), limit=2,
                         max_prompt_length=128, constrained=True, n_resamples=100,
                         progress=False)  # fmt: skip
-    results = evaluate(config)
+    results = evaluate(config).to_dict()
     examples = {ex.context_id: ex for ex in load_split(ml100k_next_dir, "test")}
     assert results["metrics"]["ValidRatio"]["value"] == 1.0
     for ctx in results["contexts"]:

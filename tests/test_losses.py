@@ -293,3 +293,32 @@ def test_bad_input_messages(kwargs, message):
 def test_unknown_name_in_canonical_name():
     with pytest.raises(ValueError, match=r"unknown loss 'orpo'; valid names: .*s-dpo, mult-dpo"):
         losses.canonical_name("orpo")
+
+
+def test_a_new_objective_is_one_registry_entry(monkeypatch):
+    """What docs/architecture.md promises: an entry in `OBJECTIVES` is all it takes for
+    `compute`, its aliases, the negatives check, its extra metrics and the training config."""
+    from setdpo.training.config import PrefConfig, load_config
+
+    def hinge(rewards: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        pos = torch.where(levels == 1, rewards, math.inf).amin(-1)
+        neg = torch.where(levels > 1, rewards, -math.inf).amax(-1)
+        return F.relu(1 - (pos - neg))
+
+    entry = losses.ObjectiveEntry(
+        hinge,
+        aliases=("hinge-dpo",),
+        needs_negatives=True,
+        extra_metrics=lambda rewards, levels: {"max_reward": float(rewards.max())},
+    )
+    monkeypatch.setitem(losses.OBJECTIVES, "hinge", entry)
+    pol, ref = torch.tensor([[0.5, 0.25, 0.0]], dtype=F64), torch.zeros(1, 3, dtype=F64)
+    out = compute("Hinge-DPO", pol, ref, torch.tensor([[1, 2, 2]]), 2.0)
+    torch.testing.assert_close(out.loss, torch.tensor(0.5, dtype=F64))  # 1 - (1.0 - 0.5)
+    assert out.metrics["max_reward"] == 1.0 and "reward_accuracy" in out.metrics
+    with pytest.raises(ValueError, match="hinge needs one"):
+        compute("hinge", pol, ref, torch.tensor([[1, 1, 0]]), 1.0)
+    values = {"data": "/data", "init": "/runs/sft", "output_dir": "/runs/x", "loss": "hinge-dpo"}
+    config = load_config(PrefConfig, None, values)
+    assert config.loss == "hinge"
+    assert "hinge" in losses.names_help()

@@ -118,3 +118,25 @@ def test_bad_inputs_are_rejected():
         compute_metrics([1.0, 2.0], [2, 2], ["HR@1"], 2)
     with pytest.raises(ValueError, match="non-positive"):
         compute_metrics([1.0, 2.0], [1, 1], ["AUC"], 2)
+
+
+def test_generation_metrics_are_registered_with_their_denominator(monkeypatch) -> None:
+    from setdpo.evaluation import metrics
+    from setdpo.evaluation.results import ContextResult, summarize
+
+    assert metrics.answer_values(None) == {"ValidRatio": 0.0, "GenHR@1": 0.0, "GenHR@1/valid": 0.0}
+    assert metrics.answer_values(1) == {"ValidRatio": 1.0, "GenHR@1": 1.0, "GenHR@1/valid": 1.0}
+    monkeypatch.setattr(metrics, "GENERATION_METRICS", dict(metrics.GENERATION_METRICS))
+    metrics.register_generation_metric(
+        "GenMiss/valid", lambda level: float(level == 2), "ValidRatio"
+    )
+    # three answers: a hit, a named negative, none valid -> 1 miss over 2 valid answers
+    contexts = [
+        ContextResult(str(i), metrics.answer_values(lv)) for i, lv in enumerate((1, 2, None))
+    ]
+    summary = summarize(contexts, ["GenHR@1", "GenHR@1/valid", "GenMiss/valid"], n_resamples=10)
+    assert summary["GenHR@1"].value == pytest.approx(1 / 3)
+    assert summary["GenHR@1/valid"].value == pytest.approx(1 / 2)
+    assert summary["GenMiss/valid"].value == pytest.approx(1 / 2)
+    with pytest.raises(ValueError, match="denominator 'Valid' is not a generation metric"):
+        metrics.register_generation_metric("X", lambda level: 0.0, "Valid")

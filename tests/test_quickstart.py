@@ -55,7 +55,7 @@ def test_report_numbers_equal_the_metrics_files(quickstart_dir: Path) -> None:
     for tier, evals in EXPECTED.items():
         section = report.split(f"# {tier} tier")[1]
         for name in evals:
-            results = load_results(quickstart_dir / tier / "eval" / f"{name}.json")
+            results = load_results(quickstart_dir / tier / "eval" / f"{name}.json").to_dict()
             row = next(line for line in section.splitlines() if line.startswith(f"| {name} "))
             for metric in ["HR@1", "NDCG@5", "NDCG@10", "MRR"]:
                 cell = results["metrics"][metric]
@@ -70,8 +70,8 @@ def test_every_model_of_a_tier_is_scored_on_the_same_contexts(quickstart_dir: Pa
     for tier, evals in EXPECTED.items():
         contexts = {
             name: [
-                c["context_id"]
-                for c in load_results(quickstart_dir / tier / "eval" / f"{name}.json")["contexts"]
+                c.context_id
+                for c in load_results(quickstart_dir / tier / "eval" / f"{name}.json").contexts
             ]
             for name in evals
         }

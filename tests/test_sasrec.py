@@ -13,7 +13,6 @@ from setdpo.data import PrepareConfig, load_items, load_split, prepare
 from setdpo.errors import InputError
 from setdpo.evaluation.compare import compare
 from setdpo.evaluation.evaluate import EvalConfig, evaluate
-from setdpo.evaluation.results import write_json_atomic
 from setdpo.evaluation.sasrec import (
     ItemIndex,
     SASRec,
@@ -126,7 +125,7 @@ def test_sasrec_beats_popularity_on_ml100k(tmp_path):
             model=model, data=str(data), limit=1000, sasrec_epochs=1, progress=False
         )
         files.append(tmp_path / f"{model}.json")
-        write_json_atomic(evaluate(config), files[-1])
+        evaluate(config).write(files[-1])
     table = compare(files, n_resamples=200)
     for metric in ("HR@1", "NDCG@5", "MRR"):
         row = next(line for line in table.splitlines() if line.startswith(f"| {metric} "))

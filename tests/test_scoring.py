@@ -22,7 +22,7 @@ from setdpo import scoring
 from setdpo.data import load_split, prompts
 from setdpo.losses import compute
 from setdpo.model import LoraSettings, add_lora, build_tiny, load
-from setdpo.scoring import candidate_logps, score_texts, shared_route
+from setdpo.scoring import ScoringOptions, candidate_logps, score_texts, shared_route
 from setdpo.tokenization import CandidateCollator, TokenizedExample, tokenize_example
 
 TEXTS = ["Toy Story (1995)", "GoldenEye (1995)", "Heat (1995)", "The user watched"] * 3
@@ -334,7 +334,9 @@ def test_score_texts_shared_equals_repeated_and_restores_the_mode(tiny_lora) -> 
     try:
         shared = score_texts(model, tokenizer, prompts_, candidates, batch_size=1)
         assert model.training
-        repeated = score_texts(model, tokenizer, prompts_, candidates, share_prefix=False)
+        repeated = score_texts(
+            model, tokenizer, prompts_, candidates, ScoringOptions(share_prefix=False)
+        )
     finally:
         model.eval()
     assert [len(s) for s in shared] == [2, 1]
@@ -465,3 +467,44 @@ def test_smollm2_bf16_autocast_sums_in_float32(ml100k_next_dir: Path) -> None:
     assert (mixed.logps.double() - exact).abs().max() < 1e-4
     in_bf16 = mixed.token_logps.bfloat16().sum(-1, dtype=torch.bfloat16).double()
     assert (in_bf16 - exact).abs().max() > 1e-2  # what a bf16 sum would have cost
+
+
+def test_score_all_is_candidate_logps_per_example_in_any_batching(tiny_lora) -> None:
+    """The one batched loop: per example, the row of `candidate_logps` over its own batch,
+    whatever the batch size and chunking; the model's mode is restored."""
+    model, tokenizer = tiny_lora
+    batch = _random_batch(len(tokenizer), *MIXED)
+    whole = candidate_logps(model, batch).logps
+    items = [
+        TokenizedExample(
+            batch["prompt_ids"][b, : int(batch["prompt_mask"][b].sum())].tolist(),
+            [
+                batch["candidate_ids"][b, j, : int(batch["candidate_mask"][b, j].sum())].tolist()
+                for j in range(int((batch["levels"][b] > 0).sum()))
+            ],
+            batch["levels"][b, : int((batch["levels"][b] > 0).sum())].tolist(),
+        )
+        for b in range(len(MIXED[0]))
+    ]
+    model.train()
+    try:
+        for options, batch_size in [(ScoringOptions(), 3), (ScoringOptions(chunk_size=2), 1)]:
+            rows = scoring.score_all(model, items, options, pad_token_id=0, batch_size=batch_size)
+            assert model.training
+            for b, row in enumerate(rows):
+                n = len(MIXED[1][b])
+                torch.testing.assert_close(row, whole[b, :n], rtol=1e-5, atol=1e-5)
+    finally:
+        model.eval()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"chunk_size": 0}, "chunk_size must be >= 1 or None, got 0"),
+        ({"share_prefix": "kv"}, "share_prefix must be True, False, 'cache' or 'packed'"),
+    ],
+)
+def test_scoring_options_are_checked_on_construction(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        ScoringOptions(**kwargs)

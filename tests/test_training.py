@@ -176,10 +176,12 @@ def test_missing_valid_split_trains_without_evaluation(
     shutil.copytree(ml100k_next_dir, data, ignore=shutil.ignore_patterns("valid"))  # hf/valid
     sft = train_sft(sft_config(data, tmp_path / "sft", max_steps=1))
     values = {"max_steps": 1, "max_train_examples": 4, "precompute_ref": True}
-    run = train_pref(pref_config(data, sft, tmp_path / "pref", **values))
+    config = pref_config(data, sft, tmp_path / "pref", **values)
+    run = train_pref(config)
     history = json.loads((run / "trainer_state.json").read_text())["log_history"]
     assert any("loss" in entry for entry in history)
     assert not any("eval_loss" in entry for entry in history)
+    assert config.eval_on_start  # the trainer's arguments skip it; the user's config is as given
 
 
 @pytest.fixture(scope="module")

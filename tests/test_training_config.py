@@ -7,14 +7,13 @@ from pathlib import Path
 import pytest
 
 from setdpo.cli import build_parser
-from setdpo.commands.train import build_config
+from setdpo.commands.options import build_config, parse_fields
 from setdpo.errors import InputError
 from setdpo.training.config import (
     RESOLVED_CONFIG,
     PrefConfig,
     SFTConfig,
     load_config,
-    parse_overrides,
     write_resolved_config,
 )
 
@@ -37,7 +36,7 @@ def test_shipped_configs_load_and_round_trip(name: str, cls: type, tmp_path: Pat
 
 
 def test_overrides_beat_the_file_and_keep_types() -> None:
-    overrides = parse_overrides(
+    overrides = parse_fields(
         PrefConfig, ["--max-steps", "20", "--beta", "0.5", "--no-share-prefix"]
     )
     assert overrides == {"max_steps": 20, "beta": 0.5, "share_prefix": False}
@@ -83,16 +82,16 @@ def test_full_fine_tuning_by_peft_none_or_rank_zero() -> None:
     for values in ({"peft": "none"}, {"lora_r": 0}):
         config = load_config(SFTConfig, None, {**_required(SFTConfig), **values})
         assert config.peft == "none" and config.lora_settings() is None
-    assert parse_overrides(PrefConfig, ["--peft", "none"]) == {"peft": "none"}
+    assert parse_fields(PrefConfig, ["--peft", "none"]) == {"peft": "none"}
     with pytest.raises(InputError, match=r"lora_r must be >= 1 .*\(0 = full fine-tuning\)"):
         load_config(PrefConfig, None, {**REQUIRED, "lora_r": -1})
     with pytest.raises(SystemExit):
-        parse_overrides(PrefConfig, ["--peft", "qlora"])
+        parse_fields(PrefConfig, ["--peft", "qlora"])
 
 
 def test_valid_sample_is_bounded_by_default_and_zero_means_all() -> None:
     assert load_config(SFTConfig, None, _required(SFTConfig)).max_eval_examples == 512
-    every = parse_overrides(PrefConfig, ["--max-eval-examples", "0"])
+    every = parse_fields(PrefConfig, ["--max-eval-examples", "0"])
     assert load_config(PrefConfig, None, {**REQUIRED, **every}).max_eval_examples is None
 
 

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from setdpo.commands.options import ConfigParser
 from setdpo.errors import InputError
 
 # Modules under setdpo.commands; a module may register several subcommands.
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="setdpo",
         description="Align LLM recommenders with set-wise preferences.",
     )
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=ConfigParser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"setdpo.commands.{name}").add_parser(subparsers)
     return parser

@@ -1,8 +1,9 @@
-"""Set-wise preference objectives in reward space (DESIGN.md section 1).
+"""Set-wise preference objectives in reward space (docs/objectives.md).
 
 Every objective is a small pure function ``(rewards [B, n], levels [B, n]) -> [B]``
-giving the per-context loss; ``OBJECTIVES`` maps names to them and ``compute`` is the
-one entry point: it validates the batch, forms the implicit rewards
+giving the per-context loss; ``OBJECTIVES`` maps names to entries (`ObjectiveEntry`:
+the function and what the rest of the code asks about it) and ``compute`` is the one
+entry point: it validates the batch, forms the implicit rewards
 ``r = beta * (s_theta - s_ref)``, dispatches, averages over contexts and computes the
 metrics. ``levels`` holds 1 for the most preferred candidates, larger values for less
 preferred ones and 0 for padding, which never changes a result.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -123,33 +125,6 @@ def pl(rewards: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return -setwise_log_prob(rewards, levels)
 
 
-OBJECTIVES: dict[str, Objective] = {
-    "dpo": dpo,
-    "dmpo": dmpo,
-    "sdpo": sdpo,
-    "mult": mult,
-    "mult2": mult2,
-    "pl": pl,
-}
-_ALIASES = {"s-dpo": "sdpo", "mult-dpo": "mult", "mult2-dpo": "mult2"}
-# Objectives that compare positives against negatives and are undefined without them.
-_NEED_NEGATIVES = frozenset({"dpo", "dmpo", "sdpo"})
-
-
-def canonical_name(name: str) -> str:
-    """The registry key for a loss name (case-insensitive; aliases s-dpo, mult-dpo, mult2-dpo).
-
-    Raises:
-        ValueError: the name is not an objective; the message lists the valid names.
-    """
-    key = str(name).strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in OBJECTIVES:
-        valid = ", ".join([*OBJECTIVES, *_ALIASES])
-        raise ValueError(f"unknown loss {name!r}; valid names: {valid}")
-    return key
-
-
 def _check_tensor(label: str, x: torch.Tensor, shape: torch.Size | None) -> None:
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{label} must be a torch.Tensor; got {type(x).__name__}")
@@ -181,11 +156,12 @@ def _check_levels(levels: torch.Tensor, name: str) -> None:
             f"context {b} has no positive (level 1) candidate; levels {levels[b].tolist()}"
         )
     no_neg = ~(levels > 1).any(-1)
-    if name in _NEED_NEGATIVES and bool(no_neg.any()):
+    if OBJECTIVES[name].needs_negatives and bool(no_neg.any()):
         b = int(no_neg.nonzero()[0])
+        accepting = ", ".join(n for n, entry in OBJECTIVES.items() if not entry.needs_negatives)
         raise ValueError(
             f"context {b} has positives but no negative (level > 1) candidate; {name} "
-            f"needs one (pl, mult and mult2 accept it); levels {levels[b].tolist()}"
+            f"needs one ({accepting} accept it); levels {levels[b].tolist()}"
         )
 
 
@@ -241,23 +217,26 @@ def compute(
 
     Returns:
         ``LossOutput``; ``metrics`` are means over contexts (see ``reward_metrics``),
-        plus ``bound_gap``, ``bound_gap_max`` and ``a_over_b`` for mult / mult2.
+        plus the entry's ``extra_metrics`` (``bound_gap``, ``bound_gap_max`` and
+        ``a_over_b`` for mult / mult2).
 
     Raises:
         ValueError: unknown name, beta <= 0, wrong shape or dtype, levels not matching,
-            NaN or inf in a non-padding entry, a context with no positive, or (dpo, dmpo,
-            sdpo) a context with no negative. The message names the context.
+            NaN or inf in a non-padding entry, a context with no positive, or (objectives
+            with ``needs_negatives``: dpo, dmpo, sdpo) a context with no negative. The
+            message names the context.
     """
     key = canonical_name(name)
+    entry = OBJECTIVES[key]
     _validate(key, policy_logps, ref_logps, levels, beta)
     valid = levels > 0
     margin = policy_logps if ref_logps is None else policy_logps - ref_logps
     # Padding may hold anything (even NaN): replace it before any arithmetic.
     rewards = torch.where(valid, float(beta) * margin, 0.0)
-    per_context = OBJECTIVES[key](rewards, levels)
+    per_context = entry.function(rewards, levels)
     metrics = reward_metrics(rewards.detach(), levels)
-    if key in ("mult", "mult2"):
-        metrics.update(bound_metrics(rewards.detach(), levels, multi_level=key == "mult2"))
+    if entry.extra_metrics is not None:
+        metrics.update(entry.extra_metrics(rewards.detach(), levels))
     return LossOutput(per_context.mean(), per_context, rewards.detach(), metrics)
 
 
@@ -299,7 +278,7 @@ def reward_metrics(rewards: torch.Tensor, levels: torch.Tensor) -> dict[str, flo
 def bound_metrics(
     rewards: torch.Tensor, levels: torch.Tensor, multi_level: bool
 ) -> dict[str, float]:
-    """How far Mult-DPO sits above the exact PL loss (DESIGN.md, "The bound").
+    """How far Mult-DPO sits above the exact PL loss (docs/objectives.md, "The bound between Mult-DPO and PL").
 
     Per stage g with k_g items, A_g = sum of their e^r and B_g = sum of e^r over later
     levels, ``(L_mult,g - log k_g!) - L_pl,g`` lies in ``[0, (k_g - 1) log(1 + A_g/B_g)]``.
@@ -336,3 +315,63 @@ def bound_metrics(
         "bound_gap_max": float(upper.mean()),
         "a_over_b": _nanmean(torch.where(has_neg, log_ab.exp(), math.nan)),
     }
+
+
+# --- the registry -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObjectiveEntry:
+    """What the rest of the code knows about an objective.
+
+    function: the per-context loss ``(rewards [B, n], levels [B, n]) -> [B]``.
+    aliases: other accepted names (lower case).
+    needs_negatives: a context without a negative is an error (``compute`` refuses it).
+    multi_level: uses levels beyond positive / negative (run by default only on data
+        with levels: `setdpo.quickstart`).
+    extra_metrics: ``(rewards, levels) -> {name: float}`` logged beside `reward_metrics`.
+    """
+
+    function: Objective
+    aliases: tuple[str, ...] = ()
+    needs_negatives: bool = False
+    multi_level: bool = False
+    extra_metrics: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] | None = None
+
+
+# Adding an objective: write its function above and add its entry here (docs/architecture.md).
+OBJECTIVES: dict[str, ObjectiveEntry] = {
+    "dpo": ObjectiveEntry(dpo, needs_negatives=True),
+    "dmpo": ObjectiveEntry(dmpo, needs_negatives=True),
+    "sdpo": ObjectiveEntry(sdpo, aliases=("s-dpo",), needs_negatives=True),
+    "mult": ObjectiveEntry(
+        mult, aliases=("mult-dpo",), extra_metrics=partial(bound_metrics, multi_level=False)
+    ),
+    "mult2": ObjectiveEntry(
+        mult2,
+        aliases=("mult2-dpo",),
+        multi_level=True,
+        extra_metrics=partial(bound_metrics, multi_level=True),
+    ),
+    "pl": ObjectiveEntry(pl),
+}
+
+
+def canonical_name(name: str) -> str:
+    """The registry key for a loss name (case-insensitive, or one of an entry's aliases).
+
+    Raises:
+        ValueError: the name is not an objective; the message lists the valid names.
+    """
+    key = str(name).strip().lower()
+    aliases = {alias: k for k, entry in OBJECTIVES.items() for alias in entry.aliases}
+    key = aliases.get(key, key)
+    if key not in OBJECTIVES:
+        valid = ", ".join([*OBJECTIVES, *aliases])
+        raise ValueError(f"unknown loss {name!r}; valid names: {valid}")
+    return key
+
+
+def names_help() -> str:
+    """The objective names for help texts: ``dpo, dmpo, ...``."""
+    return ", ".join(OBJECTIVES)

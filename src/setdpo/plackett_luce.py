@@ -17,8 +17,9 @@ B = sum_N w)::
     a_i = w_i / B = exp(r_i - lse_N r).
 
 ``setwise_log_prob`` evaluates it with ``v = e^s`` and the trapezoid rule in log space
-(DESIGN.md section 1); ``setwise_log_prob_bruteforce`` sums over the k! orderings of
-the positives, the reference for tests and benchmarks.
+(docs/objectives.md, "Exact set-wise Plackett-Luce in polynomial time");
+``setwise_log_prob_bruteforce`` sums over the k! orderings of the positives, the reference
+for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ DEFAULT_GRID_SIZE = 192
 # factor 1 - exp(-a e^s) increases with s, so the mass left of s0 <= 0 is at most
 # e^s0 prod_i (1 - e^-a_i), while the mass on [0, 1] is at least 0.3 times that
 # product: the truncation error is below e^s0 / 0.3 relative whatever the a_i, 3e-13 at
-# the cap of 30; +14 is DESIGN.md's margin, ample when every a_i <= 1 (the integrand
+# the cap of 30; +14 is the margin docs/objectives.md states, ample when every a_i <= 1 (the integrand
 # then grows like e^{(k+1) s}). Right end: log(k + 1) + 4.5, where
 # exp(-e^s) < exp(-90 (k + 1)).
 _LEFT_MARGIN = 14.0

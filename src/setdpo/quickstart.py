@@ -222,9 +222,11 @@ BUDGETS: dict[str, Budget] = {
 
 def _objectives(names: list[str], mode: str) -> list[str]:
     """Canonical objective names; empty means every objective that the data mode allows."""
-    from setdpo.losses import canonical_name
+    from setdpo.losses import OBJECTIVES, canonical_name
 
-    names = names or ["dpo", "dmpo", "sdpo", "mult", "pl"] + (["mult2"] if mode == "levels" else [])
+    binary = [name for name, entry in OBJECTIVES.items() if not entry.multi_level]
+    levelled = [name for name, entry in OBJECTIVES.items() if entry.multi_level]
+    names = names or binary + (levelled if mode == "levels" else [])
     return [canonical_name(name) for name in names]
 
 
@@ -246,8 +248,8 @@ class QuickstartConfig:
     losses: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "objectives to align with (default: dpo dmpo sdpo mult pl, and mult2 in "
-            "levels mode)"
+            "help": "objectives to align with (default: every objective of setdpo.losses, the "
+            "multi-level ones only in levels mode)"
         },
     )
     llm_losses: list[str] = field(
@@ -453,7 +455,7 @@ def evaluate_tier(
         model, upstream = models[name]
         settings = _eval_settings(config, tier, data_dir, model)
         out = tier_dir / "eval" / f"{name}.json"
-        work = lambda s=settings, o=out: atomic_write_json(o, evaluate(EvalConfig(**s)))  # noqa: E731
+        work = lambda s=settings, o=out: evaluate(EvalConfig(**s)).write(o)  # noqa: E731
         stages.run(f"{tier}-eval-{name}", settings, out, work, [upstream])
 
 

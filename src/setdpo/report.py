@@ -12,8 +12,6 @@ and writes, atomically, ``RUN/comparison.md``, ``RUN/plots/*.png`` and ``RUN/rep
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,10 +20,10 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from setdpo.atomic import atomic_write_text  # noqa: E402
+from setdpo.atomic import atomic_write_text, atomic_write_with  # noqa: E402
 from setdpo.errors import InputError  # noqa: E402
 from setdpo.evaluation.compare import comparison, format_by_run  # noqa: E402
-from setdpo.evaluation.results import load_results  # noqa: E402
+from setdpo.evaluation.results import Results, load_results  # noqa: E402
 
 # The order of rows in every table and bar plot: baselines first, then the models.
 FIXED_ORDER = ["random", "popularity", "sasrec", "base", "sft"]
@@ -70,13 +68,12 @@ def series(history: Sequence[dict], key: str) -> tuple[list[float], list[float]]
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write_with(
+            path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"), suffix=".png"
+        )
+    finally:
+        plt.close(fig)
 
 
 def plot_training(pref_runs: dict[str, Path], path: Path) -> Path:
@@ -115,16 +112,16 @@ def plot_bound_gap(run: Path, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_metric_bars(results: dict[str, dict], path: Path) -> Path:
+def plot_metric_bars(results: dict[str, Results], path: Path) -> Path:
     """Grouped bars, one group per metric, one bar per model, with 95% interval whiskers."""
     names = list(results)
-    metrics = [m for m in BAR_METRICS if all(m in r["metrics"] for r in results.values())]
+    metrics = [m for m in BAR_METRICS if all(m in r.metrics for r in results.values())]
     width = 0.8 / max(len(names), 1)
     fig, ax = plt.subplots(figsize=(1.6 * len(metrics) + 3, 4))
     for i, name in enumerate(names):
-        cells = [results[name]["metrics"][m] for m in metrics]
-        values = [c["value"] for c in cells]
-        errors = [[c["value"] - c["low"] for c in cells], [c["high"] - c["value"] for c in cells]]
+        cells = [results[name].metrics[m] for m in metrics]
+        values = [c.value for c in cells]
+        errors = [[c.value - c.low for c in cells], [c.high - c.value for c in cells]]
         xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(metrics))]
         ax.bar(xs, values, width, yerr=errors, capsize=2, label=name)
     ax.set_xticks(range(len(metrics)), metrics)
@@ -170,9 +167,9 @@ def build_report(run_dir: str | Path, title: str = "setdpo report") -> Path:
 
 
 def _report_text(
-    run_dir: Path, title: str, table: str, captions: dict[str, str], results: dict
+    run_dir: Path, title: str, table: str, captions: dict[str, str], results: dict[str, Results]
 ) -> str:
-    protocol = next(iter(results.values()))["protocol"]
+    protocol = next(iter(results.values())).protocol
     lines = [
         f"# {title}",
         "",

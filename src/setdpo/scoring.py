@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
@@ -69,6 +70,37 @@ TokenIndex = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (context b, cand
 ROUTES = ("cache", "packed")  # the two shared-prompt routes, forced by share_prefix=<name>
 ALIBI_MODEL_TYPES = ("bloom", "mpt")  # Falcon says so with config.alibi
 LOGPROB_ROWS = 1024  # token rows of float32 log-softmax work at a time (bounds memory)
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How candidates are scored, as every caller of `candidate_logps` passes it.
+
+    share_prefix: True = the prompt once per context, by the route `shared_route` picks;
+    ``"cache"`` or ``"packed"`` forces one; False = repeated (the reference).
+    average: length-average each candidate's log-prob instead of summing.
+    chunk_size: at most this many candidates per forward pass (None: all at once).
+    """
+
+    share_prefix: bool | str = True
+    average: bool = False
+    chunk_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 or None, got {self.chunk_size}")
+        if self.share_prefix not in (True, False, *ROUTES):
+            raise ValueError(
+                f"share_prefix must be True, False, 'cache' or 'packed', got {self.share_prefix!r}"
+            )
+
+    def values(self) -> dict[str, Any]:
+        """What changes a log-prob's value (chunking does not): the key of memoised scores."""
+        return {"share_prefix": self.share_prefix, "average": self.average}
+
+    def score(self, model: Any, batch: dict[str, torch.Tensor]) -> CandidateScores:
+        """`candidate_logps` of ``batch`` under ``model`` with these options."""
+        return candidate_logps(model, batch, self.share_prefix, self.average, self.chunk_size)
 
 
 @dataclass
@@ -91,15 +123,10 @@ def candidate_logps(
     """Log-prob of each candidate of ``batch`` (`setdpo.tokenization.CandidateCollator`
     layout) under ``model`` (a causal LM, plain or peft).
 
-    share_prefix: True = the prompt once per context, by the route `shared_route` picks;
-    ``"cache"`` or ``"packed"`` forces one; False = repeated (the reference).
-    chunk_size: at most this many candidates per forward pass (None: all at once).
+    share_prefix, average, chunk_size: as `ScoringOptions` describes them (checked there).
     """
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+    ScoringOptions(share_prefix, average, chunk_size)
     route = shared_route(model) if share_prefix is True else share_prefix
-    if route not in (False, *ROUTES):
-        raise ValueError(f"share_prefix must be True, False, 'cache' or 'packed', got {route!r}")
     device = model.get_input_embeddings().weight.device
     prompt_ids, prompt_mask = batch["prompt_ids"].to(device), batch["prompt_mask"].to(device)
     cand_ids, cand_mask = batch["candidate_ids"].to(device), batch["candidate_mask"].to(device)
@@ -444,27 +471,58 @@ def _packed_chunk(
     return index, torch.cat([first[pack.row_of, cand_ids[b, j, 0]], rest])
 
 
-# --- plain text ---------------------------------------------------------------------------
+# --- many examples ------------------------------------------------------------------------
 
 
 @torch.no_grad()
+def score_all(
+    model: Any,
+    tokenized: Sequence[TokenizedExample],
+    options: ScoringOptions,
+    pad_token_id: int,
+    batch_size: int = 4,
+    desc: str = "scoring",
+    progress: bool = False,
+) -> list[torch.Tensor]:
+    """Per example, the float32 log-prob of each candidate [n] (on the CPU): ``batch_size``
+    contexts per `candidate_logps` call. The one batched scoring loop: evaluation, plain
+    text and recommendation go through it.
+
+    The model runs in eval mode (dropout off) and is put back in its previous mode.
+    """
+    collate = CandidateCollator(pad_token_id)
+    was_training = model.training
+    model.eval()
+    out: list[torch.Tensor] = []
+    try:
+        starts = range(0, len(tokenized), batch_size)
+        for start in tqdm(starts, desc=desc, disable=not progress):
+            group = tokenized[start : start + batch_size]
+            logps = options.score(model, collate(list(group))).logps.float().cpu()
+            out.extend(logps[i, : len(t.candidate_ids)] for i, t in enumerate(group))
+    finally:
+        model.train(was_training)
+    return out
+
+
+# --- plain text ---------------------------------------------------------------------------
+
+
 def score_texts(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[str],
     candidates: Sequence[Sequence[str]],
-    share_prefix: bool = True,
+    options: ScoringOptions = ScoringOptions(),
     *,
     chat_template: bool = False,
-    average: bool = False,
     batch_size: int = 4,
-    chunk_size: int | None = None,
 ) -> list[list[float]]:
-    """Summed log-prob of each candidate title (+ EOS) given its prompt: ``[prompt][candidate]``
-    (each title tokenized as it follows its prompt, `setdpo.tokenization.tokenize_candidates`).
+    """Summed (``options.average``: length-averaged) log-prob of each candidate title (+ EOS)
+    given its prompt: ``[prompt][candidate]`` (each title tokenized as it follows its prompt,
+    `setdpo.tokenization.tokenize_candidates`).
 
-    Prompts are tokenized as `setdpo.tokenization` does (no truncation). The model runs in
-    eval mode (dropout off) and is put back in its previous mode.
+    Prompts are tokenized as `setdpo.tokenization` does (no truncation); scored by `score_all`.
     """
     if len(prompts) != len(candidates):
         raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
@@ -480,15 +538,4 @@ def score_texts(
         for prompt, titles in zip(prompts, candidates, strict=True)
     ]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    collate = CandidateCollator(pad)
-    was_training = model.training
-    model.eval()
-    out: list[list[float]] = []
-    try:
-        for start in range(0, len(tokenized), batch_size):
-            group = tokenized[start : start + batch_size]
-            scores = candidate_logps(model, collate(group), share_prefix, average, chunk_size)
-            out.extend(scores.logps[i, : len(t.levels)].tolist() for i, t in enumerate(group))
-    finally:
-        model.train(was_training)
-    return out
+    return [row.tolist() for row in score_all(model, tokenized, options, pad, batch_size)]

@@ -1,54 +1,34 @@
 """`setdpo data prepare|inspect|audit|import|export|download`: parse, build a config, call
 the library.
 
-`prepare` has one option per `PrepareConfig` field (same name, dashes for underscores,
-help from the field's metadata); `--config FILE` (YAML or JSON, e.g. a previous
-`config.json`) sets fields first and explicit options override it.
+`prepare` and `import` have one option per field of `PrepareConfig` / `ImportConfig` (same
+name, dashes or underscores, help from the field's metadata; `setdpo.commands.options`);
+`--config FILE` (YAML or JSON, e.g. a previous `config.json`, or a protocol file's
+`prepare` / `import` section) sets fields first and explicit options override it.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
-from setdpo.errors import InputError
-
-
-def _caps(text: str) -> dict[str, int]:
-    """ "train=200,valid=50" -> {"train": 200, "valid": 50}."""
-    try:
-        return {k.strip(): int(v) for k, v in (part.split("=") for part in text.split(","))}
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected split=N[,split=N], got {text!r}") from err
-
-
-def _option(field: dataclasses.Field) -> dict:
-    """argparse keywords for a `PrepareConfig` field, from its annotation."""
-    kind = str(field.type)
-    keywords = {"help": field.metadata.get("help"), "default": argparse.SUPPRESS}
-    if kind == "bool":
-        return keywords | {"action": "store_true"}
-    if kind.startswith("tuple"):
-        return keywords | {"nargs": "+", "type": float}
-    if kind.startswith("dict"):
-        return keywords | {"type": _caps}
-    return keywords | {"type": int if kind.startswith("int") else str}
+from setdpo.commands.options import build_config, config_command
 
 
 def add_parser(subparsers) -> None:
     """Register `setdpo data` and its six subcommands."""
-    from setdpo.data.config import PrepareConfig
-
     parser = subparsers.add_parser(
         "data", help="prepare, inspect, audit, import, export, download data"
     )
     commands = parser.add_subparsers(dest="data_command", required=True)
 
-    prep = commands.add_parser("prepare", help="interactions -> train/valid/test examples")
-    prep.add_argument("--config", help="YAML/JSON file of PrepareConfig fields")
-    for field in dataclasses.fields(PrepareConfig):
-        prep.add_argument("--" + field.name.replace("_", "-"), dest=field.name, **_option(field))
+    prep = config_command(
+        commands,
+        "prepare",
+        "setdpo.data.config:PrepareConfig",
+        "prepare",
+        help="interactions -> train/valid/test examples",
+    )
     prep.set_defaults(func=run_prepare)
 
     inspect = commands.add_parser("inspect", help="print stats and a few rendered examples")
@@ -63,20 +43,15 @@ def add_parser(subparsers) -> None:
     audit.add_argument("dir")
     audit.set_defaults(func=run_audit)
 
-    imp = commands.add_parser(
-        "import", help="LLaRA/S-DPO JSON, TRL JSONL or exported jsonl -> prepared dir"
+    imp = config_command(
+        commands,
+        "import",
+        "setdpo.data.formats:ImportConfig",
+        "import",
+        help="LLaRA/S-DPO JSON, TRL JSONL or exported jsonl -> prepared dir",
     )
-    imp.add_argument("--format", required=True, choices=["llara", "trl", "jsonl"])
     for split in ("train", "valid", "test"):
-        imp.add_argument(f"--{split}", help=f"{split} file", required=split == "train")
-    imp.add_argument("--out", required=True)
-    imp.add_argument("--overwrite", action="store_true")
-    imp.add_argument("--template", default="listing", help="llara prompts: listing | open")
-    imp.add_argument(
-        "--domain",
-        help="llara prompts: movie|music|book|generic (default: what the file names say, "
-        "e.g. lastfm-train.json -> music; required when they say nothing)",
-    )
+        imp.add_argument(f"--{split}", help=f"{split} file (= --files {split}=FILE)")
     imp.set_defaults(func=run_import)
 
     exp = commands.add_parser("export", help="a prepared split -> TRL rows or example JSON lines")
@@ -103,20 +78,10 @@ def add_parser(subparsers) -> None:
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Options (over `--config`) -> `PrepareConfig` -> `setdpo.data.prepare`."""
-    from setdpo.data import PrepareConfig, prepare
+    from setdpo.data import prepare
     from setdpo.data.io import load_json
-    from setdpo.protocol import read_stage
 
-    values = read_stage(args.config, "prepare") if args.config else {}
-    values |= {
-        k: v
-        for k, v in vars(args).items()
-        if k not in ("config", "func", "command", "data_command")
-    }
-    known = {f.name for f in dataclasses.fields(PrepareConfig)}
-    if unknown := sorted(set(values) - known):
-        raise InputError(f"unknown PrepareConfig fields {unknown}")
-    out = prepare(PrepareConfig(**values))
+    out = prepare(build_config(args))
     stats = load_json(out, "stats.json")
     print(f"prepared {out}; dropped contexts: {json.dumps(stats['dropped_contexts'])}")
     audit = stats["audit"]
@@ -156,10 +121,10 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     """Options -> `ImportConfig` -> `formats.import_examples`."""
-    from setdpo.data.formats import ImportConfig, import_examples
+    from setdpo.data.formats import import_examples
 
     files = {s: getattr(args, s) for s in ("train", "valid", "test") if getattr(args, s)}
-    config = ImportConfig(args.format, files, args.out, args.overwrite, args.template, args.domain)
+    config = build_config(args, {"files": files or None})
     print(f"imported {import_examples(config)}")
     return 0
 

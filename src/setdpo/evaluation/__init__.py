@@ -1,6 +1,6 @@
 """Evaluation: ranking metrics with bootstrap intervals, generation, catalog ranking, baselines.
 
-`evaluate(EvalConfig(...))` returns the results dict (`results.py` documents its layout);
+`evaluate(EvalConfig(...))` returns `Results` (`results.py` documents its layout);
 `register_metric` adds metrics; `compare` tabulates several results files.
 """
 
@@ -15,16 +15,18 @@ from setdpo.evaluation.metrics import (
     register_metric,
 )
 from setdpo.evaluation.recommend import RecommendConfig, recommend
-from setdpo.evaluation.results import load_results, write_json_atomic
+from setdpo.evaluation.results import ContextResult, Results, load_results
 from setdpo.evaluation.scorers import ModelScorer, build_scorer
 
 __all__ = [
     "CATALOG_METRICS",
+    "ContextResult",
     "DEFAULT_METRICS",
     "EvalConfig",
     "Interval",
     "ModelScorer",
     "RecommendConfig",
+    "Results",
     "bootstrap_interval",
     "build_scorer",
     "compare",
@@ -35,5 +37,4 @@ __all__ = [
     "rank_order",
     "recommend",
     "register_metric",
-    "write_json_atomic",
 ]

@@ -15,20 +15,26 @@ from pathlib import Path
 
 from setdpo.errors import InputError
 from setdpo.evaluation.bootstrap import Interval, paired_difference
-from setdpo.evaluation.results import load_results, metric_columns, summarize
+from setdpo.evaluation.results import (
+    ContextResult,
+    Results,
+    load_results,
+    metric_columns,
+    summarize,
+)
 
 
 @dataclass
 class Run:
     label: str
     path: Path
-    results: dict
+    results: Results
 
 
-def _check_same_contexts(base: Run, other: Run) -> list[dict]:
+def _check_same_contexts(base: Run, other: Run) -> list[ContextResult]:
     """``other``'s contexts in ``base``'s order; refuses different ids or candidate levels."""
-    by_id = {c["context_id"]: c for c in other.results["contexts"]}
-    base_ids = [c["context_id"] for c in base.results["contexts"]]
+    by_id = {c.context_id: c for c in other.results.contexts}
+    base_ids = [c.context_id for c in base.results.contexts]
     only_base, only_other = set(base_ids) - set(by_id), set(by_id) - set(base_ids)
     if only_base or only_other or len(by_id) != len(base_ids):
         example = sorted(only_base | only_other)[:3]
@@ -37,11 +43,11 @@ def _check_same_contexts(base: Run, other: Run) -> list[dict]:
             f"({len(only_base)} only in the first, {len(only_other)} only in the second, "
             f"e.g. {example}): a paired comparison needs the same split and subset"
         )
-    for ctx in base.results["contexts"]:
-        theirs = by_id[ctx["context_id"]]
-        if "levels" in ctx and ctx["levels"] != theirs.get("levels"):
+    for ctx in base.results.contexts:
+        theirs = by_id[ctx.context_id]
+        if ctx.levels is not None and ctx.levels != theirs.levels:
             raise InputError(
-                f"{other.path}: context {ctx['context_id']!r} has other candidate levels than "
+                f"{other.path}: context {ctx.context_id!r} has other candidate levels than "
                 f"in {base.path}: the candidate sets differ"
             )
     return [by_id[i] for i in base_ids]
@@ -84,7 +90,7 @@ def comparison(
     runs = [Run(lab, p, load_results(p)) for lab, p in zip(_labels(paths), paths, strict=True)]
     base = runs[base_index]
     contexts = {r.label: _check_same_contexts(base, r) for r in runs}
-    names = [m for m in base.results["metrics"] if all(m in r.results["metrics"] for r in runs)]
+    names = [m for m in base.results.metrics if all(m in r.results.metrics for r in runs)]
     values = {r.label: summarize(contexts[r.label], names, n_resamples, seed) for r in runs}
     differences = {
         r.label: {
@@ -143,14 +149,16 @@ def format_by_run(cmp: Comparison) -> str:
     )
 
 
-def _paired_columns(contexts: list[dict], base_contexts: list[dict], name: str) -> tuple:
+def _paired_columns(
+    contexts: list[ContextResult], base_contexts: list[ContextResult], name: str
+) -> tuple:
     values, den = metric_columns(contexts, name)
     base_values, base_den = metric_columns(base_contexts, name)
     return values, base_values, den, base_den
 
 
 def _preamble(base: Run) -> str:
-    p = base.results["protocol"]
+    p = base.results.protocol
     cands = p.get("candidates_per_context", {})
     return (
         f"split {p.get('split')} of {p.get('data')}: {p.get('n_contexts')} contexts, "

@@ -28,16 +28,19 @@ from setdpo.evaluation.matching import match_answer
 from setdpo.evaluation.metrics import (
     CATALOG_METRICS,
     DEFAULT_METRICS,
+    GENERATION_METRICS,
+    answer_values,
     compute_metrics,
     parse_metric_name,
     positive_ranks,
     protocol_notes,
 )
-from setdpo.evaluation.results import summarize
+from setdpo.evaluation.results import ContextResult, Results, summarize
 from setdpo.evaluation.sasrec import SASRecSettings
 from setdpo.evaluation.scorers import BASELINES, ModelScorer, Scorer, build_scorer
+from setdpo.scoring import ScoringOptions
 
-GENERATION_METRICS = ["ValidRatio", "GenHR@1", "GenHR@1/valid"]
+SPLITS = ("train", "valid", "test")
 CATALOG_PREFIX = "catalog/"
 
 
@@ -51,7 +54,8 @@ class EvalConfig:
 
     model: str = _help(
         "run directory, model folder, hub id, 'embedded:smollm2-135m', 'tiny', "
-        "'random', 'popularity' or 'sasrec'",
+        "'random', 'popularity' or 'sasrec' (trained on the data's training split, cached in "
+        "$SETDPO_CACHE/sasrec)",
         "embedded:smollm2-135m",
     )
     data: str = _help("prepared data directory (setdpo data prepare --out DIR)", "")
@@ -98,6 +102,14 @@ class EvalConfig:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
             raise InputError(f"limit must be >= 1, got {self.limit}")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise InputError(f"max_prompt_length must be >= 1, got {self.max_prompt_length}")
+        if self.split not in SPLITS:
+            raise InputError(f"split must be one of {list(SPLITS)}, got {self.split!r}")
+
+    def scoring_options(self) -> ScoringOptions:
+        """How the candidates are scored (the catalog adds ``chunk_size``, `_catalog_scorer`)."""
+        return ScoringOptions(share_prefix=self.share_prefix, average=self.average)
 
 
 def context_max_level(levels: list[int]) -> int:
@@ -123,20 +135,18 @@ def load_contexts(config: EvalConfig) -> list[PreferenceExample]:
 
 def rank_contexts(
     examples: list[PreferenceExample], scores: list[np.ndarray], names: list[str]
-) -> list[dict]:
+) -> list[ContextResult]:
     """Per context: scores, levels, ranks of the positives and the metric values."""
-    out = []
-    for ex, s in zip(examples, scores, strict=True):
-        out.append(
-            {
-                "context_id": ex.context_id,
-                "scores": [float(v) for v in s],
-                "levels": list(ex.levels),
-                "positive_ranks": positive_ranks(s, ex.levels),
-                "values": compute_metrics(s, ex.levels, names, context_max_level(ex.levels)),
-            }
+    return [
+        ContextResult(
+            context_id=ex.context_id,
+            scores=[float(v) for v in s],
+            levels=list(ex.levels),
+            positive_ranks=positive_ranks(s, ex.levels),
+            values=compute_metrics(s, ex.levels, names, context_max_level(ex.levels)),
         )
-    return out
+        for ex, s in zip(examples, scores, strict=True)
+    ]
 
 
 def generation_values(
@@ -164,18 +174,8 @@ def generation_values(
             matched = seqs.index(ids + [tok.eos_token_id])
         else:
             matched = match_answer(text, ex.candidates)
-        hit = float(matched is not None and ex.levels[matched] == 1)
-        out.append(
-            {
-                "answer": text,
-                "matched": matched,
-                "values": {
-                    "ValidRatio": float(matched is not None),
-                    "GenHR@1": hit,
-                    "GenHR@1/valid": hit,
-                },
-            }
-        )
+        level = None if matched is None else ex.levels[matched]
+        out.append({"answer": text, "matched": matched, "values": answer_values(level)})
     return out
 
 
@@ -249,8 +249,8 @@ def protocol(config: EvalConfig, examples: list[PreferenceExample], scorer: Scor
     }
 
 
-def evaluate(config: EvalConfig, scorer: Scorer | None = None) -> dict:
-    """Evaluate ``config.model`` (or the given ``scorer``) on ``config.split``: the results dict.
+def evaluate(config: EvalConfig, scorer: Scorer | None = None) -> Results:
+    """Evaluate ``config.model`` (or the given ``scorer``) on ``config.split``.
 
     See `setdpo.evaluation.results` for the layout.
     """
@@ -262,8 +262,7 @@ def evaluate(config: EvalConfig, scorer: Scorer | None = None) -> dict:
             config.data,
             seed=config.seed,
             device=config.device,
-            share_prefix=config.share_prefix,
-            average=config.average,
+            options=config.scoring_options(),
             batch_size=config.batch_size,
             max_prompt_length=config.max_prompt_length,
             chat_template=config.chat_template,
@@ -281,7 +280,7 @@ def evaluate(config: EvalConfig, scorer: Scorer | None = None) -> dict:
         t0 = time.perf_counter()
         _merge(contexts, generation_values(scorer, examples, config), "generation")
         timing["generation_s"] = time.perf_counter() - t0
-        names += GENERATION_METRICS
+        names += list(GENERATION_METRICS)
     if config.catalog:
         t0 = time.perf_counter()
         catalog_scorer = _catalog_scorer(scorer, config)
@@ -291,23 +290,20 @@ def evaluate(config: EvalConfig, scorer: Scorer | None = None) -> dict:
     summary = summarize(contexts, names, n_resamples=config.n_resamples, seed=config.seed)
     timing["total_s"] = time.perf_counter() - start
     timing["contexts_per_s"] = len(examples) / timing["ranking_s"] if timing["ranking_s"] else None
-    return {
-        "protocol": protocol(config, examples, scorer),
-        "metrics": {name: iv.to_dict() for name, iv in summary.items()},
-        "timing": timing,
-        "contexts": contexts,
-    }
+    return Results(protocol(config, examples, scorer), summary, contexts, timing)
 
 
-def _merge(contexts: list[dict], extra: list[dict], key: str) -> None:
-    """Move each extra entry's values into its context's values; keep the rest under ``key``."""
+def _merge(contexts: list[ContextResult], extra: list[dict], key: str) -> None:
+    """Move each extra entry's values into its context's values; keep the rest under ``key``
+    (``generation`` or ``catalog``)."""
     for ctx, entry in zip(contexts, extra, strict=True):
-        ctx["values"].update(entry.pop("values"))
-        ctx[key] = entry
+        ctx.values.update(entry.pop("values"))
+        setattr(ctx, key, entry)
 
 
 def _catalog_scorer(scorer: Scorer, config: EvalConfig) -> Scorer:
     """One context at a time, its catalog scored in chunks of ``config.chunk_size`` items."""
     if isinstance(scorer, ModelScorer):
-        return replace(scorer, batch_size=1, chunk_size=config.chunk_size, progress=False)
+        options = replace(scorer.options, chunk_size=config.chunk_size)
+        return replace(scorer, batch_size=1, options=options, progress=False)
     return scorer

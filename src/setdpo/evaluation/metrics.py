@@ -1,4 +1,5 @@
-"""Ranking metrics: pure functions of the candidates' levels in rank order, and a registry.
+"""Ranking metrics: pure functions of the candidates' levels in rank order, and a registry;
+generation metrics: functions of the level an answer names, with their denominators.
 
 The protocol (also written into every results file by `protocol_notes`):
 
@@ -30,6 +31,7 @@ a name ``"FAMILY@K"`` looks up ``FAMILY`` (case-insensitive) and passes ``K``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -176,6 +178,52 @@ def pairwise_auc(ranked: np.ndarray, k: int | None, max_level: int) -> float:
     # For each positive, the non-positives ranked below it.
     negatives_below = n_neg - np.cumsum(~positive)
     return float(negatives_below[positive].sum() / (positive.sum() * n_neg))
+
+
+# --- generation ---------------------------------------------------------------------------
+
+# A generation metric: fn(level of the candidate the answer names, None if none) -> float.
+GenerationFn = Callable[[int | None], float]
+
+
+@dataclass(frozen=True)
+class GenerationMetric:
+    """A per-context value of a generated answer, and the per-context column its summary
+    divides by (None: the number of contexts)."""
+
+    fn: GenerationFn
+    denominator: str | None = None
+
+
+GENERATION_METRICS: dict[str, GenerationMetric] = {}
+
+
+def register_generation_metric(
+    name: str, fn: GenerationFn, denominator: str | None = None
+) -> GenerationFn:
+    """Register a generation metric; its summary is ``sum(values) / sum(denominator column)``
+    over contexts (the denominator another registered generation metric)."""
+    if denominator is not None and denominator not in GENERATION_METRICS:
+        raise ValueError(f"{name}: denominator {denominator!r} is not a generation metric")
+    GENERATION_METRICS[name] = GenerationMetric(fn, denominator)
+    return fn
+
+
+register_generation_metric("ValidRatio", lambda level: float(level is not None))
+register_generation_metric("GenHR@1", lambda level: float(level == 1))
+# hits among valid answers: the same per-context value, divided by the valid answers
+register_generation_metric("GenHR@1/valid", lambda level: float(level == 1), "ValidRatio")
+
+
+def answer_values(matched_level: int | None) -> dict[str, float]:
+    """Every generation metric of one answer naming a candidate of ``matched_level``."""
+    return {name: metric.fn(matched_level) for name, metric in GENERATION_METRICS.items()}
+
+
+def denominator_of(name: str) -> str | None:
+    """The per-context column a metric's summary divides by (None: a plain mean)."""
+    metric = GENERATION_METRICS.get(name)
+    return None if metric is None else metric.denominator
 
 
 def protocol_notes() -> dict[str, str]:

@@ -11,29 +11,38 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from setdpo.data import load_items, prompts
 from setdpo.data.io import load_json
 from setdpo.errors import InputError
 from setdpo.evaluation.metrics import rank_order
 from setdpo.model import load
-from setdpo.scoring import score_texts
+from setdpo.scoring import ScoringOptions, score_texts
+
+
+def _help(text: str, default: Any = None) -> Any:
+    return field(default=default, metadata={"help": text})
 
 
 @dataclass
 class RecommendConfig:
     """One recommendation request; validated on construction."""
 
-    model: str = "embedded:smollm2-135m"
-    history: list[str] = field(default_factory=list)
-    candidates: list[str] | None = None
-    catalog: str | None = None
-    domain: str | None = None
-    top: int = 10
-    average: bool = False
-    chat_template: bool = False
-    chunk_size: int = 256
-    device: str = "auto"
+    model: str = _help("run directory or model", "embedded:smollm2-135m")
+    history: list[str] = field(
+        default_factory=list, metadata={"help": "titles watched, oldest first"}
+    )
+    candidates: list[str] | None = _help("candidate titles (listing prompt)", None)
+    catalog: str | None = _help("prepared data directory: rank its items.json (open prompt)")
+    domain: str | None = _help(
+        "prompt domain: movie, music, book, generic (default: the catalog's, else movie)"
+    )
+    top: int = _help("how many to print", 10)
+    average: bool = _help("length-average the log-probs", False)
+    chat_template: bool = _help("wrap the prompt in the chat template", False)
+    chunk_size: int = _help("titles per forward chunk", 256)
+    device: str = _help("device for the model: auto, cpu, cuda", "auto")
 
     def __post_init__(self) -> None:
         self.history = [h.strip() for h in self.history if h.strip()]
@@ -45,6 +54,9 @@ class RecommendConfig:
             raise InputError("--candidates needs at least one non-empty title")
         if self.top < 1 or self.chunk_size < 1:
             raise InputError(f"top ({self.top}) and chunk_size ({self.chunk_size}) must be >= 1")
+
+    def scoring_options(self) -> ScoringOptions:
+        return ScoringOptions(average=self.average, chunk_size=self.chunk_size)
 
 
 def _candidate_titles(config: RecommendConfig) -> tuple[list[str], str, str]:
@@ -72,10 +84,9 @@ def rank_titles(
         tokenizer,
         [prompt],
         [list(titles)],
+        config.scoring_options(),
         chat_template=config.chat_template,
-        average=config.average,
         batch_size=1,
-        chunk_size=config.chunk_size,
     )
     order = rank_order(scores, [1] * len(titles))[: config.top]
     return [

@@ -1,4 +1,5 @@
-"""The results file of `setdpo evaluate`: summaries with intervals, atomic writing, reading.
+"""The results of `setdpo evaluate` (`Results`, `ContextResult`): summaries with intervals,
+the file, written atomically and read back.
 
 Layout (JSON)::
 
@@ -10,37 +11,108 @@ Layout (JSON)::
                    "generation": {...}, "catalog": {...}}]}   # when requested
 
 Every summary metric is ``sum(values) / sum(denominators)`` over contexts; the
-denominator is 1 per context except for the metrics in `RATIO_DENOMINATORS` (generation
-HR@1 over valid answers only divides by the number of valid answers).
+denominator is 1 per context except for the generation metrics registered with one
+(`metrics.register_generation_metric`: generation HR@1 over valid answers only divides by
+the number of valid answers).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from setdpo.atomic import atomic_write_json
 from setdpo.errors import InputError
 from setdpo.evaluation.bootstrap import Interval, bootstrap_interval
-
-# metric -> the per-context column summed as its denominator
-RATIO_DENOMINATORS = {"GenHR@1/valid": "ValidRatio"}
+from setdpo.evaluation.metrics import denominator_of
 
 
-def metric_columns(contexts: Sequence[dict], name: str) -> tuple[np.ndarray, np.ndarray | None]:
+@dataclass
+class ContextResult:
+    """One evaluated context: its candidates' scores and levels [n], the ranks of its
+    positives, its metric values, and what generation and catalog ranking added."""
+
+    context_id: str
+    values: dict[str, float]
+    scores: list[float] | None = None
+    levels: list[int] | None = None
+    positive_ranks: list[int] | None = None
+    generation: dict[str, Any] | None = None  # {"answer", "matched"}
+    catalog: dict[str, Any] | None = None  # {"n_items", "positive_ranks"}
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"context_id": self.context_id}
+        for key in ("scores", "levels", "positive_ranks"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        out["values"] = self.values
+        for key in ("generation", "catalog"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> ContextResult:
+        if "context_id" not in data or "values" not in data:
+            raise InputError(f"{where} lacks 'context_id' or 'values'")
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass
+class Results:
+    """What `setdpo.evaluation.evaluate` returns and a results file holds (layout above)."""
+
+    protocol: dict[str, Any]
+    metrics: dict[str, Interval]
+    contexts: list[ContextResult]
+    timing: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol,
+            "metrics": {name: iv.to_dict() for name, iv in self.metrics.items()},
+            "timing": self.timing,
+            "contexts": [c.to_dict() for c in self.contexts],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> Results:
+        for key in ("protocol", "metrics", "contexts"):
+            if key not in data:
+                raise InputError(f"{where}: not a setdpo results file (no {key!r} key)")
+        return cls(
+            protocol=data["protocol"],
+            metrics={name: Interval(**iv) for name, iv in data["metrics"].items()},
+            contexts=[
+                ContextResult.from_dict(c, f"{where}: context {i}")
+                for i, c in enumerate(data["contexts"])
+            ],
+            timing=data.get("timing", {}),
+        )
+
+    def write(self, path: str | Path) -> Path:
+        """The results as JSON at ``path``, written atomically."""
+        return atomic_write_json(path, self.to_dict())
+
+
+def metric_columns(
+    contexts: Sequence[ContextResult], name: str
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-context values [N] of ``name`` and its denominators [N] (None: the mean)."""
-    values = np.array([c["values"][name] for c in contexts], dtype=np.float64)
-    den_name = RATIO_DENOMINATORS.get(name)
+    values = np.array([c.values[name] for c in contexts], dtype=np.float64)
+    den_name = denominator_of(name)
     if den_name is None:
         return values, None
-    return values, np.array([c["values"][den_name] for c in contexts], dtype=np.float64)
+    return values, np.array([c.values[den_name] for c in contexts], dtype=np.float64)
 
 
 def summarize(
-    contexts: Sequence[dict], names: Sequence[str], n_resamples: int = 1000, seed: int = 0
+    contexts: Sequence[ContextResult], names: Sequence[str], n_resamples: int = 1000, seed: int = 0
 ) -> dict[str, Interval]:
     """Point estimate and 95% bootstrap interval of each metric over ``contexts``."""
     out = {}
@@ -50,12 +122,7 @@ def summarize(
     return out
 
 
-def write_json_atomic(data: dict, path: str | Path) -> None:
-    """Write ``data`` as JSON to a temporary file beside ``path``, then rename it into place."""
-    atomic_write_json(path, data)
-
-
-def load_results(path: str | Path) -> dict:
+def load_results(path: str | Path) -> Results:
     """Read a results file, checking its layout; errors name the file and what is wrong."""
     path = Path(path)
     try:
@@ -64,10 +131,4 @@ def load_results(path: str | Path) -> dict:
         raise InputError(f"{path}: no such results file") from err
     except json.JSONDecodeError as err:
         raise InputError(f"{path}: not valid JSON ({err})") from err
-    for key in ("protocol", "metrics", "contexts"):
-        if key not in data:
-            raise InputError(f"{path}: not a setdpo results file (no {key!r} key)")
-    for i, ctx in enumerate(data["contexts"]):
-        if "context_id" not in ctx or "values" not in ctx:
-            raise InputError(f"{path}: context {i} lacks 'context_id' or 'values'")
-    return data
+    return Results.from_dict(data, str(path))

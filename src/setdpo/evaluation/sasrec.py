@@ -38,8 +38,6 @@ import copy
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -51,7 +49,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from setdpo.atomic import atomic_write_json
+from setdpo.atomic import atomic_write_json, atomic_write_with
 from setdpo.data import load_items
 from setdpo.data.download import cache_dir
 from setdpo.data.schema import PreferenceExample
@@ -395,12 +393,5 @@ def load_or_train(
 
 def _save(folder: Path, model: SASRec, info: dict) -> None:
     """The weights, then the json that marks the folder complete (both written atomically)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, folder / "model.pt")
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write_with(folder / "model.pt", lambda tmp: torch.save(model.state_dict(), tmp))
     atomic_write_json(folder / "sasrec.json", info)

@@ -15,16 +15,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from setdpo.data import load_items
 from setdpo.data.schema import PreferenceExample
 from setdpo.evaluation.baselines import PopularityScorer, RandomScorer
 from setdpo.evaluation.sasrec import SASRecSettings, load_or_train
 from setdpo.model import load
-from setdpo.scoring import candidate_logps
-from setdpo.tokenization import CandidateCollator, tokenize_examples
+from setdpo.scoring import ScoringOptions, score_all
+from setdpo.tokenization import tokenize_examples
 
 BASELINES = ("random", "popularity", "sasrec")
 
@@ -41,17 +39,15 @@ class Scorer(Protocol):
 class ModelScorer:
     """Candidate log-probabilities under a causal LM (plain or peft).
 
-    ``batch_size`` contexts go through one `candidate_logps` call; ``chunk_size`` bounds
-    the candidates scored per forward pass (for catalogs of thousands of items).
+    ``batch_size`` contexts go through one `candidate_logps` call; ``options.chunk_size``
+    bounds the candidates scored per forward pass (for catalogs of thousands of items).
     """
 
     model: Any
     tokenizer: Any
     name: str = "model"
-    share_prefix: bool = True
-    average: bool = False
+    options: ScoringOptions = ScoringOptions()
     batch_size: int = 4
-    chunk_size: int | None = None
     max_prompt_length: int | None = None
     chat_template: bool = False
     progress: bool = True
@@ -69,27 +65,18 @@ class ModelScorer:
     def score(self, examples: Sequence[PreferenceExample]) -> list[np.ndarray]:
         return self.score_tokenized(self.tokenize(examples))
 
-    @torch.no_grad()
     def score_tokenized(self, tokenized: Sequence) -> list[np.ndarray]:
         """Scores of already tokenized examples, ``batch_size`` contexts per forward batch."""
-        collate = CandidateCollator(pad_token_id=self.tokenizer.pad_token_id)
-        device = next(self.model.parameters()).device
-        self.model.eval()
-        out: list[np.ndarray] = []
-        starts = range(0, len(tokenized), self.batch_size)
-        for start in tqdm(starts, desc=f"scoring ({self.name})", disable=not self.progress):
-            chunk = tokenized[start : start + self.batch_size]
-            batch = {k: v.to(device) for k, v in collate(list(chunk)).items()}
-            result = candidate_logps(
-                self.model,
-                batch,
-                share_prefix=self.share_prefix,
-                average=self.average,
-                chunk_size=self.chunk_size,
-            )
-            logps = result.logps.float().cpu().numpy()
-            out.extend(logps[i, : len(t.candidate_ids)] for i, t in enumerate(chunk))
-        return out
+        scores = score_all(
+            self.model,
+            tokenized,
+            self.options,
+            self.tokenizer.pad_token_id,
+            self.batch_size,
+            desc=f"scoring ({self.name})",
+            progress=self.progress,
+        )
+        return [row.numpy() for row in scores]
 
 
 def build_scorer(

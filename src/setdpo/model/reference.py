@@ -1,5 +1,5 @@
-"""The reference of preference training (DESIGN.md section 3): the model the stage starts
-from, never silently the base model."""
+"""The reference of preference training (docs/training.md, "Preference stage"): the model
+the stage starts from, never silently the base model."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def prepare_preference_model(
 
     Loads ``init_run_dir`` (the SFT run, or any name ``load`` accepts), merges all its
     adapters into the base weights and adds a fresh LoRA adapter. The reference
-    (pi_ref = pi_SFT, DESIGN.md section 3) is then the same network with that adapter off::
+    (pi_ref = pi_SFT, docs/training.md) is then the same network with that adapter off::
 
         policy, tokenizer = prepare_preference_model(sft_dir, LoraSettings())
         with policy.disable_adapter():

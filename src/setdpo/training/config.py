@@ -11,18 +11,19 @@ file gives the same configuration back.
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import yaml
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 
+from setdpo import protocol
 from setdpo.atomic import atomic_write_text
 from setdpo.errors import InputError
-from setdpo.protocol import read_stage
+from setdpo.losses import canonical_name, names_help
+from setdpo.scoring import ScoringOptions
 
 RESOLVED_CONFIG = "resolved_config.yaml"
 
@@ -169,9 +170,7 @@ class PrefConfig(_SetdpoArguments):
         default=None,
         metadata={"help": "SFT run directory: the starting policy and the reference."},
     )
-    loss: str = field(
-        default="mult", metadata={"help": "Objective: dpo, dmpo, sdpo, mult, mult2, pl."}
-    )
+    loss: str = field(default="mult", metadata={"help": f"Objective: {names_help()}."})
     beta: float = field(default=1.0, metadata={"help": "Reward scale: r = beta (s_theta - s_ref)."})
     num_negatives: int = field(
         default=3,
@@ -222,8 +221,6 @@ class PrefConfig(_SetdpoArguments):
     )
 
     def __post_init__(self) -> None:
-        from setdpo.losses import canonical_name
-
         if not self.init:
             raise InputError("init (--init) is required: the SFT run directory")
         try:
@@ -236,11 +233,17 @@ class PrefConfig(_SetdpoArguments):
             raise InputError(f"num_negatives must be >= 0 (0 = all), got {self.num_negatives}")
         if self.hard_temperature <= 0:
             raise InputError(f"hard_temperature must be > 0, got {self.hard_temperature}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise InputError(f"chunk_size must be >= 1 or None, got {self.chunk_size}")
+        try:
+            self.scoring_options()
+        except ValueError as err:
+            raise InputError(str(err)) from err
         if self.sft_weight < 0:
             raise InputError(f"sft_weight must be >= 0, got {self.sft_weight}")
         super().__post_init__()
+
+    def scoring_options(self) -> ScoringOptions:
+        """How the policy, the reference and hard negatives score candidates."""
+        return ScoringOptions(self.share_prefix, self.average_logps, self.chunk_size)
 
 
 def load_config(
@@ -248,41 +251,10 @@ def load_config(
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Any:
-    """Build `cls` from a YAML file (optional) with `overrides` taking precedence.
-
-    The file is either a flat mapping of fields or a protocol file whose `sft` / `pref`
-    section is read (`setdpo.protocol`). Unknown keys raise `InputError` naming the file
-    and the keys.
-    """
+    """Build `cls` from a YAML file (optional) with `overrides` taking precedence
+    (`setdpo.protocol.load_config`, reading the `sft` or `pref` section of a protocol file)."""
     section = "sft" if issubclass(cls, SFTConfig) else "pref"
-    values = read_stage(config_file, section) if config_file else {}
-    values.update(overrides or {})
-    known = {f.name for f in fields(cls) if f.init}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        where = config_file or "overrides"
-        raise InputError(f"{where}: unknown {cls.__name__} fields {unknown}")
-    (config,) = HfArgumentParser(cls).parse_dict(values)
-    return config
-
-
-def override_parser(cls: type[_SetdpoArguments]) -> HfArgumentParser:
-    """A parser of `--field value` options for every field of `cls`.
-
-    Defaults are suppressed, so the parsed namespace holds only the fields given explicitly:
-    those override the YAML file.
-    """
-    parser = HfArgumentParser(cls, prog=f"setdpo train ({cls.__name__} fields)", allow_abbrev=False)
-    for action in parser._actions:
-        # On the actions, not `set_defaults`: argparse would copy parser-level defaults in.
-        if action.dest != "help":
-            action.default = argparse.SUPPRESS
-    return parser
-
-
-def parse_overrides(cls: type[_SetdpoArguments], argv: list[str]) -> dict[str, Any]:
-    """Typed field values from `--max-steps 20 --beta 0.5 ...` (exits with usage on errors)."""
-    return vars(override_parser(cls).parse_args(argv))
+    return protocol.load_config(cls, section, config_file, overrides)
 
 
 def write_resolved_config(config: _SetdpoArguments, run_dir: str | Path) -> Path:

@@ -11,8 +11,10 @@ and the model's dropout is off (`disable_dropout`), so every reward is 0 at the 
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from transformers import Trainer, set_seed
 
 from setdpo import losses
 from setdpo import model as models
-from setdpo.scoring import CandidateScores, candidate_logps
+from setdpo.scoring import CandidateScores, ScoringOptions
 from setdpo.training.callbacks import EpochCallback, check_finite
 from setdpo.training.config import PrefConfig
 from setdpo.training.data import (
@@ -63,15 +65,6 @@ def tokens_scored(batch: dict[str, torch.Tensor], share_prefix: bool) -> int:
     return int(prompt_tokens + batch["candidate_mask"].sum())
 
 
-def scoring_options(config: PrefConfig) -> dict[str, Any]:
-    """`candidate_logps` keyword arguments from the config (policy, reference, hard negatives)."""
-    return {
-        "share_prefix": config.share_prefix,
-        "average": config.average_logps,
-        "chunk_size": config.chunk_size,
-    }
-
-
 class _DistributedView:
     """A DDP-wrapped model as `candidate_logps` needs it: calls go through the wrapper (so
     gradients are all-reduced), attribute reads (`get_input_embeddings`, `config`) go to the
@@ -87,6 +80,45 @@ class _DistributedView:
         return getattr(self._inner, name)
 
 
+@dataclass(frozen=True)
+class HardNegatives:
+    """Cuts a batch (every candidate) to the candidates of `keep_candidates` drawn from the
+    current policy's softmax over each example's negatives (`negatives: hard`), at
+    `temperature`, with the example's own generator (`example_rng`).
+
+    Scored when drawn, so a step costs one extra no-grad pass over its own examples and
+    nothing is scored that training never reaches; a resumed run draws as the
+    uninterrupted one did.
+    """
+
+    options: ScoringOptions
+    seed: int
+    num_negatives: int
+    temperature: float
+
+    @classmethod
+    def of(cls, config: PrefConfig) -> HardNegatives | None:
+        """The config's hard-negative draw, or None under `negatives: random`."""
+        if config.negatives != "hard":
+            return None
+        return cls(
+            config.scoring_options(), config.seed, config.num_negatives, config.hard_temperature
+        )
+
+    def __call__(self, model: torch.nn.Module, batch: dict[str, Any], epoch: int) -> Any:
+        """`batch` cut to the drawn candidates; `model` is the unwrapped policy."""
+        with torch.no_grad(), eval_mode(model):
+            scores = self.options.score(model, batch).logps.float().cpu()
+        keep = []
+        for b, index in enumerate(batch["example_index"].tolist()):
+            real = int((batch["levels"][b] > 0).sum())
+            rng = example_rng(self.seed, epoch, index)
+            levels = batch["levels"][b, :real].tolist()
+            row = scores[b, :real].tolist()
+            keep.append(keep_candidates(levels, rng, self.num_negatives, row, self.temperature))
+        return subset_batch(batch, keep)
+
+
 class PreferenceTrainer(Trainer):
     """`compute_loss` = candidate log-probs -> `losses.compute` (+ `sft_weight` x NLL).
 
@@ -97,9 +129,15 @@ class PreferenceTrainer(Trainer):
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
-    def __init__(self, *args: Any, reference: Reference, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        reference: Reference,
+        hard_negatives: HardNegatives | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.reference = reference
+        self.reference, self.hard_negatives = reference, hard_negatives
         self._metrics: dict[str, dict[str, list[float]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),
@@ -107,33 +145,15 @@ class PreferenceTrainer(Trainer):
         self._counts = {"tokens": 0, "contexts": 0, "since": time.perf_counter()}
 
     def draw_hard_negatives(self, model: torch.nn.Module, batch: dict[str, Any]) -> Any:
-        """`batch` (every candidate) cut to the candidates of `keep_candidates` drawn from the
-        current policy's softmax over each example's negatives (`negatives: hard`).
-
-        Scored when drawn, so a step costs one extra no-grad pass over its own examples and
-        nothing is scored that training never reaches; a resumed run draws as the
-        uninterrupted one did.
-        """
+        """`batch` cut by `hard_negatives` under the current policy, this epoch."""
         inner = self.accelerator.unwrap_model(model)
-        with torch.no_grad(), eval_mode(inner):
-            scores = candidate_logps(inner, batch, **scoring_options(self.args)).logps.float().cpu()
-        args, epoch = self.args, self.train_dataset.epoch
-        keep = []
-        for b, index in enumerate(batch["example_index"].tolist()):
-            real = int((batch["levels"][b] > 0).sum())
-            rng = example_rng(args.seed, epoch, index)
-            levels = batch["levels"][b, :real].tolist()
-            row = scores[b, :real].tolist()
-            keep.append(
-                keep_candidates(levels, rng, args.num_negatives, row, args.hard_temperature)
-            )
-        return subset_batch(batch, keep)
+        return self.hard_negatives(inner, batch, self.train_dataset.epoch)
 
     def policy_logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
         """`CandidateScores` of a batch under the policy (with gradients in training)."""
         inner = self.accelerator.unwrap_model(model)
         policy = model if inner is model else _DistributedView(model, inner)
-        scores = candidate_logps(policy, batch, **scoring_options(self.args))
+        scores = self.args.scoring_options().score(policy, batch)
         if model.training:  # before losses.compute, which rejects non-finite log-probs outright
             valid = batch["levels"] > 0
             step, out_dir = self.state.global_step, self.args.output_dir
@@ -148,7 +168,7 @@ class PreferenceTrainer(Trainer):
         num_items_in_batch: Any = None,
     ) -> Any:
         args, start = self.args, time.perf_counter()
-        if model.training and args.negatives == "hard":
+        if model.training and self.hard_negatives is not None:
             inputs = self.draw_hard_negatives(model, inputs)
         ref = self.reference(inputs)
         scores = self.policy_logps(model, inputs)
@@ -235,10 +255,9 @@ def _reference(
     The memo lives in the SFT run directory (shared by every objective aligned from it), or in
     the output directory when `init` is not a run directory (a model folder or hub id).
     """
-    scoring = scoring_options(config)
+    scoring = config.scoring_options()
     load_copy = partial(_frozen_copy, config) if config.peft == "none" else None
-    settings = {k: v for k, v in scoring.items() if k != "chunk_size"}  # same values in chunks
-    settings.update(dtype="float32", bf16=config.bf16, fp16=config.fp16)
+    settings = {**scoring.values(), "dtype": "float32", "bf16": config.bf16, "fp16": config.fp16}
     key = memo_key(config.init, settings)
     root = Path(config.init) if models.is_run_dir(config.init) else Path(config.output_dir)
     memo = ReferenceMemo(root / MEMO_DIR / key[:16], key)
@@ -279,15 +298,20 @@ def build_pref_trainer(config: PrefConfig) -> PreferenceTrainer:
     valid = PreferenceDataset(tokenize_lazily(valid_examples, tokenizer, config), config.seed, 0)
     splits = {"train": train, "valid": valid} if len(valid) else {"train": train}
     reference = _reference(model, tokenizer, config, splits)
+    args = config
+    if not len(valid) and config.eval_on_start:  # nothing to evaluate at the start
+        args = copy.copy(config)  # the trainer's own arguments: the user's config stays as given
+        args.eval_on_start = False
     return PreferenceTrainer(
         model=model,
-        args=config,
+        args=args,
         train_dataset=train,
         eval_dataset=valid if len(valid) else None,
         data_collator=PreferenceCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=[EpochCallback([train]), MemoFlush(reference.memo)],
         reference=reference,
+        hard_negatives=HardNegatives.of(config),
     )
 
 
@@ -301,8 +325,6 @@ def train_pref(config: PrefConfig, resume: bool = False) -> Path:
     shards are merged into one file at the end.
     """
     trainer = build_pref_trainer(config)
-    if trainer.eval_dataset is None:  # no valid split: nothing to evaluate at the start
-        config.eval_on_start = False
     run_dir = train_and_close(trainer, config, resume, init_run=config.init)
     if trainer.is_world_process_zero():
         trainer.reference.memo.merge_shards()

@@ -1,6 +1,6 @@
 """Reference log-probs of preference training: computed when a batch first needs them, memoised.
 
-The reference (pi_ref = pi_SFT, DESIGN.md section 3) never changes, and every objective aligned
+The reference (pi_ref = pi_SFT, docs/training.md) never changes, and every objective aligned
 from one SFT run shares it. So a candidate's reference log-prob is computed the first time a
 batch holds it and kept on disk, in the SFT run directory:
 
@@ -33,7 +33,7 @@ from transformers import TrainerCallback
 
 from setdpo.atomic import atomic_write_text
 from setdpo.model import is_run_dir, read_run_model
-from setdpo.scoring import candidate_logps
+from setdpo.scoring import ScoringOptions
 from setdpo.training.data import PreferenceCollator, PreferenceDataset
 
 MEMO_DIR = "ref_logps"
@@ -182,7 +182,7 @@ class ReferenceModel:
     def __init__(
         self,
         policy: torch.nn.Module,
-        scoring: dict[str, Any],
+        scoring: ScoringOptions,
         load_copy: Callable[[], torch.nn.Module] | None = None,
     ) -> None:
         self.policy, self.scoring, self.load_copy = policy, scoring, load_copy
@@ -197,7 +197,7 @@ class ReferenceModel:
                 self.copy = self.load_copy()
             model, off = self.copy, contextlib.nullcontext()
         with torch.no_grad(), off, eval_mode(model):
-            scores = candidate_logps(model, batch, **self.scoring)
+            scores = self.scoring.score(model, batch)
         return scores.logps.float().cpu()
 
     def release(self) -> None:

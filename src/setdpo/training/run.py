@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ import numpy as np
 from transformers import Trainer
 
 from setdpo import model as models
+from setdpo.atomic import atomic_write_with
 from setdpo.data.schema import PreferenceExample
 from setdpo.data.store import open_split
 from setdpo.errors import InputError
@@ -69,14 +68,7 @@ def log_truncation(trainer: Trainer) -> None:
 
 def write_trainer_state(trainer: Trainer, run_dir: Path) -> None:
     """transformers' `trainer_state.json` (the per-step log), written atomically."""
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{TRAINER_STATE}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        trainer.state.save_to_json(tmp)
-        os.replace(tmp, run_dir / TRAINER_STATE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_with(run_dir / TRAINER_STATE, trainer.state.save_to_json)
 
 
 def train_and_close(trainer: Trainer, config: Any, resume: bool, **run_model: Any) -> Path:
