@@ -74,75 +74,58 @@ class Budget:
     note: str
 
 
-# Step counts and sizes are measured (benchmarks/RESULTS.md, "Quickstart"), not guessed.
+# The lab tier's CPU settings (DESIGN.md's lab measurement: AdamW 2e-3 with warm-up, batch
+# 32, clip 1.0; alignment at 1e-4, batch 16, all 17 negatives) and the llm tier's (S-DPO's
+# LoRA setting: 3 negatives). Budgets change sizes and steps only.
+LAB = TierBudget(
+    train_examples=None,
+    test_examples=None,
+    sft_steps=180,
+    pref_steps=24,
+    sft_batch=32,
+    pref_batch=16,
+    sft_lr=2e-3,
+    pref_lr=1e-4,
+    peft="none",
+    num_negatives=0,
+    valid_examples=64,
+    warmup_steps=50,
+    max_prompt_length=256,
+)
+LLM = TierBudget(
+    train_examples=48,
+    test_examples=40,
+    sft_steps=12,
+    pref_steps=12,
+    sft_batch=4,
+    pref_batch=4,
+    sft_lr=2e-4,
+    pref_lr=2e-4,
+    peft="lora",
+    num_negatives=3,
+    valid_examples=8,
+    max_prompt_length=320,
+)
+
+# Step counts and sizes of "small" are measured (benchmarks/RESULTS.md, "Quickstart").
 BUDGETS: dict[str, Budget] = {
     "small": Budget(
         test_examples=600,
         note="CPU, under 20 minutes on 2 cores from a fresh clone (tiers in parallel)",
-        tiers={
-            "lab": TierBudget(
-                train_examples=None,
-                test_examples=None,
-                sft_steps=180,
-                pref_steps=24,
-                sft_batch=32,
-                pref_batch=16,
-                sft_lr=2e-3,
-                pref_lr=1e-4,
-                peft="none",
-                num_negatives=0,
-                valid_examples=64,
-                warmup_steps=50,
-                max_prompt_length=256,
-            ),
-            "llm": TierBudget(
-                train_examples=48,
-                test_examples=40,
-                sft_steps=12,
-                pref_steps=12,
-                sft_batch=4,
-                pref_batch=4,
-                sft_lr=2e-4,
-                pref_lr=2e-4,
-                peft="lora",
-                num_negatives=3,
-                valid_examples=8,
-                max_prompt_length=320,
-            ),
-        },
+        tiers={"lab": LAB, "llm": LLM},
     ),
     "medium": Budget(
         test_examples=2000,
         note="CPU, sized for about an hour on 2 cores (not yet measured)",
         tiers={
-            "lab": TierBudget(
-                train_examples=None,
-                test_examples=None,
-                sft_steps=1200,
-                pref_steps=120,
-                sft_batch=32,
-                pref_batch=16,
-                sft_lr=2e-3,
-                pref_lr=1e-4,
-                peft="none",
-                num_negatives=0,
-                valid_examples=200,
-                warmup_steps=50,
-                max_prompt_length=256,
-            ),
-            "llm": TierBudget(
+            "lab": replace(LAB, sft_steps=1200, pref_steps=120, valid_examples=200),
+            "llm": replace(
+                LLM,
                 train_examples=200,
                 test_examples=100,
                 sft_steps=50,
                 pref_steps=50,
-                sft_batch=4,
-                pref_batch=4,
-                sft_lr=2e-4,
-                pref_lr=2e-4,
-                peft="lora",
-                num_negatives=3,
                 valid_examples=16,
-                max_prompt_length=320,
             ),
         },
     ),
@@ -151,32 +134,22 @@ BUDGETS: dict[str, Budget] = {
         test_examples=16,
         note="seconds: tests and smoke runs, not results",
         tiers={
-            "lab": TierBudget(
+            "lab": replace(
+                LAB,
                 train_examples=32,
-                test_examples=None,
                 sft_steps=4,
                 pref_steps=4,
                 sft_batch=4,
                 pref_batch=4,
-                sft_lr=2e-3,
-                pref_lr=1e-4,
-                peft="none",
-                num_negatives=0,
                 valid_examples=8,
-                max_prompt_length=256,
+                warmup_steps=0,
             ),
-            "llm": TierBudget(
+            "llm": replace(
+                LLM,
                 train_examples=32,
                 test_examples=12,
                 sft_steps=4,
                 pref_steps=4,
-                sft_batch=4,
-                pref_batch=4,
-                sft_lr=2e-4,
-                pref_lr=2e-4,
-                peft="lora",
-                num_negatives=3,
-                valid_examples=8,
                 max_prompt_length=256,
             ),
         },
@@ -186,22 +159,17 @@ BUDGETS: dict[str, Budget] = {
         test_examples=10_000,
         note="GPU: whole training split, S-DPO's effective batch of 128",
         tiers={
-            "lab": TierBudget(
-                train_examples=None,
-                test_examples=None,
+            "lab": replace(
+                LAB,
                 sft_steps=20_000,
                 pref_steps=3000,
                 sft_batch=64,
                 pref_batch=32,
-                sft_lr=2e-3,
-                pref_lr=1e-4,
-                peft="none",
-                num_negatives=0,
                 valid_examples=500,
                 warmup_steps=100,
-                max_prompt_length=256,
             ),
-            "llm": TierBudget(
+            "llm": replace(
+                LLM,
                 train_examples=None,
                 test_examples=None,
                 sft_steps=-1,
@@ -210,8 +178,6 @@ BUDGETS: dict[str, Budget] = {
                 pref_batch=128,
                 sft_lr=1e-4,
                 pref_lr=1e-5,
-                peft="lora",
-                num_negatives=3,
                 valid_examples=500,
                 max_prompt_length=1024,
             ),
@@ -470,8 +436,10 @@ TIER_NOTES = [
 ]
 
 TIER_TITLES: dict[str, Callable[[QuickstartConfig], str]] = {
-    "lab": lambda c: f"`{c.lab_model}`, a small language model over the catalog trained from "
-    "scratch (not a pretrained LLM), full fine-tuning",
+    "lab": lambda c: (
+        f"`{c.lab_model}`, a small language model over the catalog trained from "
+        "scratch (not a pretrained LLM), full fine-tuning"
+    ),
     "llm": lambda c: f"`{c.llm_model}`, pretrained, LoRA",
 }
 
@@ -534,7 +502,9 @@ def _run_tiers(config: QuickstartConfig, stages: Stages, data_dir: Path) -> None
     for tier, child, log in children:
         if child.exitcode != 0:
             tail = "\n".join(log.read_text(encoding="utf-8").splitlines()[-30:])
-            raise RuntimeError(f"the {tier} tier failed (exit {child.exitcode}); log {log}:\n{tail}")
+            raise RuntimeError(
+                f"the {tier} tier failed (exit {child.exitcode}); log {log}:\n{tail}"
+            )
 
 
 def run_quickstart(config: QuickstartConfig) -> Path:
