@@ -223,7 +223,8 @@ class QuickstartConfig:
         metadata={"help": "objectives of the llm tier (a subset: it is the slow one)"},
     )
     budget: str = field(
-        default="small", metadata={"help": "small (CPU, 20 min) | medium (CPU, 1 h) | full (GPU)"}
+        default="small",
+        metadata={"help": "small (CPU, 20 min) | medium (CPU, 1 h) | full (GPU) | smoke (tests)"},
     )
     source: str = field(default="ml-100k", metadata={"help": "data source"})
     mode: str = field(
