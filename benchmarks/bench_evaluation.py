@@ -70,14 +70,14 @@ def run(contexts: int, batch_size: int, repeats: int) -> tuple[list[dict], str]:
             progress=False,
         )
         seconds, scores = time_scoring(scorer, examples, repeats)
-        ranked = rank_contexts(examples, scores, DEFAULT_METRICS, max_level=2)
+        ranked = rank_contexts(examples, scores, DEFAULT_METRICS)
         all_scores[share] = np.concatenate(scores)
         rows.append(
             {
                 "prompt": "shared" if share else "repeated",
                 "seconds": seconds,
                 "contexts_per_s": len(examples) / seconds,
-                "hr1": float(np.mean([c["values"]["HR@1"] for c in ranked])),
+                "hr1": float(np.mean([c.values["HR@1"] for c in ranked])),
             }
         )
     max_diff = float(np.abs(all_scores[True] - all_scores[False]).max())

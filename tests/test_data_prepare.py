@@ -134,7 +134,7 @@ def ml100k_modes(tmp_path_factory):
 
 
 def check_invariants(folder: Path, raw, mode: str, k: int = 3, candidates: int = 20) -> None:
-    """The protocol of DESIGN.md section 2, checked example by example against raw data."""
+    """The protocol of docs/data.md, checked example by example against raw data."""
     last_time = {}
     title_to_id = {item["title"]: item["item_id"] for item in load_items(folder)}
     for split in SPLITS:

@@ -85,7 +85,7 @@ def test_mult2_with_two_levels_is_mult(seed, beta, k, n_neg, worse):
 @settings(max_examples=50, deadline=None)
 @given(seed=seeds, k=st.integers(1, 8), n_neg=st.integers(1, 15), scale=st.floats(0.01, 20.0))
 def test_mult_pl_bound(seed, k, n_neg, scale):
-    # 0 <= (L_mult - log k!) - L_pl <= (k - 1) log(1 + A/B)   (DESIGN.md, "The bound").
+    # 0 <= (L_mult - log k!) - L_pl <= (k - 1) log(1 + A/B)   (docs/objectives.md).
     levels = _binary_levels(k, n_neg)
     pol = _logps(seed, tuple(levels.shape), scale)
     r = pol[0]

@@ -74,9 +74,9 @@ class Budget:
     note: str
 
 
-# The lab tier's CPU settings (DESIGN.md's lab measurement: AdamW 2e-3 with warm-up, batch
-# 32, clip 1.0; alignment at 1e-4, batch 16, all 17 negatives) and the llm tier's (S-DPO's
-# LoRA setting: 3 negatives). Budgets change sizes and steps only.
+# The lab tier's CPU settings (docs/training.md, "The lab model": AdamW 2e-3 with warm-up,
+# batch 32, clip 1.0; alignment at 1e-4, batch 16, all 17 negatives) and the llm tier's
+# (S-DPO's LoRA setting: 3 negatives). Budgets change sizes and steps only.
 LAB = TierBudget(
     train_examples=None,
     test_examples=None,

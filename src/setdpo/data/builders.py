@@ -1,6 +1,6 @@
 """Interactions -> split contexts with candidate sets -> `PreferenceExample` rows.
 
-Steps (DESIGN.md section 2): sort each user's interactions by time; every position with
+Steps (docs/data.md): sort each user's interactions by time; every position with
 at least `min_history` earlier items and a full target window is a context; split 8:1:1
 by target time (or leave-last-out per user), dropping the windows that cross the next
 split's boundary; optionally keep a seeded sample per split;

@@ -24,7 +24,7 @@ def _help(text: str, default: object) -> object:
 
 @dataclass
 class PrepareConfig:
-    """How to turn interactions into `PreferenceExample` splits (DESIGN.md section 2)."""
+    """How to turn interactions into `PreferenceExample` splits (docs/data.md)."""
 
     source: str = _help("ml-100k | ml-1m | ml-10m (downloaded) | file", "ml-100k")
     out: str = _help("output directory (created atomically)", "prepared")

@@ -193,7 +193,7 @@ class Split:
 
 
 def split_contexts(seq: Sequences, ctx: Contexts, config: PrepareConfig) -> Split:
-    """Split the contexts (DESIGN.md section 2): a context belongs to a split only if its
+    """Split the contexts (docs/data.md): a context belongs to a split only if its
     whole target window lies before the next split's boundary."""
     if config.split == "chrono":
         return _chrono_split(seq, ctx, config)
