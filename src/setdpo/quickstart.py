@@ -224,7 +224,7 @@ class QuickstartConfig:
     )
     budget: str = field(
         default="small",
-        metadata={"help": "small (CPU, 20 min) | medium (CPU, lab tier 23 min) | full (GPU) | smoke (tests)"},
+        metadata={"help": "small (CPU) | medium (CPU, longer) | full (GPU) | smoke (tests)"},
     )
     source: str = field(default="ml-100k", metadata={"help": "data source"})
     mode: str = field(
