@@ -231,7 +231,7 @@ class QuickstartConfig:
         default="next-k", metadata={"help": "data mode: next | next-k | rated | levels"}
     )
     seed: int = field(default=0, metadata={"help": "seed of data, training and bootstrap"})
-    jobs: int = field(default=2, metadata={"help": "tiers run at once (one thread each)"})
+    jobs: int = field(default=2, metadata={"help": "1: tiers in turn; 2: in two processes"})
     fresh: bool = field(default=False, metadata={"help": "re-run stages already finished"})
 
     def __post_init__(self) -> None:
@@ -240,8 +240,8 @@ class QuickstartConfig:
         unknown = set(self.tiers) - set(TIERS)
         if unknown or not self.tiers or len(set(self.tiers)) != len(self.tiers):
             raise InputError(f"tiers must be distinct names from {list(TIERS)}, got {self.tiers}")
-        if self.jobs < 1:
-            raise InputError(f"jobs must be >= 1, got {self.jobs}")
+        if self.jobs not in (1, 2):
+            raise InputError(f"jobs must be 1 or 2 (one process per tier), got {self.jobs}")
         try:
             self.losses = _objectives(self.losses, self.mode)
             self.llm_losses = _objectives(self.llm_losses, self.mode)
@@ -445,13 +445,11 @@ TIER_TITLES: dict[str, Callable[[QuickstartConfig], str]] = {
 }
 
 
-def _tier_process(
-    config: QuickstartConfig, tier: str, log_path: str, head_start: str | None
-) -> None:
-    """Entry of a second process: one torch thread, output to the tier's log file.
+def _tier_process(config: QuickstartConfig, first: str, tier: str, log_path: str) -> None:
+    """Entry of the second process: one torch thread, output to the tier's log file.
 
-    ``head_start``: a tier whose baselines this process evaluates first, so that the first
-    process (training its models meanwhile) finds them done, SASRec's training included.
+    It evaluates the ``first`` tier's baselines before running its own ``tier``, so that the
+    first process (training its models meanwhile) finds them done, SASRec's training included.
     """
     import torch
 
@@ -462,50 +460,37 @@ def _tier_process(
         sys.stdout = sys.stderr = log
         run_dir = Path(config.out)
         stages = Stages(run_dir, fresh=False)
-        if head_start is not None:
-            evaluate_tier(config, head_start, stages, run_dir / "data", BASELINE_MODELS)
+        evaluate_tier(config, first, stages, run_dir / "data", BASELINE_MODELS)
         run_tier(config, tier, stages, run_dir / "data")
 
 
 def _run_tiers(config: QuickstartConfig, stages: Stages, data_dir: Path) -> None:
-    """The tiers one after the other, or the last ones in second processes (``jobs``)."""
+    """The tiers one after the other (``jobs`` 1), or the second one in a second process."""
     import torch
 
-    tiers = list(config.tiers)
-    if config.jobs == 1 or len(tiers) == 1:
-        for tier in tiers:
+    if config.jobs == 1 or len(config.tiers) == 1:
+        for tier in config.tiers:
             run_tier(config, tier, stages, data_dir)
         return
-    logs = Path(config.out) / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    first, second = config.tiers
+    log = Path(config.out) / "logs" / f"{second}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[quickstart] {second} tier: running in a second process, log {log}", flush=True)
     # fresh is spent here: a re-run data stage already invalidates every later stage.
-    child_config = replace(config, fresh=False)
-    context = multiprocessing.get_context("spawn")
-    children = []
-    for i, tier in enumerate(tiers[1 : config.jobs]):
-        log = logs / f"{tier}.log"
-        print(f"[quickstart] {tier} tier: running in a second process, log {log}", flush=True)
-        head_start = tiers[0] if i == 0 else None
-        child = context.Process(
-            target=_tier_process, args=(child_config, tier, str(log), head_start)
-        )
-        child.start()
-        children.append((tier, child, log))
+    child = multiprocessing.get_context("spawn").Process(
+        target=_tier_process, args=(replace(config, fresh=False), first, second, str(log))
+    )
+    child.start()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for tier in [tiers[0], *tiers[config.jobs :]]:
-            run_tier(config, tier, stages, data_dir)
+        run_tier(config, first, stages, data_dir)
     finally:
         torch.set_num_threads(threads)
-        for _, child, _ in children:
-            child.join()
-    for tier, child, log in children:
-        if child.exitcode != 0:
-            tail = "\n".join(log.read_text(encoding="utf-8").splitlines()[-30:])
-            raise RuntimeError(
-                f"the {tier} tier failed (exit {child.exitcode}); log {log}:\n{tail}"
-            )
+        child.join()
+    if child.exitcode != 0:
+        tail = "\n".join(log.read_text(encoding="utf-8").splitlines()[-30:])
+        raise RuntimeError(f"the {second} tier failed (exit {child.exitcode}); log {log}:\n{tail}")
 
 
 def run_quickstart(config: QuickstartConfig) -> Path:
