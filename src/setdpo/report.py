@@ -67,7 +67,7 @@ def series(history: Sequence[dict], key: str) -> tuple[list[float], list[float]]
     return [s for s, _ in points], [v for _, v in points]
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
     try:
         return atomic_write_with(
             path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"), suffix=".png"
@@ -89,7 +89,7 @@ def plot_training(pref_runs: dict[str, Path], path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.suptitle("Preference training (train split, logged every few steps)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_bound_gap(run: Path, path: Path) -> Path:
@@ -109,7 +109,7 @@ def plot_bound_gap(run: Path, path: Path) -> Path:
     ax_gap.legend(fontsize=8)
     ax_ratio.set_title("A / B (positive over negative mass)")
     fig.suptitle("mult: bound gap against the exact set-wise PL loss")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_metric_bars(results: dict[str, Results], path: Path) -> Path:
@@ -130,7 +130,7 @@ def plot_metric_bars(results: dict[str, Results], path: Path) -> Path:
     ax.legend(ncol=min(len(names), 4), fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title("Test-split ranking metrics, same contexts and candidates for every model")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def build_report(run_dir: str | Path, title: str = "setdpo report") -> Path:

@@ -1,0 +1,367 @@
+"""A study's configuration and the stages it expands to.
+
+A study configuration (``configs/studies/*.yaml``) holds one section per command, as a
+protocol file does (``prepare``, ``sft``, ``pref``, ``evaluate``: the fields of
+`PrepareConfig`, `SFTConfig`, `PrefConfig`, `EvalConfig`), plus a ``grid`` and ``seeds``::
+
+    seeds: [0, 1, 2]
+    grid:
+      prepare.k: [1, 3, 5]             # an axis over one field: section.field: [values]
+      pref.loss: [dpo, sdpo, mult, pl] # the objective axis (required)
+      tier:                            # an axis of named bundles of fields
+        lab: {sft.model: lab, sft.max_steps: 180}
+        llm: {sft.model: "embedded:smollm2-135m", sft.max_steps: 12}
+
+Every combination of the axes' values, times every seed, is a cell. Equal stages are shared:
+a stage depends only on the axes that touch its section or an earlier one (data <- prepare;
+sft <- prepare, sft; pref <- prepare, sft, pref; an evaluation <- what it evaluates and the
+evaluate section), so one prepared data set per data setting and seed, one SFT run per data
+and SFT setting and seed, one preference run per objective, setting and seed. Each stage is
+the `setdpo ...` command a user would type, reading a configuration file the study writes
+(``DIR/stages/<name>.yaml``).
+
+Layout of a study directory::
+
+    study.yaml                   the study's configuration as run
+    commands.sh                  every stage's command, in dependency order
+    stages/<kind>/<tag>.yaml     a stage's configuration file; <tag>.json: its record
+    logs/<kind>/<tag>.log        its output
+    data/<tag>/                  prepared data          (setdpo data prepare)
+    runs/sft/<tag>/  runs/pref/<tag>/                     (setdpo train sft|pref)
+    eval/<model>/<tag>.json      test results           (setdpo evaluate)
+    report.md  summary.json  plots/*.png                  (setdpo study report)
+
+Tags name the axis values a stage depends on and the seed: ``k=3,loss=mult,seed=0``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import shlex
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from setdpo.errors import InputError
+
+SECTIONS = {
+    "prepare": "setdpo.data.config:PrepareConfig",
+    "sft": "setdpo.training.config:SFTConfig",
+    "pref": "setdpo.training.config:PrefConfig",
+    "evaluate": "setdpo.evaluation.evaluate:EvalConfig",
+}
+# Fields the study sets itself (paths between stages, the seed).
+OWNED = {
+    "prepare": {"out", "seed", "overwrite"},
+    "sft": {"data", "output_dir", "seed"},
+    "pref": {"data", "output_dir", "init", "seed"},
+    "evaluate": {"data", "model", "seed"},
+}
+LOSS_AXIS = "pref.loss"
+BASELINES = ("random", "popularity", "sasrec", "base")
+# Which sections a stage kind depends on (its own and the earlier ones).
+DEPENDS = {
+    "data": ("prepare",),
+    "sft": ("prepare", "sft"),
+    "pref": ("prepare", "sft", "pref"),
+}
+
+
+@dataclass
+class StudyConfig:
+    """What `setdpo study` runs (the file's keys; see the module docstring)."""
+
+    description: str = ""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    prepare: dict[str, Any] = field(default_factory=dict)
+    sft: dict[str, Any] = field(default_factory=dict)
+    pref: dict[str, Any] = field(default_factory=dict)
+    evaluate: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, Any] = field(default_factory=dict)
+    baselines: list[str] = field(default_factory=lambda: ["popularity"])
+    metric: str = "NDCG@5"  # the metric of the paired statistics
+    metrics: list[str] = field(default_factory=lambda: ["HR@1", "NDCG@5", "MRR"])
+    compare_with: list[str] = field(default_factory=lambda: ["sft"])
+    threads: int = 1  # torch threads per stage
+    n_resamples: int = 2000
+
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise InputError(f"seeds must be distinct and non-empty, got {self.seeds}")
+        unknown = set(self.baselines) - set(BASELINES)
+        if unknown:
+            raise InputError(f"baselines must be among {list(BASELINES)}, got {sorted(unknown)}")
+        if self.threads < 1 or self.n_resamples < 100:
+            raise InputError("threads must be >= 1 and n_resamples >= 100")
+        if LOSS_AXIS not in self.grid:
+            raise InputError(f"the grid needs the objective axis {LOSS_AXIS!r}: [names]")
+        from setdpo.losses import canonical_name
+
+        try:
+            self.grid[LOSS_AXIS] = [canonical_name(n) for n in self.grid[LOSS_AXIS]]
+        except (KeyError, ValueError, TypeError) as err:
+            raise InputError(f"grid {LOSS_AXIS}: {err}") from err
+        for name in self.compare_with:
+            if name != "sft" and name not in self.baselines:
+                raise InputError(f"compare_with {name!r}: not 'sft' nor one of the baselines")
+        self.axes = [_axis(name, values) for name, values in self.grid.items()]
+        _check_fields(self)
+
+
+@dataclass(frozen=True, eq=False)
+class AxisValue:
+    label: str
+    settings: dict[str, Any]  # "section.field" -> value
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: one object per axis
+class Axis:
+    name: str  # the label in tags: the field for a one-field axis, else the grid key
+    key: str  # the grid key
+    values: tuple[AxisValue, ...]
+
+    @property
+    def sections(self) -> set[str]:
+        return {k.split(".")[0] for v in self.values for k in v.settings}
+
+
+def _split_key(key: str, where: str) -> tuple[str, str]:
+    section, _, name = key.partition(".")
+    if section not in SECTIONS or not name:
+        raise InputError(
+            f"{where}: {key!r} is not section.field with a section of {list(SECTIONS)}"
+        )
+    if name in OWNED[section]:
+        raise InputError(f"{where}: {key!r} is set by the study itself")
+    return section, name
+
+
+def _axis(key: str, values: Any) -> Axis:
+    if isinstance(values, dict):  # named bundles
+        out = []
+        for label, bundle in values.items():
+            if not isinstance(bundle, dict) or not bundle:
+                raise InputError(
+                    f"grid {key}.{label}: a bundle is a mapping of section.field: value"
+                )
+            for k in bundle:
+                _split_key(k, f"grid {key}.{label}")
+            out.append(AxisValue(str(label), dict(bundle)))
+        return Axis(key, key, tuple(out))
+    if not isinstance(values, list) or not values:
+        raise InputError(f"grid {key}: a non-empty list of values (or a mapping of bundles)")
+    _split_key(key, f"grid {key}")
+    labels = [str(v) for v in values]
+    if len(set(labels)) != len(labels):
+        raise InputError(f"grid {key}: repeated values {values}")
+    return Axis(key.split(".", 1)[1], key, tuple(AxisValue(str(v), {key: v}) for v in values))
+
+
+def _check_fields(config: StudyConfig) -> None:
+    """Unknown field names fail now, not after an hour of earlier stages."""
+    from setdpo.commands.options import config_class
+
+    for section, path in SECTIONS.items():
+        known = {f.name for f in fields(config_class(path)) if f.init}
+        given = set(getattr(config, section))
+        for axis in config.axes:
+            given |= {
+                k.split(".", 1)[1]
+                for v in axis.values
+                for k in v.settings
+                if k.startswith(f"{section}.")
+            }
+        unknown = sorted(given - known)
+        if unknown:
+            raise InputError(f"study section {section!r}: unknown fields {unknown}")
+        owned = sorted(set(getattr(config, section)) & OWNED[section])
+        if owned:
+            raise InputError(f"study section {section!r}: {owned} are set by the study itself")
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    from setdpo.protocol import read_config_file
+
+    raw = read_config_file(path)
+    known = {f.name for f in fields(StudyConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise InputError(f"{path}: unknown study keys {unknown}; known: {sorted(known)}")
+    try:
+        return StudyConfig(**raw)
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from err
+
+
+@dataclass
+class Stage:
+    """One command of the study."""
+
+    name: str  # "<kind>/<tag>" (or "eval/<model>/<tag>")
+    kind: str  # data | sft | pref | eval
+    command: list[str]  # setdpo's arguments, e.g. ["train", "pref", "--config", FILE]
+    settings: dict[str, Any]  # the configuration file's fields
+    output: Path
+    after: list[str]
+    key: str = ""  # hash of the settings, the command and the upstream keys
+
+    def command_line(self, threads: int) -> str:
+        return f"OMP_NUM_THREADS={threads} setdpo " + " ".join(shlex.quote(a) for a in self.command)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One setting (the axis labels but the objective's) and seed: which stage holds which
+    model's evaluation."""
+
+    setting: tuple[tuple[str, str], ...]
+    seed: int
+    evals: dict[str, str]  # model name -> eval stage name
+    prefs: dict[str, str]  # objective -> pref stage name
+
+
+@dataclass
+class Plan:
+    config: StudyConfig
+    out: Path
+    stages: dict[str, Stage]  # in dependency order
+    cells: list[Cell]
+
+    @property
+    def objectives(self) -> list[str]:
+        return list(self.config.grid[LOSS_AXIS])
+
+    def settings(self) -> list[tuple[tuple[str, str], ...]]:
+        return list(dict.fromkeys(c.setting for c in self.cells))
+
+
+def _tag(labels: list[tuple[str, str]]) -> str:
+    return ",".join(f"{name}={value}" for name, value in labels) or "default"
+
+
+def build_plan(config: StudyConfig, out: str | Path) -> Plan:
+    """Every stage of the study, shared where equal, keyed by its content."""
+    out = Path(out)
+    stages: dict[str, Stage] = {}
+
+    def add(stage: Stage) -> str:
+        if stage.name not in stages:
+            upstream = [stages[name].key for name in stage.after]
+            blob = json.dumps(
+                [stage.command, stage.settings, upstream], sort_keys=True, default=str
+            )
+            stage.key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+            stages[stage.name] = stage
+        return stage.name
+
+    def stage_file(name: str) -> str:
+        return str(out / "stages" / f"{name}.yaml")
+
+    cells = []
+    for combo in itertools.product(*(a.values for a in config.axes)):
+        chosen = dict(zip(config.axes, combo, strict=True))
+        for seed in config.seeds:
+
+            def labels(sections: tuple[str, ...], _c=chosen, _s=seed) -> list[tuple[str, str]]:
+                picked = [(a.name, v.label) for a, v in _c.items() if a.sections & set(sections)]
+                return [*picked, ("seed", str(_s))]
+
+            def section(name: str, _c=chosen, _s=seed) -> dict[str, Any]:
+                values = dict(getattr(config, name))
+                for value in _c.values():
+                    values.update(
+                        {
+                            k.split(".", 1)[1]: v
+                            for k, v in value.settings.items()
+                            if k.startswith(f"{name}.")
+                        }
+                    )
+                return {**values, "seed": _s}
+
+            data_tag = _tag(labels(DEPENDS["data"]))
+            data_dir = out / "data" / data_tag
+            data = add(
+                Stage(
+                    f"data/{data_tag}",
+                    "data",
+                    ["data", "prepare", "--config", stage_file(f"data/{data_tag}")],
+                    {**section("prepare"), "out": str(data_dir)},
+                    data_dir,
+                    [],
+                )
+            )
+            sft_tag = _tag(labels(DEPENDS["sft"]))
+            sft_dir = out / "runs" / "sft" / sft_tag
+            sft_settings = {**section("sft"), "data": str(data_dir), "output_dir": str(sft_dir)}
+            sft = add(
+                Stage(
+                    f"sft/{sft_tag}",
+                    "sft",
+                    ["train", "sft", "--config", stage_file(f"sft/{sft_tag}")],
+                    sft_settings,
+                    sft_dir,
+                    [data],
+                )
+            )
+            pref_tag = _tag(labels(DEPENDS["pref"]))
+            pref_dir = out / "runs" / "pref" / pref_tag
+            pref = add(
+                Stage(
+                    f"pref/{pref_tag}",
+                    "pref",
+                    ["train", "pref", "--config", stage_file(f"pref/{pref_tag}")],
+                    {
+                        **section("pref"),
+                        "data": str(data_dir),
+                        "init": str(sft_dir),
+                        "output_dir": str(pref_dir),
+                    },
+                    pref_dir,
+                    [sft],
+                )
+            )
+            models = {name: (name, data, DEPENDS["data"]) for name in config.baselines}
+            if "base" in models:
+                models["base"] = (
+                    sft_settings.get("model", "embedded:smollm2-135m"),
+                    data,
+                    DEPENDS["sft"],
+                )
+            models["sft"] = (str(sft_dir), sft, DEPENDS["sft"])
+            loss = chosen[next(a for a in config.axes if a.key == LOSS_AXIS)].label
+            models[loss] = (str(pref_dir), pref, DEPENDS["pref"])
+            evals = {}
+            for name, (model, upstream, sections) in models.items():
+                tag = _tag(labels((*sections, "evaluate")))
+                output = out / "eval" / name / f"{tag}.json"
+                stage_name = f"eval/{name}/{tag}"
+                command = ["evaluate", "--config", stage_file(stage_name), "--out", str(output)]
+                command += ["--threads", str(config.threads)]
+                settings = {**section("evaluate"), "data": str(data_dir), "model": model}
+                evals[name] = add(Stage(stage_name, "eval", command, settings, output, [upstream]))
+            setting = tuple((a.name, v.label) for a, v in chosen.items() if a.key != LOSS_AXIS)
+            cells.append(Cell(setting, seed, evals, {loss: pref}))
+    return Plan(config, out, _dependency_order(stages), _merge_cells(cells))
+
+
+def _dependency_order(stages: dict[str, Stage]) -> dict[str, Stage]:
+    """Stages by kind (data, sft, pref, eval): every stage after the ones it needs."""
+    order = {"data": 0, "sft": 1, "pref": 2, "eval": 3}
+    return dict(sorted(stages.items(), key=lambda item: order[item[1].kind]))
+
+
+def _merge_cells(cells: list[Cell]) -> list[Cell]:
+    """One cell per (setting, seed), holding every objective's runs and evaluations."""
+    merged: dict[tuple, Cell] = {}
+    for cell in cells:
+        key = (cell.setting, cell.seed)
+        if key in merged:
+            old = merged[key]
+            merged[key] = Cell(
+                cell.setting, cell.seed, {**old.evals, **cell.evals}, {**old.prefs, **cell.prefs}
+            )
+        else:
+            merged[key] = cell
+    return list(merged.values())

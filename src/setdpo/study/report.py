@@ -1,0 +1,362 @@
+"""The report of a study directory: tables with seed-and-context intervals, paired
+comparisons with Holm's correction and minimal detectable differences, and plots.
+
+Built from whatever evaluations exist (a study still running, or cut short, reports the
+seeds it has, and says how many), reading only files the stages wrote:
+
+    eval/<model>/<tag>.json         per-context metric values (setdpo evaluate)
+    runs/pref/<tag>/trainer_state.json   per-step logs (bound gap and A/B of mult runs)
+    stages/<name>.json              each stage's seconds
+
+Writes ``summary.json`` (every number of the report), ``report.md`` and ``plots/*.png``,
+atomically.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from setdpo.atomic import atomic_write_json, atomic_write_text
+from setdpo.errors import InputError
+from setdpo.evaluation.results import ContextResult, load_results
+from setdpo.report import log_history, series
+from setdpo.study.plan import Cell, Plan, build_plan, load_study
+from setdpo.study.runner import read_record
+from setdpo.study.stats import holm, paired_difference, summarize_cell
+
+Setting = tuple[tuple[str, str], ...]
+BOUND_KEYS = ("bound_gap", "bound_gap_max", "a_over_b")
+
+
+def setting_label(setting: Setting) -> str:
+    return ", ".join(f"{k}={v}" for k, v in setting) or "(one setting)"
+
+
+def load_plan(study_dir: str | Path) -> Plan:
+    study_dir = Path(study_dir)
+    if not (study_dir / "study.yaml").is_file():
+        raise InputError(f"{study_dir}: no study.yaml: not a study directory")
+    return build_plan(load_study(study_dir / "study.yaml"), study_dir)
+
+
+def _contexts(plan: Plan, cell: Cell, model: str) -> list[ContextResult] | None:
+    path = plan.stages[cell.evals[model]].output
+    return load_results(path).contexts if path.is_file() else None
+
+
+def collect(plan: Plan) -> dict[Setting, dict[str, dict[int, list[ContextResult]]]]:
+    """setting -> model -> seed -> the evaluated contexts (only the evaluations that exist)."""
+    out: dict[Setting, dict[str, dict[int, list[ContextResult]]]] = defaultdict(dict)
+    for cell in plan.cells:
+        for model in cell.evals:
+            contexts = _contexts(plan, cell, model)
+            if contexts is not None:
+                out[cell.setting].setdefault(model, {})[cell.seed] = contexts
+    return out
+
+
+def model_order(plan: Plan) -> list[str]:
+    return [*plan.config.baselines, "sft", *plan.objectives]
+
+
+def _column(contexts: list[ContextResult], metric: str) -> np.ndarray:
+    return np.array([c.values[metric] for c in contexts], dtype=np.float64)
+
+
+def _paired_columns(
+    a: dict[int, list[ContextResult]], b: dict[int, list[ContextResult]], metric: str
+) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """Per seed both models have: their values on the same contexts, in one order."""
+    cols_a, cols_b, seeds = [], [], []
+    for seed in sorted(set(a) & set(b)):
+        by_id = {c.context_id: c for c in b[seed]}
+        if set(by_id) != {c.context_id for c in a[seed]}:
+            raise InputError(f"seed {seed}: the two evaluations hold different contexts")
+        cols_a.append(_column(a[seed], metric))
+        cols_b.append(np.array([by_id[c.context_id].values[metric] for c in a[seed]]))
+        seeds.append(seed)
+    return cols_a, cols_b, seeds
+
+
+def comparisons(plan: Plan) -> list[tuple[str, str]]:
+    """The family of comparisons at each setting: every pair of objectives (in grid order),
+    then each objective against each of ``compare_with``."""
+    pairs = list(itertools.combinations(plan.objectives, 2))
+    pairs += [(obj, other) for obj in plan.objectives for other in plan.config.compare_with]
+    return pairs
+
+
+def summarize(plan: Plan) -> dict[str, Any]:
+    """Every number of the report (written as summary.json)."""
+    config = plan.config
+    data = collect(plan)
+    cells, pairs = [], []
+    for setting in plan.settings():
+        models = data.get(setting, {})
+        for model in model_order(plan):
+            if model not in models:
+                continue
+            seeds = sorted(models[model])
+            row: dict[str, Any] = {"setting": dict(setting), "model": model, "seeds": seeds}
+            for metric in config.metrics:
+                cols = [_column(models[model][s], metric) for s in seeds]
+                row[metric] = summarize_cell(cols, config.n_resamples, seed=0).to_dict()
+            cells.append(row)
+        for a, b in comparisons(plan):
+            if a not in models or b not in models:
+                continue
+            cols_a, cols_b, seeds = _paired_columns(models[a], models[b], config.metric)
+            if not seeds:
+                continue
+            diff = paired_difference(cols_a, cols_b, config.n_resamples, seed=0)
+            pairs.append(
+                {"setting": dict(setting), "a": a, "b": b, "seeds": seeds, **diff.to_dict()}
+            )
+    for pair, adjusted in zip(pairs, holm([p["p_value"] for p in pairs]), strict=True):
+        pair["p_holm"] = adjusted
+    return {
+        "metric": config.metric,
+        "seeds": config.seeds,
+        "n_comparisons": len(pairs),
+        "cells": cells,
+        "pairs": pairs,
+        "agreement": _agreement(plan, data),
+        "bound": _bound(plan),
+        "times": _times(plan),
+    }
+
+
+def _agreement(plan: Plan, data: dict) -> list[dict[str, Any]]:
+    """mult against pl per setting: how often they put the same candidate first, and the
+    mean absolute per-context difference of the metric (the bound's effect on the ranking)."""
+    rows = []
+    if not {"mult", "pl"} <= set(plan.objectives):
+        return rows
+    for setting in plan.settings():
+        models = data.get(setting, {})
+        if "mult" not in models or "pl" not in models:
+            continue
+        same_top, gaps = [], []
+        for seed in sorted(set(models["mult"]) & set(models["pl"])):
+            by_id = {c.context_id: c for c in models["pl"][seed]}
+            for c in models["mult"][seed]:
+                other = by_id[c.context_id]
+                same_top.append(int(np.argmax(c.scores) == np.argmax(other.scores)))
+                gaps.append(abs(c.values[plan.config.metric] - other.values[plan.config.metric]))
+        rows.append(
+            {
+                "setting": dict(setting),
+                "top1_agreement": float(np.mean(same_top)),
+                "mean_abs_metric_difference": float(np.mean(gaps)),
+                "n_contexts": len(gaps),
+            }
+        )
+    return rows
+
+
+def _bound(plan: Plan) -> list[dict[str, Any]]:
+    """Per setting and mult-type objective: the logged bound gap, its upper bound and A/B,
+    averaged over training steps, per seed, and the per-step curve averaged over seeds."""
+    rows = []
+    for setting in plan.settings():
+        for objective in ("mult", "mult2"):
+            runs = [
+                plan.stages[c.prefs[objective]].output
+                for c in plan.cells
+                if c.setting == setting and objective in c.prefs
+            ]
+            histories = [log_history(run) for run in runs if run.is_dir()]
+            histories = [h for h in histories if series(h, "bound_gap")[0]]
+            if not histories:
+                continue
+            row: dict[str, Any] = {"setting": dict(setting), "objective": objective}
+            for key in BOUND_KEYS:
+                row[key] = [float(np.mean(series(h, key)[1])) for h in histories]
+            steps = series(histories[0], "bound_gap")[0]
+            curves = [series(h, "bound_gap")[1] for h in histories]
+            length = min(len(c) for c in curves)
+            row["curve"] = {
+                "step": steps[:length],
+                "bound_gap": np.mean([c[:length] for c in curves], 0).tolist(),
+            }
+            rows.append(row)
+    return rows
+
+
+def _times(plan: Plan) -> list[dict[str, Any]]:
+    """Seconds per stage kind and model (means over the stages that finished), and seconds
+    per optimisation step for training stages."""
+    groups: dict[tuple[str, str], list[tuple[float, float | None, int | None]]] = defaultdict(list)
+    for stage in plan.stages.values():
+        record = read_record(plan, stage)
+        if "seconds" not in record:
+            continue
+        what = stage.name.split("/")[1] if stage.kind == "eval" else stage.settings.get("loss", "")
+        steps = stage.settings.get("max_steps") if stage.kind in ("sft", "pref") else None
+        groups[(stage.kind, what)].append((record["seconds"], record.get("cpu_seconds"), steps))
+    rows = []
+    for (kind, what), values in groups.items():
+        seconds = [s for s, _, _ in values]
+        cpu = [c for _, c, _ in values if c is not None]
+        per_step = [s / n for s, _, n in values if n and n > 0]
+        rows.append(
+            {
+                "stage": kind,
+                "what": what,
+                "count": len(values),
+                "mean_s": float(np.mean(seconds)),
+                "total_s": float(np.sum(seconds)),
+                "mean_cpu_s": float(np.mean(cpu)) if cpu else None,
+                "s_per_step": float(np.mean(per_step)) if per_step else None,
+            }
+        )
+    return rows
+
+
+def _fmt(iv: dict[str, float], signed: bool = False) -> str:
+    f = "{:+.4f}" if signed else "{:.4f}"
+    return f"{f.format(iv['value'])} [{f.format(iv['low'])}, {f.format(iv['high'])}]"
+
+
+def _verdict(pair: dict[str, Any]) -> str:
+    if pair["p_holm"] < 0.05:
+        return f"{pair['a']} {'>' if pair['interval']['value'] > 0 else '<'} {pair['b']}"
+    return f"not told apart at +/-{pair['mdd']:.4f}"
+
+
+def report_text(plan: Plan, summary: dict[str, Any], plots: dict[str, str]) -> str:
+    config = plan.config
+    metric = config.metric
+    lines = [
+        f"# Study: {config.description or plan.out.name}",
+        "",
+        f"Directory `{plan.out}`; seeds {config.seeds}; objectives {plan.objectives}; "
+        f"baselines {config.baselines}. Each seed has its own prepared data (test contexts and "
+        "candidates), SFT run and preference runs; every model of a seed is scored on the same "
+        "contexts. Stage commands: `commands.sh`; configuration: `study.yaml`.",
+        "",
+        "**Statistics.** A cell is the mean over seeds of the mean over the seed's test contexts. "
+        "Intervals are 95% two-level bootstrap intervals (seeds resampled, then contexts within "
+        f"each drawn seed; {config.n_resamples} resamples): they cover seed and context variation. "
+        f"Paired differences ({metric}) are taken per context within each seed, bootstrapped the "
+        "same way; p-values are two-sided from the bootstrap standard error and corrected with "
+        f"**Holm**'s step-down method over the family of all {summary['n_comparisons']} "
+        "comparisons of the study. **MDD** is the minimal detectable difference of the design: "
+        "the true difference it detects with 80% power at level 0.05 (2.80 x SE); a pair whose "
+        "corrected p is >= 0.05 is *not told apart at +/- MDD*.",
+        "",
+    ]
+    for setting in plan.settings():
+        rows = [c for c in summary["cells"] if tuple(c["setting"].items()) == setting]
+        if not rows:
+            continue
+        lines += [f"## {setting_label(setting)}", ""]
+        header = ["model", "seeds", *config.metrics, f"{metric} per seed"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in rows:
+            per_seed = (
+                ", ".join(f"{v:.4f}" for v in row[metric]["seed_values"]) if metric in row else ""
+            )
+            cells = [_fmt(row[m]["interval"]) for m in config.metrics]
+            lines.append(
+                f"| {row['model']} | {len(row['seeds'])} | "
+                + " | ".join(cells)
+                + f" | {per_seed} |"
+            )
+        lines.append("")
+        pairs = [p for p in summary["pairs"] if tuple(p["setting"].items()) == setting]
+        if pairs:
+            lines += [
+                f"Paired differences of {metric} (A - B):",
+                "",
+                "| A - B | difference [95%] | per seed | p | p (Holm) | MDD | verdict |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for p in pairs:
+                seeds = ", ".join(f"{v:+.4f}" for v in p["seed_values"])
+                lines.append(
+                    f"| {p['a']} - {p['b']} | {_fmt(p['interval'], True)} | {seeds} | "
+                    f"{p['p_value']:.3g} | {p['p_holm']:.3g} | {p['mdd']:.4f} | {_verdict(p)} |"
+                )
+            lines.append("")
+    lines += _extra_tables(summary, metric)
+    for name, caption in plots.items():
+        lines += [f"![{name}](plots/{name}.png)", "", caption, ""]
+    return "\n".join(lines)
+
+
+def _extra_tables(summary: dict[str, Any], metric: str) -> list[str]:
+    lines: list[str] = []
+    if summary["agreement"]:
+        lines += [
+            "## mult against pl",
+            "",
+            f"| setting | same top-1 candidate | mean abs. {metric} difference | contexts |",
+            "|---|---|---|---|",
+        ]
+        for row in summary["agreement"]:
+            lines.append(
+                f"| {setting_label(tuple(row['setting'].items()))} | {row['top1_agreement']:.3f} | "
+                f"{row['mean_abs_metric_difference']:.4f} | {row['n_contexts']} |"
+            )
+        lines.append("")
+    if summary["bound"]:
+        lines += [
+            "## The Mult-DPO bound during training",
+            "",
+            "Means over the logged training steps (per seed): the gap (L_mult - log k!) - L_pl, "
+            "its upper bound (k-1) log(1 + A/B), and A/B (positive over negative mass).",
+            "",
+            "| setting | objective | gap | bound | A/B |",
+            "|---|---|---|---|---|",
+        ]
+        for row in summary["bound"]:
+            values = [", ".join(f"{v:.3f}" for v in row[k]) for k in BOUND_KEYS]
+            lines.append(
+                f"| {setting_label(tuple(row['setting'].items()))} | {row['objective']} | "
+                + " | ".join(values)
+                + " |"
+            )
+        lines.append("")
+    if summary["times"]:
+        lines += [
+            "## Stage times (this machine, as run)",
+            "",
+            "Wall seconds as run (with `jobs` stages in parallel, on a machine perhaps shared) "
+            "and the CPU seconds of the stage's process (its work, whatever the load).",
+            "",
+            "| stage | model / objective | stages | mean s | mean CPU s | s per step |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in sorted(summary["times"], key=lambda r: (r["stage"], r["what"])):
+            per_step = f"{row['s_per_step']:.2f}" if row["s_per_step"] is not None else ""
+            cpu = f"{row['mean_cpu_s']:.1f}" if row["mean_cpu_s"] is not None else ""
+            lines.append(
+                f"| {row['stage']} | {row['what']} | {row['count']} | {row['mean_s']:.1f} | {cpu} | {per_step} |"
+            )
+        lines.append("")
+    return lines
+
+
+def build_study_report(study_dir: str | Path) -> Path:
+    """summary.json, plots and report.md of a study directory; returns report.md."""
+    from setdpo.study.plots import plot_bound, plot_metric_against_axes
+
+    plan = load_plan(study_dir)
+    summary = summarize(plan)
+    if not summary["cells"]:
+        raise InputError(f"{study_dir}: no evaluation has finished yet: nothing to report")
+    atomic_write_json(plan.out / "summary.json", summary)
+    plots = plot_metric_against_axes(plan, summary, plan.out / "plots")
+    plots.update(plot_bound(summary, plan.out / "plots"))
+    return atomic_write_text(plan.out / "report.md", report_text(plan, summary, plots))
+
+
+def load_summary(study_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(study_dir) / "summary.json").read_text(encoding="utf-8"))
