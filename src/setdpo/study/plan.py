@@ -74,12 +74,15 @@ class StudyConfig:
     """What `setdpo study` runs (the file's keys; see the module docstring)."""
 
     description: str = ""
+    notes: str = ""  # a paragraph under the report's title
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     prepare: dict[str, Any] = field(default_factory=dict)
     sft: dict[str, Any] = field(default_factory=dict)
     pref: dict[str, Any] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, Any] = field(default_factory=dict)
+    # combinations left out: each entry maps axis names to values, e.g. {tier: llm, loss: dpo}
+    exclude: list[dict[str, Any]] = field(default_factory=list)
     baselines: list[str] = field(default_factory=lambda: ["popularity"])
     metric: str = "NDCG@5"  # the metric of the paired statistics
     metrics: list[str] = field(default_factory=lambda: ["HR@1", "NDCG@5", "MRR"])
@@ -108,6 +111,20 @@ class StudyConfig:
                 raise InputError(f"compare_with {name!r}: not 'sft' nor one of the baselines")
         self.axes = [_axis(name, values) for name, values in self.grid.items()]
         _check_fields(self)
+        labels = {a.name: {v.label for v in a.values} for a in self.axes}
+        for entry in self.exclude:
+            if not isinstance(entry, dict) or not entry:
+                raise InputError(f"exclude: each entry maps axis names to values, got {entry!r}")
+            for name, value in entry.items():
+                if str(value) not in labels.get(name, set()):
+                    raise InputError(
+                        f"exclude {entry}: {name}={value} is not a value of an axis; "
+                        f"axes: { {k: sorted(v) for k, v in labels.items()} }"
+                    )
+
+    def excluded(self, labels: dict[str, str]) -> bool:
+        """Whether a combination of axis labels is left out."""
+        return any(all(labels.get(k) == str(v) for k, v in entry.items()) for entry in self.exclude)
 
 
 @dataclass(frozen=True, eq=False)
@@ -262,6 +279,8 @@ def build_plan(config: StudyConfig, out: str | Path) -> Plan:
     cells = []
     for combo in itertools.product(*(a.values for a in config.axes)):
         chosen = dict(zip(config.axes, combo, strict=True))
+        if config.excluded({a.name: v.label for a, v in chosen.items()}):
+            continue
         for seed in config.seeds:
 
             def labels(sections: tuple[str, ...], _c=chosen, _s=seed) -> list[tuple[str, str]]:

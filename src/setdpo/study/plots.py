@@ -1,13 +1,81 @@
-"""Plots of a study's summary: a metric against each numeric grid axis (one line per model,
-95% interval bands), and the Mult-DPO bound gap and A/B per setting and over training."""
+"""Plots of a study: a metric against each numeric grid axis (one line per model, 95%
+interval bands), the preference runs' training curves per setting, and the Mult-DPO bound gap
+and A/B per setting and over training. Every PNG is written atomically."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from setdpo.report import plt, save_figure
-from setdpo.study.plan import Plan
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from setdpo.atomic import atomic_write_with  # noqa: E402
+from setdpo.study.plan import Plan  # noqa: E402
+
+# trainer_state.json log keys per panel of the training plot (see setdpo.losses).
+TRAINING_PANELS = {
+    "loss": "training loss",
+    "reward_accuracy": "reward accuracy",
+    "reward_margin": "reward margin (pos - neg)",
+}
+
+
+def log_history(run_dir: Path) -> list[dict]:
+    """transformers' per-step log of a training run (empty if the run wrote none)."""
+    path = run_dir / "trainer_state.json"
+    if not path.is_file():
+        return []
+    return json.loads(path.read_text(encoding="utf-8")).get("log_history", [])
+
+
+def series(history: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of one logged key, training entries only."""
+    points = [(h["step"], h[key]) for h in history if key in h and "step" in h]
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    try:
+        return atomic_write_with(
+            path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"), suffix=".png"
+        )
+    finally:
+        plt.close(fig)
+
+
+def plot_training(plan: Plan, folder: Path) -> dict[str, str]:
+    """Per setting: one panel per logged quantity, one line per objective (the first seed)."""
+    plots = {}
+    for index, setting in enumerate(plan.settings()):
+        cell = next(c for c in plan.cells if c.setting == setting)
+        runs = {name: plan.stages[stage].output for name, stage in cell.prefs.items()}
+        runs = {name: run for name, run in runs.items() if log_history(run)}
+        if not runs:
+            continue
+        fig, axes = plt.subplots(1, len(TRAINING_PANELS), figsize=(5 * len(TRAINING_PANELS), 3.6))
+        for ax, (key, title) in zip(axes, TRAINING_PANELS.items(), strict=True):
+            for name, run in runs.items():
+                steps, values = series(log_history(run), key)
+                if steps:
+                    ax.plot(steps, values, marker=".", label=name)
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        axes[0].legend()
+        label = ", ".join(f"{k}={v}" for k, v in setting) or "all"
+        fig.suptitle(f"Preference training, {label}, seed {cell.seed} (train split)")
+        name = f"training_{index}"
+        save_figure(fig, folder / f"{name}.png")
+        plots[name] = (
+            f"Training loss, reward accuracy and reward margin per step of each objective "
+            f"({label}, seed {cell.seed}; each step sees a new batch, so steps are noisy)."
+        )
+    return plots
 
 
 def _numeric(labels: list[str]) -> list[float] | None:

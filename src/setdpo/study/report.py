@@ -25,8 +25,8 @@ import numpy as np
 from setdpo.atomic import atomic_write_json, atomic_write_text
 from setdpo.errors import InputError
 from setdpo.evaluation.results import ContextResult, load_results
-from setdpo.report import log_history, series
 from setdpo.study.plan import Cell, Plan, build_plan, load_study
+from setdpo.study.plots import log_history, series
 from setdpo.study.runner import read_record
 from setdpo.study.stats import holm, paired_difference, summarize_cell
 
@@ -236,6 +236,7 @@ def report_text(plan: Plan, summary: dict[str, Any], plots: dict[str, str]) -> s
     lines = [
         f"# Study: {config.description or plan.out.name}",
         "",
+        *([config.notes, ""] if config.notes else []),
         f"Directory `{plan.out}`; seeds {config.seeds}; objectives {plan.objectives}; "
         f"baselines {config.baselines}. Each seed has its own prepared data (test contexts and "
         "candidates), SFT run and preference runs; every model of a seed is scored on the same "
@@ -346,7 +347,7 @@ def _extra_tables(summary: dict[str, Any], metric: str) -> list[str]:
 
 def build_study_report(study_dir: str | Path) -> Path:
     """summary.json, plots and report.md of a study directory; returns report.md."""
-    from setdpo.study.plots import plot_bound, plot_metric_against_axes
+    from setdpo.study.plots import plot_bound, plot_metric_against_axes, plot_training
 
     plan = load_plan(study_dir)
     summary = summarize(plan)
@@ -355,6 +356,7 @@ def build_study_report(study_dir: str | Path) -> Path:
     atomic_write_json(plan.out / "summary.json", summary)
     plots = plot_metric_against_axes(plan, summary, plan.out / "plots")
     plots.update(plot_bound(summary, plan.out / "plots"))
+    plots.update(plot_training(plan, plan.out / "plots"))
     return atomic_write_text(plan.out / "report.md", report_text(plan, summary, plots))
 
 
