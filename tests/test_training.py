@@ -152,6 +152,31 @@ def test_precompute_ref_scores_every_candidate_up_front(
     assert abs(first["reward_positive"]) < 1e-5 and abs(first["reward_negative"]) < 1e-5
 
 
+@pytest.mark.parametrize(
+    "reference",
+    [{}, {"precompute_ref": True}, {"peft": "none"}, {"peft": "none", "precompute_ref": True}],
+    ids=["lora-lazy", "lora-precomputed", "full-lazy", "full-precomputed"],
+)
+def test_bf16_reference_runs_in_the_policy_precision(
+    reference: dict[str, Any], fresh_sft: Path, ml100k_next_dir: Path, tmp_path: Path
+) -> None:
+    # The policy runs under bf16 autocast; a reference scored in float32 instead (precomputed
+    # before the Trainer wraps the model, or the frozen copy of full fine-tuning) gave
+    # first-step rewards of 3e-4 to 8e-4 here. Policy and reference are one model: exactly 0.
+    values = {"bf16": True, "max_steps": 1, "max_train_examples": 8, **NO_EVAL, **reference}
+    values["per_device_train_batch_size"] = 8
+    values["num_negatives"] = 0
+    train_pref(pref_config(ml100k_next_dir, fresh_sft, tmp_path / "bf16", **values))
+    first = _first_step(tmp_path / "bf16")
+    assert (first["reward_positive"], first["reward_negative"]) == (0.0, 0.0)
+    # The memo's key says the precision: a float32 run reads none of the bf16 log-probs.
+    values["bf16"] = False
+    train_pref(pref_config(ml100k_next_dir, fresh_sft, tmp_path / "fp32", **values))
+    first = _first_step(tmp_path / "fp32")
+    assert (first["reward_positive"], first["reward_negative"]) == (0.0, 0.0)
+    assert len(list((fresh_sft / MEMO_DIR).iterdir())) == 2
+
+
 def test_retrained_sft_run_misses_the_memo(
     ml100k_next_dir: Path, tmp_path: Path, reference_counter: dict[str, int]
 ) -> None:

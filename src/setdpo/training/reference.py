@@ -177,6 +177,12 @@ class ReferenceModel:
     With LoRA (`policy` is a peft model): the policy with its adapter disabled, i.e. the SFT
     model. With full fine-tuning: a frozen copy of `init` from `load_copy()`, loaded on the
     first call (never, when the memo already holds everything) and held until `release`.
+
+    `autocast` (bf16 / fp16 training: the dtype the Trainer autocasts the policy's forward
+    to) runs every reference pass under that same autocast, whichever network gives it and
+    whenever it runs: before the Trainer wraps the policy (`precompute_ref`), inside its
+    wrapped forward (LoRA, nested: the same autocast), or on the frozen copy, which the
+    Trainer never wraps. So policy and reference are the same computation at the first step.
     """
 
     def __init__(
@@ -184,9 +190,17 @@ class ReferenceModel:
         policy: torch.nn.Module,
         scoring: ScoringOptions,
         load_copy: Callable[[], torch.nn.Module] | None = None,
+        autocast: torch.dtype | None = None,
     ) -> None:
         self.policy, self.scoring, self.load_copy = policy, scoring, load_copy
+        self.autocast = autocast
         self.copy: torch.nn.Module | None = None
+
+    def _precision(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        device = model.get_input_embeddings().weight.device
+        return torch.autocast(device_type=device.type, dtype=self.autocast)
 
     def logps(self, batch: dict[str, Any]) -> torch.Tensor:
         """Reference log-probs [B, n] (float32, on the CPU) of a `PreferenceCollator` batch."""
@@ -196,7 +210,7 @@ class ReferenceModel:
             if self.copy is None:
                 self.copy = self.load_copy()
             model, off = self.copy, contextlib.nullcontext()
-        with torch.no_grad(), off, eval_mode(model):
+        with torch.no_grad(), off, eval_mode(model), self._precision(model):
             scores = self.scoring.score(model, batch)
         return scores.logps.float().cpu()
 
