@@ -177,6 +177,19 @@ def test_bf16_reference_runs_in_the_policy_precision(
     assert len(list((fresh_sft / MEMO_DIR).iterdir())) == 2
 
 
+def test_a_truncated_memo_shard_does_not_break_later_runs(
+    fresh_sft: Path, ml100k_next_dir: Path, tmp_path: Path, reference_counter: dict[str, int]
+) -> None:
+    values = {"max_steps": 1, "max_train_examples": 4, **NO_EVAL}
+    train_pref(pref_config(ml100k_next_dir, fresh_sft, tmp_path / "a", **values))
+    ((shard,),) = [list(memo.glob("part-*.json")) for memo in (fresh_sft / MEMO_DIR).iterdir()]
+    shard.write_bytes(shard.read_bytes()[:40])  # cut short, as a crash can leave a file
+    train_pref(pref_config(ml100k_next_dir, fresh_sft, tmp_path / "b", **values))
+    assert reference_counter["reference_contexts"] == 2 * (4 + 1)  # recomputed, not lost
+    first = _first_step(tmp_path / "b")
+    assert (first["reward_positive"], first["reward_negative"]) == (0.0, 0.0)
+
+
 def test_retrained_sft_run_misses_the_memo(
     ml100k_next_dir: Path, tmp_path: Path, reference_counter: dict[str, int]
 ) -> None:

@@ -11,7 +11,9 @@ named relative to the run directory, `model_fingerprint`) and of the scoring set
 entries are keyed by a hash of the example's token ids (`training.data.example_key`), so a
 changed model, changed data or changed tokenization misses. Each process writes only new
 shard files, atomically and under names of its own, so DDP ranks and concurrent runs from one
-SFT run never write the same file; readers merge every shard. `precompute_ref` fills the memo
+SFT run never write the same file; readers merge every shard. A shard that cannot be read
+(cut short by a crash, or not a shard) is set aside as `*.json.damaged` with a warning and
+its entries are computed again: it never stops a run. `precompute_ref` fills the memo
 for every candidate of the train and valid splits before the first step (an up-front pass);
 otherwise only what training and evaluation reach is ever scored.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,6 +38,8 @@ from setdpo.atomic import atomic_write_text
 from setdpo.model import is_run_dir, read_run_model
 from setdpo.scoring import ScoringOptions
 from setdpo.training.data import PreferenceCollator, PreferenceDataset
+
+logger = logging.getLogger(__name__)
 
 MEMO_DIR = "ref_logps"
 # Keys an adapter config records that do not change the adapter (where its base was on disk).
@@ -79,6 +84,33 @@ def model_fingerprint(name: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _is_shard(stored: Any) -> bool:
+    """Whether `stored` has a shard's shape: a fingerprint and rows of numbers or nulls."""
+    if not isinstance(stored, dict) or not isinstance(stored.get("fingerprint"), str):
+        return False
+    logps = stored.get("logps")
+    return isinstance(logps, dict) and all(
+        isinstance(row, list) and all(v is None or isinstance(v, (int, float)) for v in row)
+        for row in logps.values()
+    )
+
+
+def _set_aside(path: Path, why: str) -> dict[str, list[float | None]]:
+    """Rename a damaged shard to `*.json.damaged` (no reader lists it again) with a warning;
+    its entries count as missing, so they are computed again and written in a new shard."""
+    aside = path.with_name(path.name + ".damaged")
+    with contextlib.suppress(OSError):  # another reader may have set it aside first
+        os.replace(path, aside)
+    logger.warning(
+        "reference memo shard %s is damaged (%s): set aside as %s; its log-probs are "
+        "computed again",
+        path,
+        why,
+        aside.name,
+    )
+    return {}
+
+
 class ReferenceMemo:
     """Reference log-probs by example key and candidate index, backed by shard files.
 
@@ -101,7 +133,11 @@ class ReferenceMemo:
             stored = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:  # merged away by another process meanwhile: recomputed
             return {}
-        return stored["logps"] if stored.get("fingerprint") == self.key else {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            return _set_aside(path, str(err))
+        if not _is_shard(stored):
+            return _set_aside(path, "not a memo shard")
+        return stored["logps"] if stored["fingerprint"] == self.key else {}
 
     def reload(self) -> None:
         for path in self._shards():
