@@ -156,6 +156,42 @@ def test_torchrun_two_processes_match_one_process(
     )
 
 
+def test_two_runs_from_one_sft_run_at_once_share_one_memo(
+    tiny_sft: Path, ml100k_next_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two objectives aligned from one SFT run at the same time write and merge one memo.
+    sft = Path(shutil.copytree(tiny_sft, tmp_path / "sft", ignore=shutil.ignore_patterns(MEMO_DIR)))
+    extra = ["--max-steps", "4", "--save-steps", "2", "--per-device-train-batch-size", "2"]
+    runs = {loss: tmp_path / loss for loss in ("mult", "dpo")}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "setdpo", *_pref_argv(ml100k_next_dir, sft, out, *extra)]
+            + ["--loss", loss],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for loss, out in runs.items()
+    ]
+    for process in processes:
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output[-3000:]
+    for out in runs.values():
+        history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+        first = next(entry for entry in history if "loss" in entry)
+        assert (first["reward_positive"], first["reward_negative"]) == (0.0, 0.0)
+    (memo,) = (sft / MEMO_DIR).iterdir()  # one key: one SFT model, one scoring setting
+    assert {p.suffix for p in memo.iterdir()} == {".json"}  # no temporary, nothing damaged
+    # A third objective on the same contexts finds every reference log-prob in the memo.
+    scored = []
+    real = ReferenceModel.logps
+    monkeypatch.setattr(ReferenceModel, "logps", lambda self, b: scored.append(b) or real(self, b))
+    argv = _pref_argv(ml100k_next_dir, sft, tmp_path / "sdpo", *extra)
+    assert cli.main(argv + ["--loss", "sdpo"]) == 0
+    assert scored == []
+
+
 def _checkpoint_written(out: Path) -> bool:
     for state in out.glob("checkpoint-*/trainer_state.json"):
         try:
