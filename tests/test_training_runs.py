@@ -44,6 +44,15 @@ def tiny_sft(ml100k_next_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return out
 
 
+@pytest.fixture
+def reference_passes(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The batches this process's reference network scores (memo misses)."""
+    scored: list = []
+    real = ReferenceModel.logps
+    monkeypatch.setattr(ReferenceModel, "logps", lambda self, b: scored.append(b) or real(self, b))
+    return scored
+
+
 def _adapter(run: Path) -> dict[str, torch.Tensor]:
     spec = json.loads((run / "setdpo_model.json").read_text())
     return load_file(run / spec["adapters"][-1] / "adapter_model.safetensors")
@@ -129,7 +138,7 @@ def _pref_argv(data: Path, init: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_torchrun_two_processes_match_one_process(
-    tiny_sft: Path, ml100k_next_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_sft: Path, ml100k_next_dir: Path, tmp_path: Path, reference_passes: list
 ) -> None:
     # One SGD step (sensitive to every gradient entry, unlike Adam's sign-like first step) on a
     # global batch of 4: two processes x 2 contexts against one process x 4 contexts.
@@ -144,12 +153,9 @@ def test_torchrun_two_processes_match_one_process(
     (memo,) = (sft / MEMO_DIR).iterdir()
     assert len(list(memo.glob("part-*.json"))) == 1  # both ranks' shards, merged at the end
     # One process on the same contexts finds every reference log-prob in the ranks' shards.
-    scored = []
-    real = ReferenceModel.logps
-    monkeypatch.setattr(ReferenceModel, "logps", lambda self, b: scored.append(b) or real(self, b))
     one = _pref_argv(ml100k_next_dir, sft, tmp_path / "single", *step)
     assert cli.main(one + ["--per-device-train-batch-size", "4"]) == 0
-    assert scored == []
+    assert reference_passes == []
     _assert_same_adapter(tmp_path / "ddp", tmp_path / "single", atol=1e-5)
     assert any(
         v.abs().max() > 1e-4 for k, v in _adapter(tmp_path / "single").items() if "lora_B" in k
@@ -157,7 +163,7 @@ def test_torchrun_two_processes_match_one_process(
 
 
 def test_two_runs_from_one_sft_run_at_once_share_one_memo(
-    tiny_sft: Path, ml100k_next_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_sft: Path, ml100k_next_dir: Path, tmp_path: Path, reference_passes: list
 ) -> None:
     # Two objectives aligned from one SFT run at the same time write and merge one memo.
     sft = Path(shutil.copytree(tiny_sft, tmp_path / "sft", ignore=shutil.ignore_patterns(MEMO_DIR)))
@@ -184,12 +190,9 @@ def test_two_runs_from_one_sft_run_at_once_share_one_memo(
     (memo,) = (sft / MEMO_DIR).iterdir()  # one key: one SFT model, one scoring setting
     assert {p.suffix for p in memo.iterdir()} == {".json"}  # no temporary, nothing damaged
     # A third objective on the same contexts finds every reference log-prob in the memo.
-    scored = []
-    real = ReferenceModel.logps
-    monkeypatch.setattr(ReferenceModel, "logps", lambda self, b: scored.append(b) or real(self, b))
     argv = _pref_argv(ml100k_next_dir, sft, tmp_path / "sdpo", *extra)
     assert cli.main(argv + ["--loss", "sdpo"]) == 0
-    assert scored == []
+    assert reference_passes == []
 
 
 def _checkpoint_written(out: Path) -> bool:
