@@ -212,11 +212,13 @@ class Levels(Sequence[list[int]]):
 
 def directory_fingerprint(folder: str | Path, split: str) -> str:
     """What changes when a prepared directory is written again: the name, size,
-    modification time and inode of ``config.json``, ``items.json`` and each file of
-    ``hf/<split>`` (`prepare` writes a new directory and renames it into place)."""
-    folder = Path(folder)
-    paths = [folder / "config.json", folder / "items.json"]
-    paths += sorted(split_path(folder, split).iterdir())
+    modification time and inode of ``config.json``, ``items.json`` and the files of the
+    split (``state.json`` and the data files it lists; not caches `datasets` may add
+    beside them). `prepare` writes a new directory and renames it into place."""
+    folder, where = Path(folder), split_path(folder, split)
+    state = json.loads((where / "state.json").read_text("utf-8"))
+    paths = [folder / "config.json", folder / "items.json", where / "state.json"]
+    paths += [where / entry["filename"] for entry in state["_data_files"]]
     digest = hashlib.sha256()
     for path in paths:
         stat = path.stat()
