@@ -3,6 +3,7 @@ replaces, rendered on read, read lazily, exported and imported back."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from torch.utils.data import DataLoader
 
 from setdpo.cli import main
 from setdpo.data import PrepareConfig, load_split, prepare
@@ -152,3 +154,24 @@ def test_a_directory_of_the_jsonl_format_is_named_as_such(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(InputError, match="earlier jsonl format.*import --format jsonl"):
         open_split(tmp_path, "train")
+
+
+def test_a_re_prepared_directory_is_refused_by_a_reopened_reader(tmp_path):
+    # A DataLoader worker started by spawn (or forkserver) gets the reader pickled and reopens
+    # the directory by name, while the dataset around it keeps the levels read before: a
+    # directory prepared again meanwhile would give it other examples under the old levels.
+    sizes = {"train": 40, "valid": 4, "test": 4}
+    config = PrepareConfig(source="ml-100k", out=str(tmp_path / "d"), max_examples_per_split=sizes)
+    reader = open_split(prepare(config), "train")
+    old = list(reader)
+    assert list(pickle.loads(pickle.dumps(reader))) == old  # unchanged: reopens as it was
+    pickled = pickle.dumps(reader.take(np.arange(10)))
+    prepare(dataclasses.replace(config, seed=1, overwrite=True))
+    assert [ex.levels for ex in open_split(config.out, "train")] != [ex.levels for ex in old]
+    assert list(reader) == old  # the reader open before the change still reads what it read
+    with pytest.raises(InputError, match="changed since"):
+        list(pickle.loads(pickled))
+    loader = DataLoader(reader, batch_size=8, collate_fn=list, num_workers=1)
+    loader.multiprocessing_context = "spawn"  # the start method that pickles the dataset
+    with pytest.raises(InputError, match="prepared again"):
+        next(iter(loader))

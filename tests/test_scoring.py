@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -289,6 +290,36 @@ def test_gradient_checkpointing_shares_the_prompt_in_packed_rows(checkpointing) 
     if checkpointing:
         with pytest.raises(ValueError, match="needs the model's dynamic key/value cache"):
             candidate_logps(model, batch, share_prefix="cache")
+
+
+@pytest.mark.parametrize("route", ["cache", "packed"])
+def test_the_shared_routes_run_each_prompt_once(tiny_lora, route) -> None:
+    """Counted at the embedding layer: a route that quietly repeated the prompt per candidate
+    (the same values, n times the work) reads more tokens than prompts + candidates."""
+    model, tokenizer = tiny_lora
+    batch = _random_batch(len(tokenizer), *MIXED)
+    read: list[int] = []
+    embeddings = model.get_input_embeddings()
+    hook = embeddings.register_forward_pre_hook(lambda _, args: read.append(args[0].numel()))
+    try:
+        with torch.no_grad():
+            candidate_logps(model, batch, share_prefix=route)
+            shared = sum(read)
+            read.clear()
+            candidate_logps(model, batch, share_prefix=False)
+    finally:
+        hook.remove()
+    assert shared <= batch["prompt_ids"].numel() + batch["candidate_ids"].numel() < sum(read)
+
+
+def test_the_cache_route_uses_the_supported_cache_argument(tiny_lora) -> None:
+    """transformers 5.24 deprecates `past_key_values` (removed in 5.40): the route passes
+    `cache`, so no deprecation warning is raised."""
+    model, tokenizer = tiny_lora
+    batch = _random_batch(len(tokenizer), *MIXED)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        candidate_logps(model, batch, share_prefix="cache")
 
 
 def test_route_rule(tiny_lora) -> None:

@@ -25,7 +25,7 @@ from setdpo.scoring import candidate_logps
 from setdpo.tokenization import CandidateCollator, tokenize_example
 from setdpo.training import PrefConfig, SFTConfig, load_config, train_pref, train_sft
 from setdpo.training.callbacks import NonFiniteLossError
-from setdpo.training.preference import build_pref_trainer
+from setdpo.training.preference import PreferenceTrainer, build_pref_trainer
 from setdpo.training.reference import MEMO_DIR, ReferenceModel, eval_mode
 
 # One xdist worker per module: its SFT fixture is built once.
@@ -150,6 +150,72 @@ def test_precompute_ref_scores_every_candidate_up_front(
     assert reference_counter["reference_contexts"] == 40 + 1  # training read them all
     first = trainer.state.log_history[0]
     assert abs(first["reward_positive"]) < 1e-5 and abs(first["reward_negative"]) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [{}, {"precompute_ref": True}, {"peft": "none"}, {"peft": "none", "precompute_ref": True}],
+    ids=["lora-lazy", "lora-precomputed", "full-lazy", "full-precomputed"],
+)
+def test_bf16_reference_runs_in_the_policy_precision(
+    reference: dict[str, Any], fresh_sft: Path, ml100k_next_dir: Path, tmp_path: Path
+) -> None:
+    # The policy runs under bf16 autocast; a reference scored in float32 instead (precomputed
+    # before the Trainer wraps the model, or the frozen copy of full fine-tuning) gave
+    # first-step rewards of 3e-4 to 8e-4 here. Policy and reference are one model: exactly 0.
+    values = {"bf16": True, "max_steps": 1, "max_train_examples": 8, **NO_EVAL, **reference}
+    values["per_device_train_batch_size"] = 8
+    values["num_negatives"] = 0
+    train_pref(pref_config(ml100k_next_dir, fresh_sft, tmp_path / "bf16", **values))
+    first = _first_step(tmp_path / "bf16")
+    assert (first["reward_positive"], first["reward_negative"]) == (0.0, 0.0)
+    # The memo's key says the precision: a float32 run reads none of the bf16 log-probs.
+    values["bf16"] = False
+    train_pref(pref_config(ml100k_next_dir, fresh_sft, tmp_path / "fp32", **values))
+    first = _first_step(tmp_path / "fp32")
+    assert (first["reward_positive"], first["reward_negative"]) == (0.0, 0.0)
+    assert len(list((fresh_sft / MEMO_DIR).iterdir())) == 2
+
+
+def test_a_truncated_memo_shard_does_not_break_later_runs(
+    fresh_sft: Path, ml100k_next_dir: Path, tmp_path: Path, reference_counter: dict[str, int]
+) -> None:
+    values = {"max_steps": 1, "max_train_examples": 4, **NO_EVAL}
+    train_pref(pref_config(ml100k_next_dir, fresh_sft, tmp_path / "a", **values))
+    ((shard,),) = [list(memo.glob("part-*.json")) for memo in (fresh_sft / MEMO_DIR).iterdir()]
+    shard.write_bytes(shard.read_bytes()[:40])  # cut short, as a crash can leave a file
+    train_pref(pref_config(ml100k_next_dir, fresh_sft, tmp_path / "b", **values))
+    assert reference_counter["reference_contexts"] == 2 * (4 + 1)  # recomputed, not lost
+    first = _first_step(tmp_path / "b")
+    assert (first["reward_positive"], first["reward_negative"]) == (0.0, 0.0)
+
+
+def test_persistent_workers_draw_each_epoch_anew(
+    sft_run: Path, ml100k_next_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A DataLoader worker holds its own copy of the dataset; with persistent workers the
+    # epoch set on the main process's copy never reached it (the same draws every epoch).
+    drawn: dict[int, dict[int, list[int]]] = {}  # epoch -> example -> candidates drawn
+    real = PreferenceTrainer.compute_loss
+
+    def recording(self: PreferenceTrainer, model: Any, inputs: dict, *args: Any, **kw: Any) -> Any:
+        if model.training:
+            index, candidates = inputs["example_index"], inputs["candidate_index"]
+            rows = zip(index.tolist(), candidates.tolist(), strict=True)
+            drawn.setdefault(self.train_dataset.epoch, {}).update(rows)
+        return real(self, model, inputs, *args, **kw)
+
+    monkeypatch.setattr(PreferenceTrainer, "compute_loss", recording)
+    values = {"max_train_examples": 4, "per_device_train_batch_size": 4, "num_train_epochs": 3}
+    values |= {"dataloader_num_workers": 1, "dataloader_persistent_workers": True, **NO_EVAL}
+    trainer = build_pref_trainer(pref_config(ml100k_next_dir, sft_run, tmp_path / "p", **values))
+    trainer.train()
+    assert sorted(drawn) == [0, 1, 2]
+    dataset = trainer.train_dataset
+    for epoch, rows in drawn.items():  # what the main process draws for that epoch
+        dataset.set_epoch(epoch)
+        assert rows == {i: dataset.candidate_indices(i) for i in range(4)}, epoch
+    assert drawn[0] != drawn[1] != drawn[2] != drawn[0]
 
 
 def test_retrained_sft_run_misses_the_memo(

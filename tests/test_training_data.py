@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from torch.utils.data import DataLoader
 
 from setdpo.tokenization import TokenizedExample
 from setdpo.training.data import (
@@ -56,6 +57,20 @@ def test_sft_dataset_one_row_per_positive_or_one_per_context() -> None:
         drawn.add(tuple(one[0]["answer_ids"]))
         assert one[1]["answer_ids"] == [7, 2]  # a single positive is always the answer
     assert drawn == {(3, 2), (5, 2)}  # both positives of context 0 come up over epochs
+
+
+def test_persistent_workers_draw_the_epoch_the_main_process_set() -> None:
+    # One worker kept over epochs (persistent_workers): its copy of the dataset must follow
+    # set_epoch on the main process's, for the positive drawn under `positives: one`.
+    toks = [_tok([1], [[j + 3, 2] for j in range(8)], [1] * 8)]
+    one = SFTDataset(toks, seed=0, positives="one")
+    loader = DataLoader(one, batch_size=None, num_workers=1, persistent_workers=True)
+    drawn, expected = [], []
+    for epoch in range(6):
+        one.set_epoch(epoch)
+        drawn += [row["answer_ids"] for row in loader]
+        expected.append(one[0]["answer_ids"])
+    assert drawn == expected and len({tuple(ids) for ids in drawn}) > 1
 
 
 def test_draw_negatives_all_uniform_and_deterministic() -> None:

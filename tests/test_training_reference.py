@@ -74,3 +74,28 @@ def test_a_shard_merged_away_while_reading_is_skipped(
     gone.unlink()  # another process merged and deleted it after this one listed the folder
     monkeypatch.setattr(ReferenceMemo, "_shards", lambda self: listed)
     assert ReferenceMemo(folder, "k").values == {"b": [-2.0]}  # "a" is only recomputed
+
+
+def test_a_damaged_shard_is_set_aside_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "memo"
+    writer = ReferenceMemo(folder, "k")
+    writer.put("a", 2, 0, -1.0)
+    writer.flush()
+    writer.put("b", 1, 0, -2.0)
+    cut = writer.flush()
+    text = cut.read_text()
+    cut.write_text(text[: len(text) // 2])  # a write cut short (a crash before the data hit disk)
+    shapeless = folder / "part-shapeless.json"
+    shapeless.write_text('{"fingerprint": "k", "logps": [1, 2]}')  # valid JSON, not a memo
+    with caplog.at_level("WARNING", logger="setdpo.training.reference"):
+        memo = ReferenceMemo(folder, "k")
+    assert memo.values == {"a": [-1.0, None]}  # "b" is only recomputed
+    for damaged in (cut, shapeless):
+        assert damaged.name in caplog.text
+        assert not damaged.exists() and damaged.with_name(damaged.name + ".damaged").exists()
+    memo.put("b", 1, 0, -2.0)
+    memo.flush()
+    memo.merge_shards()
+    assert ReferenceMemo(folder, "k").values == {"a": [-1.0, None], "b": [-2.0]}

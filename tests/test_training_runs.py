@@ -44,6 +44,15 @@ def tiny_sft(ml100k_next_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return out
 
 
+@pytest.fixture
+def reference_passes(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The batches this process's reference network scores (memo misses)."""
+    scored: list = []
+    real = ReferenceModel.logps
+    monkeypatch.setattr(ReferenceModel, "logps", lambda self, b: scored.append(b) or real(self, b))
+    return scored
+
+
 def _adapter(run: Path) -> dict[str, torch.Tensor]:
     spec = json.loads((run / "setdpo_model.json").read_text())
     return load_file(run / spec["adapters"][-1] / "adapter_model.safetensors")
@@ -129,7 +138,7 @@ def _pref_argv(data: Path, init: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_torchrun_two_processes_match_one_process(
-    tiny_sft: Path, ml100k_next_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_sft: Path, ml100k_next_dir: Path, tmp_path: Path, reference_passes: list
 ) -> None:
     # One SGD step (sensitive to every gradient entry, unlike Adam's sign-like first step) on a
     # global batch of 4: two processes x 2 contexts against one process x 4 contexts.
@@ -144,16 +153,46 @@ def test_torchrun_two_processes_match_one_process(
     (memo,) = (sft / MEMO_DIR).iterdir()
     assert len(list(memo.glob("part-*.json"))) == 1  # both ranks' shards, merged at the end
     # One process on the same contexts finds every reference log-prob in the ranks' shards.
-    scored = []
-    real = ReferenceModel.logps
-    monkeypatch.setattr(ReferenceModel, "logps", lambda self, b: scored.append(b) or real(self, b))
     one = _pref_argv(ml100k_next_dir, sft, tmp_path / "single", *step)
     assert cli.main(one + ["--per-device-train-batch-size", "4"]) == 0
-    assert scored == []
+    assert reference_passes == []
     _assert_same_adapter(tmp_path / "ddp", tmp_path / "single", atol=1e-5)
     assert any(
         v.abs().max() > 1e-4 for k, v in _adapter(tmp_path / "single").items() if "lora_B" in k
     )
+
+
+def test_two_runs_from_one_sft_run_at_once_share_one_memo(
+    tiny_sft: Path, ml100k_next_dir: Path, tmp_path: Path, reference_passes: list
+) -> None:
+    # Two objectives aligned from one SFT run at the same time write and merge one memo.
+    sft = Path(shutil.copytree(tiny_sft, tmp_path / "sft", ignore=shutil.ignore_patterns(MEMO_DIR)))
+    extra = ["--max-steps", "4", "--save-steps", "2", "--per-device-train-batch-size", "2"]
+    runs = {loss: tmp_path / loss for loss in ("mult", "dpo")}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "setdpo", *_pref_argv(ml100k_next_dir, sft, out, *extra)]
+            + ["--loss", loss],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for loss, out in runs.items()
+    ]
+    for process in processes:
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output[-3000:]
+    for out in runs.values():
+        history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+        first = next(entry for entry in history if "loss" in entry)
+        assert (first["reward_positive"], first["reward_negative"]) == (0.0, 0.0)
+    (memo,) = (sft / MEMO_DIR).iterdir()  # one key: one SFT model, one scoring setting
+    assert {p.suffix for p in memo.iterdir()} == {".json"}  # no temporary, nothing damaged
+    # A third objective on the same contexts finds every reference log-prob in the memo.
+    argv = _pref_argv(ml100k_next_dir, sft, tmp_path / "sdpo", *extra)
+    assert cli.main(argv + ["--loss", "sdpo"]) == 0
+    assert reference_passes == []
 
 
 def _checkpoint_written(out: Path) -> bool:

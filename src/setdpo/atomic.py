@@ -1,4 +1,9 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+
+The temporary file is flushed to disk (`fsync`) before it is renamed over the target, and
+the folder after: without it a crash (power loss, a killed VM) can leave the renamed file
+empty or cut short, since the file system may commit the rename before the data.
+"""
 
 from __future__ import annotations
 
@@ -22,11 +27,28 @@ def atomic_write_with(
     os.close(fd)
     try:
         write(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent, directory=True)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _fsync(path: str | Path, directory: bool = False) -> None:
+    """Flush `path` (a file, or a folder's entries) to disk; folders where the platform
+    cannot open them (Windows) are skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if directory:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

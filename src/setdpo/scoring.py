@@ -34,6 +34,10 @@ and 1.11 s for the same 180 tokens as one plain row; the whole shared call 4.13 
 52.7 s repeated (12.8x; ideal n(P+C)/(P+nC) = 12.4). The packed route reruns the prompt for
 every chunk, which catalog ranking (hundreds of candidates in chunks) cannot afford.
 
+The cache goes to the model as ``cache=`` (transformers >= 5.24; the former
+``past_key_values`` is removed in 5.40). Neither route ever falls back to repeating the
+prompt: `tests/test_scoring.py` counts the tokens the model reads.
+
 Both need ``sdpa`` or ``eager`` attention and a model that places tokens by position ids
 (Llama, Qwen2, Mistral, GPT-2, ...; with sliding window layers only while prompt +
 candidate fit in the window); ALiBi models (Bloom, MPT, Falcon with ``alibi``) derive
@@ -392,7 +396,7 @@ def _prompt_pass(
     out = model(
         input_ids=prompt_ids, attention_mask=mask.long(), use_cache=True, logits_to_keep=last
     )
-    cache = out.past_key_values
+    cache = out.cache
     if cache is None or any(not isinstance(layer, DynamicLayer) for layer in cache.layers):
         raise ValueError(
             f"the cache route of shared-prefix scoring needs the model's dynamic key/value "
@@ -416,7 +420,7 @@ def _cached_chunk(
     mask = _as_mask(_candidate_rows(prompt_mask[pack.contexts], pack.segment), model)
     cache = DynamicCache([(k[pack.contexts], v[pack.contexts]) for k, v in kv])
     logits = model(
-        input_ids=pack.ids, attention_mask=mask, position_ids=pack.positions, past_key_values=cache
+        input_ids=pack.ids, attention_mask=mask, position_ids=pack.positions, cache=cache
     ).logits
     targets = cand_ids[pack.b, pack.j, pack.t + 1]
     return (pack.b, pack.j, pack.t + 1), _log_probs(logits[pack.row, pack.col], targets)

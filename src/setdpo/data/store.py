@@ -19,6 +19,7 @@ mode, source, template, domain, ratings) is rebuilt from ``items.json`` and ``co
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -209,16 +210,53 @@ class Levels(Sequence[list[int]]):
         return example, at - self.offsets[example]
 
 
+def directory_fingerprint(folder: str | Path, split: str) -> str:
+    """What changes when a prepared directory is written again: the name, size,
+    modification time and inode of ``config.json``, ``items.json`` and the files of the
+    split (``state.json`` and the data files it lists; not caches `datasets` may add
+    beside them). `prepare` writes a new directory and renames it into place."""
+    folder, where = Path(folder), split_path(folder, split)
+    state = json.loads((where / "state.json").read_text("utf-8"))
+    paths = [folder / "config.json", folder / "items.json", where / "state.json"]
+    paths += [where / entry["filename"] for entry in state["_data_files"]]
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = path.stat()
+        name = path.relative_to(folder).as_posix()
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ino}\0".encode())
+    return digest.hexdigest()
+
+
+def _reopen(
+    folder: str, split: str, rows: np.ndarray | None, fingerprint: str | None
+) -> SplitReader:
+    """A pickled reader opened again (a DataLoader worker's copy); refused (on first read)
+    if the directory was written again since the original opened it."""
+    reader = SplitReader(folder, split, rows)
+    if fingerprint is not None and reader.fingerprint != fingerprint:
+        reader.stale = (
+            f"{reader.where}: the data directory changed since this run opened it (prepared "
+            f"again?); a DataLoader worker would read other examples than the run holds the "
+            f"levels of. Restart the run, or prepare into a new directory while one trains."
+        )
+    return reader
+
+
 class SplitReader(Sequence[PreferenceExample]):
     """The examples of one split, read and rendered one at a time (`open_split`).
 
     ``reader[i]`` reads row i of the memory-mapped table; ``reader.take(rows)`` is a view
     of some rows; ``reader.levels`` gives every example's levels without rendering any. A
-    pickled reader (a DataLoader worker's copy) carries its directory and rows, not the table.
+    pickled reader (a DataLoader worker's copy under spawn or forkserver) carries its
+    directory, rows and the directory's `directory_fingerprint` at opening, not the table;
+    reopened where the directory has changed since, it raises `InputError` when read.
     """
+
+    stale: str | None = None  # why this reopened reader refuses to read
 
     def __init__(self, folder: str | Path, split: str, rows: np.ndarray | None = None) -> None:
         self.folder, self.split, self.rows = str(folder), split, rows
+        self.fingerprint = directory_fingerprint(folder, split)
         self.table, self.renderer = read_table(folder, split), Renderer.of(folder)
         self.where = str(split_path(folder, split))
         if "candidate_items" not in self.table.column_names:
@@ -237,16 +275,22 @@ class SplitReader(Sequence[PreferenceExample]):
     def _row(self, index: int) -> int:
         return index if self.rows is None else int(self.rows[index])
 
+    def _check(self) -> None:
+        if self.stale is not None:
+            raise InputError(self.stale)
+
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
             return list(self.take(np.arange(len(self))[index]))
         index = range(len(self))[index]  # negative indices, and IndexError past the end
+        self._check()
         row = self._row(index)
         k = int(np.searchsorted(self._starts, row, side="right")) - 1
         (values,) = self._batches[k].slice(row - int(self._starts[k]), 1).to_pylist()
         return self._example(values, row)
 
     def __iter__(self) -> Iterator[PreferenceExample]:
+        self._check()
         rows = np.arange(len(self)) if self.rows is None else self.rows
         for lo in range(0, len(rows), READ_ROWS):
             part = rows[lo : lo + READ_ROWS]
@@ -273,11 +317,12 @@ class SplitReader(Sequence[PreferenceExample]):
         return view
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return SplitReader, (self.folder, self.split, self.rows)
+        return _reopen, (self.folder, self.split, self.rows, self.fingerprint)
 
     @property
     def levels(self) -> Levels:
         """Every example's levels (read from the levels column only, once)."""
+        self._check()
         if self._levels is None:
             levels = Levels.of_column(self.table.column("levels"))
             self._levels = levels if self.rows is None else levels.take(self.rows)

@@ -41,7 +41,9 @@ class EpochCallback(TrainerCallback):
 
     The epoch is the integer part of `state.epoch`, which is exact at an epoch boundary and
     fractional after a mid-epoch resume; accelerate's own `set_epoch` forwarding misses
-    datasets under DDP samplers.
+    datasets under DDP samplers. The datasets keep the epoch in shared memory
+    (`training.data.EpochDataset`), so their copies in DataLoader workers, persistent ones
+    included, draw for the epoch set here.
     """
 
     def __init__(self, datasets: list[Any]) -> None:

@@ -147,7 +147,10 @@ class EpochDataset(Dataset):
     """A dataset whose draws depend on the epoch, set by the trainer before each epoch.
 
     `tokenized` is a list of `TokenizedExample` or a `LazyTokenized`; levels are read
-    without tokenizing.
+    without tokenizing. The epoch lives in shared memory (a one-element tensor), so
+    DataLoader workers, which hold copies of the dataset made when they started
+    (`dataloader_persistent_workers` keeps them over epochs), read the epoch the main
+    process set: their draws follow it.
     """
 
     def __init__(self, tokenized: Sequence[Any], seed: int) -> None:
@@ -158,10 +161,14 @@ class EpochDataset(Dataset):
             else Levels.of_lists([tok.levels for tok in self.tokenized])
         )
         self.seed = seed
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self._epoch.fill_(int(epoch))
 
 
 class SFTDataset(EpochDataset):

@@ -247,6 +247,14 @@ def _frozen_copy(config: PrefConfig) -> torch.nn.Module:
     return models.load_reference(config.init, device=config.device, dtype=torch.float32)
 
 
+def reference_autocast(config: PrefConfig) -> torch.dtype | None:
+    """The dtype the Trainer autocasts the policy's forward to (accelerate's mixed
+    precision), which every reference pass then uses too; None in float32."""
+    if config.bf16:
+        return torch.bfloat16
+    return torch.float16 if config.fp16 else None
+
+
 def _reference(
     model: torch.nn.Module, tokenizer: Any, config: PrefConfig, splits: dict[str, Any]
 ) -> Reference:
@@ -257,11 +265,14 @@ def _reference(
     """
     scoring = config.scoring_options()
     load_copy = partial(_frozen_copy, config) if config.peft == "none" else None
+    autocast = reference_autocast(config)
     settings = {**scoring.values(), "dtype": "float32", "bf16": config.bf16, "fp16": config.fp16}
+    if autocast is not None:  # the key says it: memos of older versions mixed precisions
+        settings["reference_autocast"] = str(autocast).removeprefix("torch.")
     key = memo_key(config.init, settings)
     root = Path(config.init) if models.is_run_dir(config.init) else Path(config.output_dir)
     memo = ReferenceMemo(root / MEMO_DIR / key[:16], key)
-    reference = Reference(ReferenceModel(model, scoring, load_copy), memo)
+    reference = Reference(ReferenceModel(model, scoring, load_copy, autocast), memo)
     if config.precompute_ref:
         # The main process scores and writes; the others then read its shards.
         with config.main_process_first(desc="reference log-probs"):

@@ -11,7 +11,9 @@ named relative to the run directory, `model_fingerprint`) and of the scoring set
 entries are keyed by a hash of the example's token ids (`training.data.example_key`), so a
 changed model, changed data or changed tokenization misses. Each process writes only new
 shard files, atomically and under names of its own, so DDP ranks and concurrent runs from one
-SFT run never write the same file; readers merge every shard. `precompute_ref` fills the memo
+SFT run never write the same file; readers merge every shard. A shard that cannot be read
+(cut short by a crash, or not a shard) is set aside as `*.json.damaged` with a warning and
+its entries are computed again: it never stops a run. `precompute_ref` fills the memo
 for every candidate of the train and valid splits before the first step (an up-front pass);
 otherwise only what training and evaluation reach is ever scored.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,6 +38,8 @@ from setdpo.atomic import atomic_write_text
 from setdpo.model import is_run_dir, read_run_model
 from setdpo.scoring import ScoringOptions
 from setdpo.training.data import PreferenceCollator, PreferenceDataset
+
+logger = logging.getLogger(__name__)
 
 MEMO_DIR = "ref_logps"
 # Keys an adapter config records that do not change the adapter (where its base was on disk).
@@ -79,6 +84,33 @@ def model_fingerprint(name: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _is_shard(stored: Any) -> bool:
+    """Whether `stored` has a shard's shape: a fingerprint and rows of numbers or nulls."""
+    if not isinstance(stored, dict) or not isinstance(stored.get("fingerprint"), str):
+        return False
+    logps = stored.get("logps")
+    return isinstance(logps, dict) and all(
+        isinstance(row, list) and all(v is None or isinstance(v, (int, float)) for v in row)
+        for row in logps.values()
+    )
+
+
+def _set_aside(path: Path, why: str) -> dict[str, list[float | None]]:
+    """Rename a damaged shard to `*.json.damaged` (no reader lists it again) with a warning;
+    its entries count as missing, so they are computed again and written in a new shard."""
+    aside = path.with_name(path.name + ".damaged")
+    with contextlib.suppress(OSError):  # another reader may have set it aside first
+        os.replace(path, aside)
+    logger.warning(
+        "reference memo shard %s is damaged (%s): set aside as %s; its log-probs are "
+        "computed again",
+        path,
+        why,
+        aside.name,
+    )
+    return {}
+
+
 class ReferenceMemo:
     """Reference log-probs by example key and candidate index, backed by shard files.
 
@@ -101,7 +133,11 @@ class ReferenceMemo:
             stored = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:  # merged away by another process meanwhile: recomputed
             return {}
-        return stored["logps"] if stored.get("fingerprint") == self.key else {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            return _set_aside(path, str(err))
+        if not _is_shard(stored):
+            return _set_aside(path, "not a memo shard")
+        return stored["logps"] if stored["fingerprint"] == self.key else {}
 
     def reload(self) -> None:
         for path in self._shards():
@@ -177,6 +213,12 @@ class ReferenceModel:
     With LoRA (`policy` is a peft model): the policy with its adapter disabled, i.e. the SFT
     model. With full fine-tuning: a frozen copy of `init` from `load_copy()`, loaded on the
     first call (never, when the memo already holds everything) and held until `release`.
+
+    `autocast` (bf16 / fp16 training: the dtype the Trainer autocasts the policy's forward
+    to) runs every reference pass under that same autocast, whichever network gives it and
+    whenever it runs: before the Trainer wraps the policy (`precompute_ref`), inside its
+    wrapped forward (LoRA, nested: the same autocast), or on the frozen copy, which the
+    Trainer never wraps. So policy and reference are the same computation at the first step.
     """
 
     def __init__(
@@ -184,9 +226,17 @@ class ReferenceModel:
         policy: torch.nn.Module,
         scoring: ScoringOptions,
         load_copy: Callable[[], torch.nn.Module] | None = None,
+        autocast: torch.dtype | None = None,
     ) -> None:
         self.policy, self.scoring, self.load_copy = policy, scoring, load_copy
+        self.autocast = autocast
         self.copy: torch.nn.Module | None = None
+
+    def _precision(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        device = model.get_input_embeddings().weight.device
+        return torch.autocast(device_type=device.type, dtype=self.autocast)
 
     def logps(self, batch: dict[str, Any]) -> torch.Tensor:
         """Reference log-probs [B, n] (float32, on the CPU) of a `PreferenceCollator` batch."""
@@ -196,7 +246,7 @@ class ReferenceModel:
             if self.copy is None:
                 self.copy = self.load_copy()
             model, off = self.copy, contextlib.nullcontext()
-        with torch.no_grad(), off, eval_mode(model):
+        with torch.no_grad(), off, eval_mode(model), self._precision(model):
             scores = self.scoring.score(model, batch)
         return scores.logps.float().cpu()
 
