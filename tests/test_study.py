@@ -81,6 +81,24 @@ def test_bundle_axes_set_several_fields(tmp_path: Path) -> None:
     assert "data/seed=0" in plan.stages  # the bundles touch no prepare field: one data set
 
 
+def test_named_studies_share_the_equal_stages_of_one_directory(tmp_path: Path) -> None:
+    first = build_plan(smoke_config(), tmp_path, "first")
+    grid = {"pref.num_negatives": [3], "pref.loss": ["dpo"]}
+    second = build_plan(smoke_config(grid=grid), tmp_path, "second")
+    common = set(first.stages) & set(second.stages)
+    assert {n.split("/")[0] for n in common} == {"data", "sft", "eval"}
+    assert {n for n in common if n.startswith("eval/")} == {
+        "eval/popularity/seed=0",
+        "eval/popularity/seed=1",
+        "eval/sft/seed=0",
+        "eval/sft/seed=1",
+    }
+    assert all(first.stages[n].key == second.stages[n].key for n in common)
+    assert (first.home, second.home) == (tmp_path / "first", tmp_path / "second")
+    with pytest.raises(InputError, match="plain folder name"):
+        build_plan(smoke_config(), tmp_path, "../elsewhere")
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -134,6 +152,12 @@ def test_rerun_recomputes_nothing(smoke_dir: Path, capsys: pytest.CaptureFixture
     run_study_cli(smoke_dir)
     assert "16 finished, 0 to run" in capsys.readouterr().out
     assert records(smoke_dir) == before
+    # the same study under a name in the same directory: its own report, the same stages
+    run_study_cli(smoke_dir, "--name", "again")
+    assert "16 finished, 0 to run" in capsys.readouterr().out
+    assert records(smoke_dir) == before
+    again = json.loads((smoke_dir / "again" / "summary.json").read_text())
+    assert again["cells"] == json.loads((smoke_dir / "summary.json").read_text())["cells"]
 
 
 @pytest.mark.slow

@@ -22,6 +22,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("dir", nargs="?", help="with report: the study directory")
     p.add_argument("--config", help="study configuration file (YAML)")
     p.add_argument("--out", help="study directory")
+    p.add_argument(
+        "--name",
+        help="keep this study's files (study.yaml, commands.sh, report) in OUT/NAME, so that "
+        "several studies share OUT's stages (equal ones run once)",
+    )
     p.add_argument("--jobs", type=int, default=1, help="stages run in parallel (worker processes)")
     p.add_argument("--fresh", action="store_true", help="re-run every stage, finished or not")
     p.add_argument(
@@ -40,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
         if not args.dir:
             raise InputError("setdpo study report DIR: the study directory is missing")
-        print(build_study_report(args.dir))
+        print(build_study_report(args.dir, args.name))
         return 0
     if not args.config or not args.out:
         raise InputError("setdpo study needs --config FILE and --out DIR")
@@ -49,17 +54,17 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_study(args.config)
     if args.print_commands:
-        plan = build_plan(config, args.out)
+        plan = build_plan(config, args.out, args.name)
         write_plan_files(plan)
         print(commands_text(plan), end="")
         return 0
     from setdpo.study.runner import StageFailed
 
     try:
-        report = run_study(config, args.out, jobs=args.jobs, fresh=args.fresh)
+        report = run_study(config, args.out, jobs=args.jobs, fresh=args.fresh, name=args.name)
     except StageFailed as err:
         print(f"setdpo: study stage failed: {err}", file=sys.stderr)
         return 1
-    print((report.parent / "report.md").read_text(encoding="utf-8"))
+    print(report.read_text(encoding="utf-8"))
     print(f"[study] report: {report}")
     return 0

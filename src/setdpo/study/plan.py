@@ -22,8 +22,8 @@ the `setdpo ...` command a user would type, reading a configuration file the stu
 
 Layout of a study directory::
 
-    study.yaml                   the study's configuration as run
-    commands.sh                  every stage's command, in dependency order
+    study.yaml                   the study's configuration as run   (with --name N: in N/,
+    commands.sh                  every stage's command, in order     as the report files are)
     stages/<kind>/<tag>.yaml     a stage's configuration file; <tag>.json: its record
     logs/<kind>/<tag>.log        its output
     data/<tag>/                  prepared data          (setdpo data prepare)
@@ -242,9 +242,10 @@ class Cell:
 @dataclass
 class Plan:
     config: StudyConfig
-    out: Path
+    out: Path  # the stage directory (data/, runs/, eval/, stages/, logs/)
     stages: dict[str, Stage]  # in dependency order
     cells: list[Cell]
+    home: Path  # where study.yaml, commands.sh and the report go: out, or out/<name>
 
     @property
     def objectives(self) -> list[str]:
@@ -258,9 +259,16 @@ def _tag(labels: list[tuple[str, str]]) -> str:
     return ",".join(f"{name}={value}" for name, value in labels) or "default"
 
 
-def build_plan(config: StudyConfig, out: str | Path) -> Plan:
-    """Every stage of the study, shared where equal, keyed by its content."""
+def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) -> Plan:
+    """Every stage of the study, shared where equal, keyed by its content.
+
+    With a ``name``, the study's own files go to ``out/<name>/``: several studies can then
+    share one stage directory, and a stage two of them hold equal (same name, same key) runs
+    once.
+    """
     out = Path(out)
+    if name is not None and (not name or "/" in name or name.startswith(".")):
+        raise InputError(f"a study name is a plain folder name, got {name!r}")
     stages: dict[str, Stage] = {}
 
     def add(stage: Stage) -> str:
@@ -273,8 +281,8 @@ def build_plan(config: StudyConfig, out: str | Path) -> Plan:
             stages[stage.name] = stage
         return stage.name
 
-    def stage_file(name: str) -> str:
-        return str(out / "stages" / f"{name}.yaml")
+    def stage_file(stage_name: str) -> str:
+        return str(out / "stages" / f"{stage_name}.yaml")
 
     cells = []
     for combo in itertools.product(*(a.values for a in config.axes)):
@@ -287,14 +295,14 @@ def build_plan(config: StudyConfig, out: str | Path) -> Plan:
                 picked = [(a.name, v.label) for a, v in _c.items() if a.sections & set(sections)]
                 return [*picked, ("seed", str(_s))]
 
-            def section(name: str, _c=chosen, _s=seed) -> dict[str, Any]:
-                values = dict(getattr(config, name))
+            def section(section_name: str, _c=chosen, _s=seed) -> dict[str, Any]:
+                values = dict(getattr(config, section_name))
                 for value in _c.values():
                     values.update(
                         {
                             k.split(".", 1)[1]: v
                             for k, v in value.settings.items()
-                            if k.startswith(f"{name}.")
+                            if k.startswith(f"{section_name}.")
                         }
                     )
                 return {**values, "seed": _s}
@@ -352,17 +360,20 @@ def build_plan(config: StudyConfig, out: str | Path) -> Plan:
             loss = chosen[next(a for a in config.axes if a.key == LOSS_AXIS)].label
             models[loss] = (str(pref_dir), pref, DEPENDS["pref"])
             evals = {}
-            for name, (model, upstream, sections) in models.items():
+            for model_name, (model, upstream, sections) in models.items():
                 tag = _tag(labels((*sections, "evaluate")))
-                output = out / "eval" / name / f"{tag}.json"
-                stage_name = f"eval/{name}/{tag}"
+                output = out / "eval" / model_name / f"{tag}.json"
+                stage_name = f"eval/{model_name}/{tag}"
                 command = ["evaluate", "--config", stage_file(stage_name), "--out", str(output)]
                 command += ["--threads", str(config.threads)]
                 settings = {**section("evaluate"), "data": str(data_dir), "model": model}
-                evals[name] = add(Stage(stage_name, "eval", command, settings, output, [upstream]))
+                evals[model_name] = add(
+                    Stage(stage_name, "eval", command, settings, output, [upstream])
+                )
             setting = tuple((a.name, v.label) for a, v in chosen.items() if a.key != LOSS_AXIS)
             cells.append(Cell(setting, seed, evals, {loss: pref}))
-    return Plan(config, out, _dependency_order(stages), _merge_cells(cells))
+    home = out / name if name else out
+    return Plan(config, out, _dependency_order(stages), _merge_cells(cells), home)
 
 
 def _dependency_order(stages: dict[str, Stage]) -> dict[str, Stage]:

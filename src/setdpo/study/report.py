@@ -38,11 +38,12 @@ def setting_label(setting: Setting) -> str:
     return ", ".join(f"{k}={v}" for k, v in setting) or "(one setting)"
 
 
-def load_plan(study_dir: str | Path) -> Plan:
-    study_dir = Path(study_dir)
-    if not (study_dir / "study.yaml").is_file():
-        raise InputError(f"{study_dir}: no study.yaml: not a study directory")
-    return build_plan(load_study(study_dir / "study.yaml"), study_dir)
+def load_plan(study_dir: str | Path, name: str | None = None) -> Plan:
+    """The plan of the study in ``study_dir`` (its files in ``study_dir/<name>`` if named)."""
+    home = Path(study_dir) / name if name else Path(study_dir)
+    if not (home / "study.yaml").is_file():
+        raise InputError(f"{home}: no study.yaml: not a study directory")
+    return build_plan(load_study(home / "study.yaml"), study_dir, name)
 
 
 def _contexts(plan: Plan, cell: Cell, model: str) -> list[ContextResult] | None:
@@ -234,10 +235,10 @@ def report_text(plan: Plan, summary: dict[str, Any], plots: dict[str, str]) -> s
     config = plan.config
     metric = config.metric
     lines = [
-        f"# Study: {config.description or plan.out.name}",
+        f"# Study: {config.description or plan.home.name}",
         "",
         *([config.notes, ""] if config.notes else []),
-        f"Directory `{plan.out}`; seeds {config.seeds}; objectives {plan.objectives}; "
+        f"Directory `{plan.home}`; seeds {config.seeds}; objectives {plan.objectives}; "
         f"baselines {config.baselines}. Each seed has its own prepared data (test contexts and "
         "candidates), SFT run and preference runs; every model of a seed is scored on the same "
         "contexts. Stage commands: `commands.sh`; configuration: `study.yaml`.",
@@ -345,19 +346,20 @@ def _extra_tables(summary: dict[str, Any], metric: str) -> list[str]:
     return lines
 
 
-def build_study_report(study_dir: str | Path) -> Path:
-    """summary.json, plots and report.md of a study directory; returns report.md."""
+def build_study_report(study_dir: str | Path, name: str | None = None) -> Path:
+    """summary.json, plots and report.md of a study directory (of its study ``name``, when
+    several share it); returns report.md."""
     from setdpo.study.plots import plot_bound, plot_metric_against_axes, plot_training
 
-    plan = load_plan(study_dir)
+    plan = load_plan(study_dir, name)
     summary = summarize(plan)
     if not summary["cells"]:
         raise InputError(f"{study_dir}: no evaluation has finished yet: nothing to report")
-    atomic_write_json(plan.out / "summary.json", summary)
-    plots = plot_metric_against_axes(plan, summary, plan.out / "plots")
-    plots.update(plot_bound(summary, plan.out / "plots"))
-    plots.update(plot_training(plan, plan.out / "plots"))
-    return atomic_write_text(plan.out / "report.md", report_text(plan, summary, plots))
+    atomic_write_json(plan.home / "summary.json", summary)
+    plots = plot_metric_against_axes(plan, summary, plan.home / "plots")
+    plots.update(plot_bound(summary, plan.home / "plots"))
+    plots.update(plot_training(plan, plan.home / "plots"))
+    return atomic_write_text(plan.home / "report.md", report_text(plan, summary, plots))
 
 
 def load_summary(study_dir: str | Path) -> dict[str, Any]:

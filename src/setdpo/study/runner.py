@@ -59,13 +59,13 @@ def write_plan_files(plan: Plan) -> None:
     from dataclasses import asdict
 
     study = {k: v for k, v in asdict(plan.config).items() if k != "axes"}
-    atomic_write_text(plan.out / "study.yaml", yaml.safe_dump(study, sort_keys=False))
+    atomic_write_text(plan.home / "study.yaml", yaml.safe_dump(study, sort_keys=False))
     for stage in plan.stages.values():
         path = plan.out / "stages" / f"{stage.name}.yaml"
         text = yaml.safe_dump(stage.settings, sort_keys=True)
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             atomic_write_text(path, text)
-    atomic_write_text(plan.out / "commands.sh", commands_text(plan))
+    atomic_write_text(plan.home / "commands.sh", commands_text(plan))
 
 
 def commands_text(plan: Plan) -> str:
