@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from setdpo.commands.options import build_config, config_command
+
 
 def add_parser(subparsers) -> None:
     _add_export(subparsers)
+    _add_serve(subparsers)
 
 
 def _add_export(subparsers) -> None:
@@ -48,4 +51,33 @@ def run_export(args: argparse.Namespace) -> int:
         results=args.results,
     )
     print(f"wrote {out}")
+    return 0
+
+
+def _add_serve(subparsers) -> None:
+    p = config_command(
+        subparsers,
+        "serve",
+        "setdpo.serving.service:ServeConfig",
+        "serve",
+        named=("model",),
+        help="an HTTP ranking service (FastAPI) over a run or an export",
+        description="Serve MODEL (a run directory or a `setdpo export` folder) over HTTP: "
+        "POST /v1/rank, POST /v1/recommend, GET /v1/model, GET /health, OpenAPI at /docs. "
+        "Concurrent requests are scored in batches. Every ServeConfig field is an option "
+        "(listed below).",
+    )
+    p.add_argument("model", nargs="?", help="run directory or export folder (= --model)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from setdpo.serving.app import serve
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    serve(build_config(args))
     return 0

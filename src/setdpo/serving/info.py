@@ -75,6 +75,7 @@ def _read_export(folder: Path) -> ModelInfo:
     if record.get("setdpo_export") != EXPORT_VERSION:
         raise InputError(f"{where}: setdpo_export must be {EXPORT_VERSION}")
     record.pop("setdpo_export")
+    record.pop("adapter_only", None)  # how the weights were written: `load_served` reads it
     catalog = record.get("catalog")
     record["catalog"] = str(folder.resolve() / catalog) if catalog else None
     try:
@@ -130,3 +131,23 @@ def _init_base(init: str | None) -> str | None:
     if not init or not is_run_dir(init):
         return None
     return run_config(Path(init)).get("model")
+
+
+def load_served(path: str | os.PathLike, device: str = "auto") -> tuple[Any, Any]:
+    """The model and tokenizer of a run or an export (an ``--adapter-only`` export is
+    applied to the base model its adapter names)."""
+    from setdpo.model import load
+
+    folder = Path(path)
+    adapter = folder / "adapter_config.json"
+    if is_export(folder) and adapter.is_file() and not (folder / "config.json").is_file():
+        base = json.loads(adapter.read_text(encoding="utf-8"))["base_model_name_or_path"]
+        model, _ = load(base, device=device, adapter=folder, merge_all=True)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return model, tokenizer
+    return load(folder, device=device)
