@@ -1,0 +1,227 @@
+"""`setdpo serve` under load: contexts/s and latency with 1, 8 and 32 concurrent clients,
+batched against ``--max-batch 1``, in one run.
+
+Trains a lab run for a few steps on ML-100K `next` (20 candidates, listing prompt; the speed
+of a lab model does not depend on its training), then for each server setting starts
+``python -m setdpo serve RUN`` on a free 127.0.0.1 port (one at a time: the machine's cores are
+shared), and for each client count sends ``--requests-per-client`` `/v1/rank` requests per
+client (test contexts in turn) from an asyncio httpx client, each client waiting for its
+answer before the next request. Reports contexts/s, p50/p95/p99 latency and the server's
+mean batch size, then writes the section ``## Serving (bench_serve.py)`` of RESULTS.md.
+
+    .venv/bin/python benchmarks/bench_serve.py --clients 1 8 32
+
+``--model smollm2`` serves the embedded SmolLM2-135M (an untrained LoRA SFT run of it) instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from results_md import write_section
+
+from setdpo import cli
+from setdpo.data import PrepareConfig, load_split, prepare
+
+SECTION = "## Serving (bench_serve.py)"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_run(root: Path, model: str, contexts: int) -> tuple[Path, list[dict]]:
+    """A short SFT run of ``model`` on a small ML-100K `next` directory, and the request
+    bodies of its test contexts."""
+    data = prepare(
+        PrepareConfig(
+            source="ml-100k",
+            mode="next",
+            candidates=20,
+            seed=0,
+            out=str(root / "data"),
+            max_examples_per_split={"train": 200, "valid": 8, "test": contexts},
+        )
+    )
+    run = root / "run"
+    name = "lab" if model == "lab" else "embedded:smollm2-135m"
+    peft = ["--peft", "none"] if model == "lab" else []
+    argv = ["train", "sft", "--data", str(data), "--model", name, "--out", str(run), *peft]
+    argv += ["--max-steps", "2", "--disable-tqdm", "true", "--max-eval-examples", "2"]
+    if cli.main(argv) != 0:
+        raise SystemExit("training the benchmark run failed")
+    bodies = [
+        {"history": ex.history, "candidates": ex.candidates} for ex in load_split(data, "test")
+    ]
+    return run, bodies
+
+
+class Server:
+    def __init__(self, run: Path, options: list[str], log: Path) -> None:
+        self.url = f"http://127.0.0.1:{_free_port()}"
+        argv = [sys.executable, "-m", "setdpo", "serve", str(run), "--threads", "1"]
+        argv += ["--port", self.url.rsplit(":", 1)[1], *options]
+        self.log = open(log, "w")  # noqa: SIM115
+        self.process = subprocess.Popen(argv, env=ENV, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"the server exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.5)
+        raise SystemExit("the server did not start within 300 s")
+
+    def stats(self) -> dict:
+        return httpx.get(self.url + "/v1/model").json()["batches"]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+        self.log.close()
+
+
+async def load_test(url: str, bodies: list[dict], clients: int, per_client: int) -> dict:
+    """``clients`` closed-loop clients, ``per_client`` requests each; latencies in ms."""
+    latencies: list[float] = []
+    failures = 0
+    limits = httpx.Limits(max_connections=clients)
+
+    async def client(index: int, http: httpx.AsyncClient) -> None:
+        nonlocal failures
+        for k in range(per_client):
+            body = bodies[(index * per_client + k) % len(bodies)]
+            start = time.perf_counter()
+            response = await http.post("/v1/rank", json=body)
+            latencies.append(1000 * (time.perf_counter() - start))
+            failures += response.status_code != 200
+
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(i, http) for i in range(clients)))
+        seconds = time.perf_counter() - start
+    p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
+    return {"contexts_per_s": len(latencies) / seconds, "p50": p50, "p95": p95, "p99": p99,
+            "requests": len(latencies), "failures": failures, "seconds": seconds}  # fmt: skip
+
+
+def measure(run: Path, bodies: list[dict], settings: dict[str, list[str]], clients: list[int],
+            per_client: int, logs: Path) -> dict:  # fmt: skip
+    """``{(setting, clients): row}``, one server per setting, started and stopped in turn."""
+    rows = {}
+    for name, options in settings.items():
+        server = Server(run, options, logs / f"{name}.log")
+        try:
+            asyncio.run(load_test(server.url, bodies, 2, 4))  # warm-up
+            for n in clients:
+                before = server.stats()
+                row = asyncio.run(load_test(server.url, bodies, n, per_client))
+                after = server.stats()
+                batches = max(after["batches"] - before["batches"], 1)
+                row["mean_batch"] = (after["requests"] - before["requests"]) / batches
+                rows[name, n] = row
+                print(name, n, {k: round(v, 2) for k, v in row.items()}, flush=True)
+        finally:
+            server.stop()
+    return rows
+
+
+def scoring_only(run: Path, bodies: list[dict], batch: int) -> dict[int, float]:
+    """Contexts/s of `RankingService.score` in this process, no HTTP: one context per call
+    against ``batch`` per call (what batching can gain at best on this machine)."""
+    from setdpo.serving.service import RankingService, ServeConfig
+
+    service = RankingService(ServeConfig(model=str(run), device="cpu"))
+    jobs = [service.rank_job(b["history"], b["candidates"]) for b in bodies[:batch]]
+    service.score(jobs[:2])  # warm-up
+    out = {}
+    for size in (1, batch):
+        start = time.perf_counter()
+        for i in range(0, len(jobs), size):
+            service.score(jobs[i : i + size])
+        out[size] = len(jobs) / (time.perf_counter() - start)
+    return out
+
+
+def markdown(rows: dict, settings: dict, clients: list[int], setup: str, command: str,
+             alone: dict[int, float]) -> str:  # fmt: skip
+    lines = [SECTION, "", f"Command: `{command}`", "", setup, ""]
+    lines += ["| server | clients | contexts/s | p50 ms | p95 ms | p99 ms | mean batch | failed |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name in settings:
+        for n in clients:
+            r = rows[name, n]
+            lines.append(
+                f"| {name} | {n} | {r['contexts_per_s']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} "
+                f"| {r['p99']:.0f} | {r['mean_batch']:.1f} | {r['failures']} |"
+            )
+    batched, single = list(settings)
+    lines += ["", "Batched / unbatched throughput: " + ", ".join(
+        f"{n} clients {rows[batched, n]['contexts_per_s'] / rows[single, n]['contexts_per_s']:.2f}x"
+        for n in clients) + "."]  # fmt: skip
+    many, (one_rate, many_rate) = max(alone), alone.values()
+    lines += ["", f"Scoring alone (`RankingService.score` in-process, no HTTP, same contexts): "
+              f"{one_rate:.1f} contexts/s one context per call, {many_rate:.1f} contexts/s "
+              f"{many} per call ({many_rate / one_rate:.2f}x)."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["lab", "smollm2"], default="lab")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests-per-client", type=int, default=8)
+    parser.add_argument("--max-batch", type=int, default=32, help="the batched server's")
+    parser.add_argument("--window-ms", type=float, default=5.0, help="the batched server's")
+    parser.add_argument("--contexts", type=int, default=50, help="test contexts cycled through")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    settings = {
+        f"batched (max batch {args.max_batch}, window {args.window_ms:g} ms)": [
+            "--max-batch", str(args.max_batch), "--batch-window-ms", str(args.window_ms)],
+        "unbatched (max batch 1)": ["--max-batch", "1"],
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        run, bodies = make_run(Path(tmp), args.model, args.contexts)
+        rows = measure(run, bodies, settings, args.clients, args.requests_per_client, Path(tmp))
+        alone = scoring_only(run, bodies, args.max_batch)
+    command = (
+        f".venv/bin/python benchmarks/bench_serve.py --model {args.model} --clients "
+        f"{' '.join(map(str, args.clients))} --requests-per-client {args.requests_per_client} "
+        f"--max-batch {args.max_batch} --window-ms {args.window_ms:g}"
+    )
+    model = "lab model (5.5M-parameter Llama, full fine-tuning run)" if args.model == "lab" \
+        else "SmolLM2-135M (embedded, LoRA run, float32)"  # fmt: skip
+    setup = (
+        f"{model}; `/v1/rank` requests of ML-100K test contexts (`next`, 20 candidates, "
+        f"listing prompt), {args.requests_per_client} requests per closed-loop client (asyncio "
+        f"httpx, same machine); server: 1 torch thread, CPU; torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with "
+        f"the client and other jobs (load average {os.getloadavg()[0]:.1f} at the end)."
+    )
+    text = markdown(rows, settings, args.clients, setup, command, alone)
+    print(text)
+    if not args.no_write:
+        write_section(SECTION, text)
+
+
+if __name__ == "__main__":
+    main()
