@@ -172,3 +172,15 @@ def test_export_refuses_an_existing_folder_and_leaves_nothing_on_failure(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
     assert cli.main(["export", str(runs["full"]), "--out", str(out), "--overwrite"]) == 0
     assert (out / "model.safetensors").is_file() and not (out / "keep.txt").exists()
+
+
+def test_the_vllm_check_says_why_it_skips_without_vllm() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed: benchmarks/gpu_check.sh runs the real check")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "benchmarks/vllm_check.py"], cwd=root, env=ENV,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "vllm check skipped: vLLM is not installed" in done.stdout

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -270,3 +271,16 @@ def test_a_full_queue_answers_503_with_retry_after_and_slow_requests_504(tight: 
     time.sleep(2)  # let the batch in progress finish
     good = {"history": ["Heat (1995)"], "candidates": ["Babe (1995)", "Casino (1995)"]}
     assert tight.client.post("/v1/rank", json=good, headers=auth).status_code == 200
+
+
+def test_the_readme_curl_examples_answer(server: Server):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Serve it", 1)[1].split("\n## ", 1)[0]
+    calls = re.findall(r"curl -s localhost:8000(\S+) [^\n]*?-d '([^']*)'", section)
+    assert [path for path, _ in calls] == ["/v1/rank", "/v1/recommend"]
+    for path, body in calls:
+        response = server.client.post(
+            path, content=body, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["ranking"][0]["rank"] == 1
