@@ -1,17 +1,19 @@
 """`setdpo serve` under load: contexts/s and latency with 1, 8 and 32 concurrent clients,
 batched against ``--max-batch 1``, in one run.
 
-Trains a lab run for a few steps on ML-100K `next` (20 candidates, listing prompt; the speed
-of a lab model does not depend on its training), then for each server setting starts
-``python -m setdpo serve RUN`` on a free 127.0.0.1 port (one at a time: the machine's cores are
-shared), and for each client count sends ``--requests-per-client`` `/v1/rank` requests per
-client (test contexts in turn) from an asyncio httpx client, each client waiting for its
-answer before the next request. Reports contexts/s, p50/p95/p99 latency and the server's
-mean batch size, then writes the section ``## Serving (bench_serve.py)`` of RESULTS.md.
+Trains a lab run for two steps on ML-100K `next` (20 candidates, listing prompt; the speed
+of a lab model does not depend on its training), starts ``python -m setdpo serve RUN`` on a
+free 127.0.0.1 port for each server setting (both at once; they take turns, in alternating
+order, at each client count, so that the shared machine's changing load hits both alike), and
+for each client count sends ``--requests-per-client`` `/v1/rank` requests per client (test
+contexts in turn) from an asyncio httpx client, each client waiting for its answer before the
+next request. Reports contexts/s, p50/p95/p99 latency and the server's mean batch size, and
+the same scoring in-process without HTTP (one context per call against many), then writes the
+section ``## Serving (bench_serve.py)`` of RESULTS.md.
 
     .venv/bin/python benchmarks/bench_serve.py --clients 1 8 32
 
-``--model smollm2`` serves the embedded SmolLM2-135M (an untrained LoRA SFT run of it) instead.
+``--model smollm2`` serves the embedded SmolLM2-135M (a two-step LoRA SFT run of it) instead.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from results_md import write_section
 from setdpo import cli
 from setdpo.data import PrepareConfig, load_split, prepare
 
-SECTION = "## Serving (bench_serve.py)"
+SECTIONS = {"lab": "## Serving (bench_serve.py)",
+            "smollm2": "## Serving SmolLM2 (bench_serve.py --model smollm2)"}  # fmt: skip
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -62,7 +65,8 @@ def make_run(root: Path, model: str, contexts: int) -> tuple[Path, list[dict]]:
     name = "lab" if model == "lab" else "embedded:smollm2-135m"
     peft = ["--peft", "none"] if model == "lab" else []
     argv = ["train", "sft", "--data", str(data), "--model", name, "--out", str(run), *peft]
-    argv += ["--max-steps", "2", "--disable-tqdm", "true", "--max-eval-examples", "2"]
+    argv += ["--max-steps", "2", "--per-device-train-batch-size", "1", "--disable-tqdm", "true"]
+    argv += ["--max-eval-examples", "2"]
     if cli.main(argv) != 0:
         raise SystemExit("training the benchmark run failed")
     bodies = [
@@ -94,7 +98,11 @@ class Server:
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(timeout=60)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a batch still scoring: no need to wait for it
+            self.process.kill()
+            self.process.wait()
         self.log.close()
 
 
@@ -124,35 +132,46 @@ async def load_test(url: str, bodies: list[dict], clients: int, per_client: int)
 
 def measure(run: Path, bodies: list[dict], settings: dict[str, list[str]], clients: list[int],
             per_client: int, logs: Path) -> dict:  # fmt: skip
-    """``{(setting, clients): row}``, one server per setting, started and stopped in turn."""
-    rows = {}
-    for name, options in settings.items():
-        server = Server(run, options, logs / f"{name}.log")
-        try:
-            asyncio.run(load_test(server.url, bodies, 2, 4))  # warm-up
-            for n in clients:
-                before = server.stats()
-                row = asyncio.run(load_test(server.url, bodies, n, per_client))
-                after = server.stats()
-                batches = max(after["batches"] - before["batches"], 1)
-                row["mean_batch"] = (after["requests"] - before["requests"]) / batches
-                rows[name, n] = row
-                print(name, n, {k: round(v, 2) for k, v in row.items()}, flush=True)
-        finally:
+    """``{(setting, clients): row}``. Every server runs at once (an idle one costs nothing)
+    and the settings take turns at each client count, in alternating order, so that a change
+    in the machine's load hits both alike."""
+    servers = {}
+    try:
+        for i, (name, options) in enumerate(settings.items()):
+            servers[name] = Server(run, options, logs / f"server-{i}.log")
+            asyncio.run(load_test(servers[name].url, bodies, 1, 1))  # warm-up
+        rows = {}
+        for turn, n in enumerate(clients):
+            for name in list(settings)[:: 1 if turn % 2 == 0 else -1]:
+                rows[name, n] = _measure_one(servers[name], bodies, n, per_client)
+                print(name, n, {k: round(float(v), 2) for k, v in rows[name, n].items()},
+                      flush=True)  # fmt: skip
+        return rows
+    finally:
+        for server in servers.values():
             server.stop()
-    return rows
+
+
+def _measure_one(server: Server, bodies: list[dict], clients: int, per_client: int) -> dict:
+    before = server.stats()
+    row = asyncio.run(load_test(server.url, bodies, clients, per_client))
+    after = server.stats()
+    batches = max(after["batches"] - before["batches"], 1)
+    row["mean_batch"] = (after["requests"] - before["requests"]) / batches
+    return row
 
 
 def scoring_only(run: Path, bodies: list[dict], batch: int) -> dict[int, float]:
     """Contexts/s of `RankingService.score` in this process, no HTTP: one context per call
-    against ``batch`` per call (what batching can gain at best on this machine)."""
+    against ``batch`` (at most the contexts there are) per call (what batching can gain at
+    best on this machine)."""
     from setdpo.serving.service import RankingService, ServeConfig
 
     service = RankingService(ServeConfig(model=str(run), device="cpu"))
     jobs = [service.rank_job(b["history"], b["candidates"]) for b in bodies[:batch]]
-    service.score(jobs[:2])  # warm-up
+    service.score(jobs[:1])  # warm-up
     out = {}
-    for size in (1, batch):
+    for size in (1, len(jobs)):
         start = time.perf_counter()
         for i in range(0, len(jobs), size):
             service.score(jobs[i : i + size])
@@ -160,16 +179,16 @@ def scoring_only(run: Path, bodies: list[dict], batch: int) -> dict[int, float]:
     return out
 
 
-def markdown(rows: dict, settings: dict, clients: list[int], setup: str, command: str,
-             alone: dict[int, float]) -> str:  # fmt: skip
-    lines = [SECTION, "", f"Command: `{command}`", "", setup, ""]
+def markdown(section: str, rows: dict, settings: dict, clients: list[int], setup: str,
+             command: str, alone: dict[int, float]) -> str:  # fmt: skip
+    lines = [section, "", f"Command: `{command}`", "", setup, ""]
     lines += ["| server | clients | contexts/s | p50 ms | p95 ms | p99 ms | mean batch | failed |",
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name in settings:
         for n in clients:
             r = rows[name, n]
             lines.append(
-                f"| {name} | {n} | {r['contexts_per_s']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} "
+                f"| {name} | {n} | {r['contexts_per_s']:.3g} | {r['p50']:.0f} | {r['p95']:.0f} "
                 f"| {r['p99']:.0f} | {r['mean_batch']:.1f} | {r['failures']} |"
             )
     batched, single = list(settings)
@@ -191,22 +210,31 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32, help="the batched server's")
     parser.add_argument("--window-ms", type=float, default=5.0, help="the batched server's")
     parser.add_argument("--contexts", type=int, default=50, help="test contexts cycled through")
+    parser.add_argument(
+        "--alone-contexts",
+        type=int,
+        default=32,
+        help="contexts of the in-process scoring line (one call, then singly)",
+    )
+    parser.add_argument("--timeout-s", type=float, default=600, help="the servers' request timeout")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    common = ["--timeout-s", str(args.timeout_s), "--max-queue", "1024"]
     settings = {
         f"batched (max batch {args.max_batch}, window {args.window_ms:g} ms)": [
-            "--max-batch", str(args.max_batch), "--batch-window-ms", str(args.window_ms)],
-        "unbatched (max batch 1)": ["--max-batch", "1"],
+            "--max-batch", str(args.max_batch), "--batch-window-ms", str(args.window_ms), *common],
+        "unbatched (max batch 1)": ["--max-batch", "1", *common],
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         run, bodies = make_run(Path(tmp), args.model, args.contexts)
         rows = measure(run, bodies, settings, args.clients, args.requests_per_client, Path(tmp))
-        alone = scoring_only(run, bodies, args.max_batch)
+        alone = scoring_only(run, bodies, min(args.max_batch, args.alone_contexts))
     command = (
         f".venv/bin/python benchmarks/bench_serve.py --model {args.model} --clients "
         f"{' '.join(map(str, args.clients))} --requests-per-client {args.requests_per_client} "
-        f"--max-batch {args.max_batch} --window-ms {args.window_ms:g}"
+        f"--max-batch {args.max_batch} --window-ms {args.window_ms:g} --contexts {args.contexts} "
+        f"--alone-contexts {args.alone_contexts} --timeout-s {args.timeout_s:g}"
     )
     model = "lab model (5.5M-parameter Llama, full fine-tuning run)" if args.model == "lab" \
         else "SmolLM2-135M (embedded, LoRA run, float32)"  # fmt: skip
@@ -217,10 +245,11 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with "
         f"the client and other jobs (load average {os.getloadavg()[0]:.1f} at the end)."
     )
-    text = markdown(rows, settings, args.clients, setup, command, alone)
+    section = SECTIONS[args.model]
+    text = markdown(section, rows, settings, args.clients, setup, command, alone)
     print(text)
     if not args.no_write:
-        write_section(SECTION, text)
+        write_section(section, text)
 
 
 if __name__ == "__main__":

@@ -184,3 +184,21 @@ def test_the_vllm_check_says_why_it_skips_without_vllm() -> None:
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "vllm check skipped: vLLM is not installed" in done.stdout
+
+
+def test_a_run_whose_data_is_gone_is_refused(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "moved"
+    shutil.copytree(runs["full"], run, ignore=shutil.ignore_patterns("checkpoint-*"))
+    config = yaml.safe_load((run / "resolved_config.yaml").read_text())
+    config["data"] = str(tmp_path / "deleted-data")
+    (run / "resolved_config.yaml").write_text(yaml.safe_dump(config))
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "export")]) == 2
+    err = capsys.readouterr().err
+    assert "deleted-data has no config.json" in err and "template" in err
+    assert not (tmp_path / "export").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -22,7 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from setdpo.serving.batching import Batcher, Overloaded
-from setdpo.serving.service import RankingService, RequestError, ServeConfig, ranking
+from setdpo.serving.service import (
+    API_KEY_ENV,
+    LOCAL_HOSTS,
+    RankingService,
+    RequestError,
+    ServeConfig,
+    ranking,
+)
 
 log = logging.getLogger("setdpo.serve")
 OPEN_PATHS = ("/health",)  # answered without the API key
@@ -214,17 +222,23 @@ def _replay(body: bytes, receive: Callable) -> Callable[[], Awaitable[dict]]:
     return replayed
 
 
+def exposure_warning(config: ServeConfig) -> str | None:
+    """What to warn about when the server is reachable from other machines without a key."""
+    if config.api_key or config.host in LOCAL_HOSTS:
+        return None
+    return (
+        f"serving on {config.host} without an API key: anyone who reaches this address can "
+        f"use the model; pass --api-key or set {API_KEY_ENV}"
+    )
+
+
 def serve(config: ServeConfig) -> None:
     """Load the model and answer HTTP on ``config.host:config.port`` until interrupted."""
     import uvicorn
 
-    from setdpo.serving.service import LOCAL_HOSTS
-
-    if not config.api_key and config.host not in LOCAL_HOSTS:
-        log.warning(
-            "serving on %s without an API key: anyone who reaches this address can use the "
-            "model; pass --api-key or set SETDPO_API_KEY", config.host
-        )  # fmt: skip
+    warning = exposure_warning(config)
+    if warning:
+        print(f"setdpo serve: warning: {warning}", file=sys.stderr, flush=True)
     app = create_app(RankingService(config))
     print(f"setdpo serve: {config.model} on http://{config.host}:{config.port} (docs at /docs)",
           flush=True)  # fmt: skip

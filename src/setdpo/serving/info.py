@@ -103,23 +103,28 @@ def run_info(run: str | os.PathLike) -> ModelInfo:
     spec = read_run_model(run)
     config = run_config(run)
     data = config.get("data")
-    prepared: dict[str, Any] = {}
-    if data and Path(data, "config.json").is_file():
-        prepared = json.loads(Path(data, "config.json").read_text(encoding="utf-8"))
-    catalog = Path(data, "items.json") if data else None
+    if not data or not Path(data, "config.json").is_file():
+        where = f"its data directory {data} has no config.json" if data else (
+            f"it has no {RESOLVED_CONFIG} naming its data directory")  # fmt: skip
+        raise InputError(
+            f"run {run}: {where}, so the prompt template it was trained with is unknown "
+            "(serving and exporting render that template)"
+        )
+    prepared = json.loads(Path(data, "config.json").read_text(encoding="utf-8"))
+    catalog = Path(data, "items.json")
     base = spec.base_model
     if Path(base).is_relative_to(run):  # tiny / lab / full fine-tuning: the weights are in the run
         base = config.get("model") or _init_base(config.get("init")) or "base (inside the run)"
     return ModelInfo(
-        template=prepared.get("template", "listing"),
-        domain=prepared.get("domain", "movie"),
-        catalog=str(catalog) if catalog is not None and catalog.is_file() else None,
+        template=prepared.get("template") or "listing",
+        domain=prepared.get("domain") or "movie",
+        catalog=str(catalog) if catalog.is_file() else None,
         max_prompt_length=config.get("max_prompt_length"),
         chat_template=bool(config.get("chat_template", False)),
         average=False,
         base_model=base,
         objective=config.get("loss", "sft") if "init" in config else "sft",
-        data=str(data) if data else None,
+        data=str(data),
         mode=prepared.get("mode"),
         source=prepared.get("source"),
         run=str(run),
