@@ -202,3 +202,16 @@ def test_a_run_whose_data_is_gone_is_refused(
     err = capsys.readouterr().err
     assert "deleted-data has no config.json" in err and "template" in err
     assert not (tmp_path / "export").exists()
+
+
+def test_dtype_bfloat16_halves_the_weights(runs: dict[str, Path], tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    sizes = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / dtype
+        assert cli.main(["export", str(runs["lab"]), "--out", str(out), "--dtype", dtype]) == 0
+        weights = load_file(out / "model.safetensors")
+        assert {str(w.dtype) for w in weights.values()} == {f"torch.{dtype}"}
+        sizes[dtype] = (out / "model.safetensors").stat().st_size
+    assert 0.45 < sizes["bfloat16"] / sizes["float32"] < 0.55

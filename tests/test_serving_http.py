@@ -95,9 +95,10 @@ def server(run: Path) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def tight(run: Path) -> Iterator[Server]:
     """The run directory itself, with a key (from the environment), a one-request queue, no
-    batching and a 0.3 s timeout."""
+    batching and a 0.3 s timeout, on the CPU (where ranking the catalog takes longer)."""
     env = {**ENV, "SETDPO_API_KEY": KEY}
-    server = Server(run, "--max-queue", "1", "--max-batch", "1", "--timeout-s", "0.3", env=env)
+    server = Server(run, "--max-queue", "1", "--max-batch", "1", "--timeout-s", "0.3",
+                    "--device", "cpu", env=env)  # fmt: skip
     yield server
     server.stop()
 

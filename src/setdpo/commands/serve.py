@@ -32,6 +32,11 @@ def _add_export(subparsers) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument(
+        "--dtype",
+        default="float32",
+        help="merged weights: float32 (matches the run within 1e-4), bfloat16 or float16",
+    )
+    p.add_argument(
         "--results",
         action="append",
         default=[],
@@ -49,6 +54,7 @@ def run_export(args: argparse.Namespace) -> int:
         adapter_only=args.adapter_only,
         overwrite=args.overwrite,
         results=args.results,
+        dtype=args.dtype,
     )
     print(f"wrote {out}")
     return 0
