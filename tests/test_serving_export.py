@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -154,6 +155,20 @@ def test_card_names_the_run_and_its_test_metrics(
     assert "- base model: `lab`" in card and "- objective: `sft`" in card
     assert "Choose the answer from the following {n_candidates} movie titles" in card
     assert "learning_rate: 0.05" in card  # the resolved configuration
+    # Without --results, an evaluation of this run in an ancestor's eval/ (a study's layout,
+    # eval/<model>/<tag>.json) is found; one of another model is not.
+    found = runs["lab"].parent / "eval" / "lab" / "seed=0.json"
+    found.parent.mkdir(parents=True)
+    found.write_text(results.read_text())
+    other = json.loads(results.read_text())
+    other["protocol"]["model"], other["metrics"]["HR@1"]["value"] = str(runs["full"]), 0.123456
+    (found.parent / "other.json").write_text(json.dumps(other))
+    auto = tmp_path / "auto"
+    assert cli.main(["export", str(runs["lab"]), "--out", str(auto)]) == 0
+    card = (auto / "README.md").read_text()
+    assert f"| HR@1 | {hr1['value']:.4f} |" in card and "0.1235" not in card
+    assert str(found) in card
+    shutil.rmtree(found.parent.parent)
 
 
 def test_export_refuses_an_existing_folder_and_leaves_nothing_on_failure(
@@ -189,8 +204,6 @@ def test_the_vllm_check_says_why_it_skips_without_vllm() -> None:
 def test_a_run_whose_data_is_gone_is_refused(
     runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    import shutil
-
     import yaml
 
     run = tmp_path / "moved"

@@ -147,11 +147,21 @@ def _read_results(path: str | os.PathLike) -> dict[str, Any]:
     return {"file": str(path), "protocol": record["protocol"], "metrics": record["metrics"]}
 
 
-def _found_results(run: Path) -> list[dict[str, Any]]:
-    """The quickstart's evaluation of this run, when it evaluated this very directory."""
-    path = run.parent.parent / "eval" / f"{run.name}.json"
-    if not path.is_file():
-        return []
-    found = _read_results(path)
-    model = str(found["protocol"].get("model", ""))
-    return [found] if model and Path(model).resolve() == run.resolve() else []
+def _found_results(run: Path, levels: int = 3, most: int = 500) -> list[dict[str, Any]]:
+    """Test results of this very run directory (their ``protocol.model``) in the ``eval/``
+    folders of its ``levels`` nearest ancestors: a quickstart's ``<tier>/eval/<name>.json``
+    beside ``<tier>/runs/<name>``, a study's ``eval/<model>/<tag>.json`` beside
+    ``runs/pref/<tag>``. At most ``most`` files are read."""
+    run = run.resolve()
+    files = [p for a in run.parents[:levels] if (a / "eval").is_dir()
+             for p in sorted((a / "eval").rglob("*.json"))][:most]  # fmt: skip
+    found = []
+    for path in files:
+        try:
+            record = _read_results(path)
+        except InputError:
+            continue  # not a results file
+        model, split = str(record["protocol"].get("model", "")), record["protocol"].get("split")
+        if model and split == "test" and Path(model).resolve() == run:
+            found.append(record)
+    return found
