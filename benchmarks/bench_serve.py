@@ -107,7 +107,8 @@ class Server:
 
 
 async def load_test(url: str, bodies: list[dict], clients: int, per_client: int) -> dict:
-    """``clients`` closed-loop clients, ``per_client`` requests each; latencies in ms."""
+    """``clients`` closed-loop clients, ``per_client`` requests each: latencies (ms),
+    wall seconds, failed requests."""
     latencies: list[float] = []
     failures = 0
     limits = httpx.Limits(max_connections=clients)
@@ -125,25 +126,29 @@ async def load_test(url: str, bodies: list[dict], clients: int, per_client: int)
         start = time.perf_counter()
         await asyncio.gather(*(client(i, http) for i in range(clients)))
         seconds = time.perf_counter() - start
-    p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
-    return {"contexts_per_s": len(latencies) / seconds, "p50": p50, "p95": p95, "p99": p99,
-            "requests": len(latencies), "failures": failures, "seconds": seconds}  # fmt: skip
+    return {"latencies": latencies, "seconds": seconds, "failures": failures}
 
 
 def measure(run: Path, bodies: list[dict], settings: dict[str, list[str]], clients: list[int],
-            per_client: int, logs: Path) -> dict:  # fmt: skip
+            per_client: int, turns: int, logs: Path) -> dict:  # fmt: skip
     """``{(setting, clients): row}``. Every server runs at once (an idle one costs nothing)
-    and the settings take turns at each client count, in alternating order, so that a change
-    in the machine's load hits both alike."""
+    and the settings take turns at each client count, in alternating order (``turns`` 2:
+    A B B A, ``per_client / 2`` requests a turn), so that a drift in the machine's load hits
+    both alike."""
     servers = {}
     try:
         for i, (name, options) in enumerate(settings.items()):
             servers[name] = Server(run, options, logs / f"server-{i}.log")
-            asyncio.run(load_test(servers[name].url, bodies, 1, 1))  # warm-up
+            asyncio.run(load_test(servers[name].url, bodies, 2, 4))  # warm-up
         rows = {}
-        for turn, n in enumerate(clients):
-            for name in list(settings)[:: 1 if turn % 2 == 0 else -1]:
-                rows[name, n] = _measure_one(servers[name], bodies, n, per_client)
+        for index, n in enumerate(clients):
+            order = list(settings)[:: 1 if index % 2 == 0 else -1]
+            order = order + order[::-1] if turns == 2 else order
+            parts: dict[str, list[dict]] = {name: [] for name in settings}
+            for name in order:
+                parts[name].append(_measure_one(servers[name], bodies, n, per_client // turns))
+            for name, measured in parts.items():
+                rows[name, n] = _summary(measured)
                 print(name, n, {k: round(float(v), 2) for k, v in rows[name, n].items()},
                       flush=True)  # fmt: skip
         return rows
@@ -154,11 +159,22 @@ def measure(run: Path, bodies: list[dict], settings: dict[str, list[str]], clien
 
 def _measure_one(server: Server, bodies: list[dict], clients: int, per_client: int) -> dict:
     before = server.stats()
-    row = asyncio.run(load_test(server.url, bodies, clients, per_client))
+    part = asyncio.run(load_test(server.url, bodies, clients, max(per_client, 1)))
     after = server.stats()
-    batches = max(after["batches"] - before["batches"], 1)
-    row["mean_batch"] = (after["requests"] - before["requests"]) / batches
-    return row
+    part["batches"] = after["batches"] - before["batches"]
+    part["scored"] = after["requests"] - before["requests"]
+    return part
+
+
+def _summary(parts: list[dict]) -> dict:
+    latencies = [x for part in parts for x in part["latencies"]]
+    seconds = sum(part["seconds"] for part in parts)
+    p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
+    batches = max(sum(part["batches"] for part in parts), 1)
+    return {"contexts_per_s": len(latencies) / seconds, "p50": p50, "p95": p95, "p99": p99,
+            "requests": len(latencies), "failures": sum(part["failures"] for part in parts),
+            "seconds": seconds,
+            "mean_batch": sum(part["scored"] for part in parts) / batches}  # fmt: skip
 
 
 def scoring_only(run: Path, bodies: list[dict], batch: int) -> dict[int, float]:
@@ -216,6 +232,13 @@ def main() -> None:
         default=32,
         help="contexts of the in-process scoring line (one call, then singly)",
     )
+    parser.add_argument(
+        "--turns",
+        type=int,
+        choices=[1, 2],
+        default=2,
+        help="2: each setting measured twice per client count, A B B A",
+    )
     parser.add_argument("--timeout-s", type=float, default=600, help="the servers' request timeout")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
@@ -228,13 +251,14 @@ def main() -> None:
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         run, bodies = make_run(Path(tmp), args.model, args.contexts)
-        rows = measure(run, bodies, settings, args.clients, args.requests_per_client, Path(tmp))
+        rows = measure(run, bodies, settings, args.clients, args.requests_per_client,
+                       args.turns, Path(tmp))  # fmt: skip
         alone = scoring_only(run, bodies, min(args.max_batch, args.alone_contexts))
     command = (
         f".venv/bin/python benchmarks/bench_serve.py --model {args.model} --clients "
         f"{' '.join(map(str, args.clients))} --requests-per-client {args.requests_per_client} "
         f"--max-batch {args.max_batch} --window-ms {args.window_ms:g} --contexts {args.contexts} "
-        f"--alone-contexts {args.alone_contexts} --timeout-s {args.timeout_s:g}"
+        f"--alone-contexts {args.alone_contexts} --timeout-s {args.timeout_s:g} --turns {args.turns}"
     )
     model = "lab model (5.5M-parameter Llama, full fine-tuning run)" if args.model == "lab" \
         else "SmolLM2-135M (embedded, LoRA run, float32)"  # fmt: skip

@@ -51,6 +51,32 @@ def test_requests_within_the_window_share_one_batch_in_order() -> None:
     assert len(work.threads) == 1 and next(iter(work.threads)).startswith("setdpo-scoring")
 
 
+def test_the_window_waits_only_while_requests_are_announced() -> None:
+    work = Doubler()
+
+    async def late(batcher: Batcher, payload: int, announce: bool) -> int:
+        if announce:
+            with batcher.arriving():  # being tokenized for 0.1 s
+                await asyncio.sleep(0.1)
+        else:
+            await asyncio.sleep(0.1)
+        return await batcher.submit(payload, 5)
+
+    async def main():
+        batcher = Batcher(work, max_batch=8, window_s=0.5, max_queue=16)
+        await batcher.start()
+        start = time.perf_counter()
+        await batcher.submit(1, 5)  # alone: no wait for the window
+        lone = time.perf_counter() - start
+        await asyncio.gather(batcher.submit(2, 5), late(batcher, 3, announce=True))
+        await asyncio.gather(batcher.submit(4, 5), late(batcher, 5, announce=False))
+        await batcher.stop()
+        return lone
+
+    assert _run(main()) < 0.25
+    assert work.batches == [[1], [2, 3], [4], [5]]
+
+
 def test_max_batch_splits_and_max_batch_1_scores_one_at_a_time() -> None:
     for max_batch, expected in ((3, [[0, 1, 2], [3, 4, 5], [6]]), (1, [[i] for i in range(7)])):
         work = Doubler()

@@ -126,14 +126,17 @@ def create_app(service: RankingService) -> FastAPI:
         prompt training used), each with its log-prob."""
         history = service.titles_of("history", request.history)
         candidates = service.titles_of("candidates", request.candidates)
-        job = await build(service.rank_job, history, candidates)
+        with batcher.arriving():
+            job = await build(service.rank_job, history, candidates)
         scores = await batcher.submit(job, config.timeout_s)
         return {"ranking": ranking(job, scores, request.top), "n_candidates": len(job.titles)}
 
     @app.post("/v1/recommend")
     async def recommend(request: RecommendRequest) -> dict[str, Any]:
         """The top of the catalog for the history (history items excluded), open prompt."""
-        job = await build(service.recommend_job, service.titles_of("history", request.history))
+        history = service.titles_of("history", request.history)
+        with batcher.arriving():
+            job = await build(service.recommend_job, history)
         scores = await batcher.submit(job, config.timeout_s)
         return {"ranking": ranking(job, scores, request.top), "n_ranked": len(job.titles)}
 

@@ -1,7 +1,9 @@
 """A batching window in front of one batched function (litserve's shape).
 
 Requests wait in a bounded queue; one worker takes the first, keeps collecting for
-``window_s`` seconds or until ``max_batch`` requests, then runs ``run_batch`` on all of them
+``window_s`` seconds (only while requests are on their way: announced with `arriving`, not
+yet submitted; a lone request does not wait, see benchmarks/RESULTS.md, "Serving") or until
+``max_batch`` requests, then runs ``run_batch`` on all of them
 in one thread (the model is used by one thread at a time) and answers each. A full queue
 raises `Overloaded` at once (the server answers 503 with ``Retry-After``); a request that waits
 longer than its timeout raises `TimeoutError` and is dropped from the batch it would join.
@@ -12,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +67,17 @@ class Batcher:
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._arriving = 0
+
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Announce a request that will be submitted when the block ends (while it is being
+        tokenized): a batch being collected waits for it, up to the window."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
 
     async def start(self) -> None:
         self._queue = asyncio.Queue(self.max_queue)
@@ -102,7 +116,7 @@ class Batcher:
                 jobs.append(self._queue.get_nowait())
                 continue
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or not self._arriving:
                 break
             try:
                 jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
