@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# GPU check, ready for whoever holds a CUDA machine (fits 8 minutes on one GPU):
+# GPU check, ready for whoever holds a CUDA machine (fits 10 minutes on one GPU):
 #   1. the tests marked `cuda` (tests/test_cuda.py: shared scoring routes = repeated in float32
 #      and bf16, with and without gradient checkpointing; a short SFT -> mult run in bf16);
 #   2. bench_scoring.py --sections routes: one training step per route (cache, packed, packed
 #      with checkpointing, repeated, repeated with checkpointing) at 1+3, 1+19, 1+99 candidates,
 #      bf16 weights: seconds, tokens/s, contexts/s, peak memory, MFU against the device's peak;
 #   3. bench_training.py: the real PreferenceTrainer (Mult-DPO, 1+19, bf16 autocast), shared /
-#      repeated x precomputed reference x checkpointing: contexts/s, tokens/s, peak memory, MFU.
+#      repeated x precomputed reference x checkpointing: contexts/s, tokens/s, peak memory, MFU;
+#   4. vllm_check.py: a `setdpo export` of a lab run loaded in vLLM, candidates scored from its
+#      prompt log-probs against setdpo's scores (skipped, with the reason, without vLLM or CUDA).
 # Everything goes to benchmarks/results/<UTC time>-<device>/ (test log, JSON rows, printouts).
 #
 #   benchmarks/gpu_check.sh                     # on the GPU machine
@@ -37,7 +39,7 @@ if [ "$device" = cuda ]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/device.csv"
     scoring=(--dtype bf16 --train-repeats 3 --skip)  # every route and size fits a GPU
     training=(--bf16 --steps 6 --batch 4 --negatives 19 --candidates 20)
-    limits=(200 120 150)  # seconds per stage: 470 s in all, within the 8 minutes
+    limits=(200 120 150 120)  # seconds per stage: 590 s in all, within the 10 minutes
 else
     export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
     scoring=(--dtype float32 --train-repeats 1 --threads 1)
@@ -45,7 +47,7 @@ else
     if [ "$quick" = 1 ]; then
         scoring+=(--route-negatives 3 --routes cache packed+ckpt)
     fi
-    limits=(0 0 0)  # no limit: a CPU run takes what it takes
+    limits=(0 0 0 0)  # no limit: a CPU run takes what it takes
 fi
 failed=0
 stage() {  # stage NAME: report a failed or timed-out stage, go on with the next
@@ -69,6 +71,10 @@ timeout "${limits[1]}" "$python" benchmarks/bench_scoring.py --sections routes -
 timeout "${limits[2]}" "$python" benchmarks/bench_training.py --device "$device" --checkpointing \
     --no-write "${training[@]}" --json "$out/training.json" 2>&1 | tee "$out/training.txt" \
     || stage training
+
+# 4. vLLM loads an export and scores it as setdpo does (skipped with the reason without vLLM)
+timeout "${limits[3]}" "$python" benchmarks/vllm_check.py --json "$out/vllm.json" 2>&1 \
+    | tee "$out/vllm.txt" || stage vllm
 
 echo "done in $((SECONDS - start)) s: $out"
 exit "$failed"

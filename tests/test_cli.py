@@ -41,6 +41,7 @@ COMMANDS = {
         ["--top", "1"],
     ),
     "quickstart": (["quickstart"], {"quickstart": {"budget": "smoke"}}, ["--llm-losses", "dpo"]),
+    "serve": (["serve", "RUN"], {"serve": {"max_batch": 4}}, ["--port", "9001"]),
 }
 EXPECTED = {
     "data prepare": {"mode": "next-k", "k": 5},
@@ -50,6 +51,7 @@ EXPECTED = {
     "evaluate": {"limit": 7, "metrics": ["HR@1", "MRR"]},
     "recommend": {"candidates": ["Toy Story (1995)"], "top": 1},
     "quickstart": {"budget": "smoke", "llm_losses": ["dpo"]},
+    "serve": {"model": "RUN", "max_batch": 4, "port": 9001},
 }
 
 

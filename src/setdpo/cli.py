@@ -15,7 +15,7 @@ from setdpo.commands.options import ConfigParser
 from setdpo.errors import InputError
 
 # Modules under setdpo.commands; a module may register several subcommands.
-COMMAND_MODULES = ["data", "train", "evaluate", "quickstart", "study"]
+COMMAND_MODULES = ["data", "train", "evaluate", "quickstart", "study", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,7 @@ PROTOCOL_SECTIONS = (
     "evaluate",
     "recommend",
     "quickstart",
+    "serve",
 )
 
 

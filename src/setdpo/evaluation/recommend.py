@@ -66,13 +66,17 @@ def _candidate_titles(config: RecommendConfig) -> tuple[list[str], str, str]:
         return titles, "listing", config.domain or "movie"
     if not Path(config.catalog, "items.json").is_file():
         raise InputError(f"{config.catalog}: no items.json (a `setdpo data prepare` directory)")
-    history = set(config.history)
-    titles = [it["title"] for it in load_items(config.catalog) if it["title"] not in history]
-    titles = list(dict.fromkeys(titles))
+    titles = catalog_titles(load_items(config.catalog), config.history)
     domain = config.domain
     if domain is None and Path(config.catalog, "config.json").is_file():
         domain = load_json(config.catalog, "config.json").get("domain")
     return titles, "open", domain or "movie"
+
+
+def catalog_titles(items: Sequence[dict], history: Sequence[str]) -> list[str]:
+    """The catalog's titles (``items.json`` rows) minus the history, once each, in order."""
+    seen = set(history)
+    return list(dict.fromkeys(str(it["title"]) for it in items if it["title"] not in seen))
 
 
 def rank_titles(

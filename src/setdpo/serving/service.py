@@ -1,0 +1,230 @@
+"""The ranking service behind `setdpo serve`: a run or an export, its prompt and catalog, and
+the requests it scores, through `setdpo.scoring.score_all` (the one scoring loop).
+
+A ranking request renders the prompt training used (the run's template and domain, the
+history, the candidates), exactly as `setdpo evaluate` renders a context, so its log-probs
+are the ones `evaluate` computes; a recommendation request renders the ``open`` prompt and
+ranks the catalog minus the history, as `setdpo recommend --catalog` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from setdpo.data import prompts
+from setdpo.errors import InputError
+from setdpo.evaluation.metrics import rank_order
+from setdpo.evaluation.recommend import catalog_titles
+from setdpo.scoring import ScoringOptions, score_all
+from setdpo.serving.info import ModelInfo, load_served, read_info
+from setdpo.tokenization import TokenizedExample, tokenize_candidates, tokenize_prompt
+
+API_KEY_ENV = "SETDPO_API_KEY"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _help(text: str, default: Any = None) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class ServeConfig:
+    """`setdpo serve`: the model, the address and the limits; validated on construction."""
+
+    model: str = _help("run directory or `setdpo export` folder", "")
+    host: str = _help("address to bind (127.0.0.1: this machine only)", "127.0.0.1")
+    port: int = _help("TCP port", 8000)
+    api_key: str | None = _help(
+        f"require `Authorization: Bearer KEY` on every route but /health (default: ${API_KEY_ENV})"
+    )
+    max_batch: int = _help("most requests scored in one batch (1 = no batching)", 16)
+    batch_window_ms: float = _help("how long the first request of a batch waits for others", 5.0)
+    max_queue: int = _help("requests waiting beyond this answer 503 with Retry-After", 256)
+    timeout_s: float = _help("a request not answered within this answers 504", 30.0)
+    max_candidates: int = _help("most candidates in one /v1/rank request", 100)
+    max_prompt_tokens: int | None = _help(
+        "longest prompt in tokens (default: the run's max_prompt_length, else the model's "
+        "positions minus 64)"
+    )
+    max_body_bytes: int = _help("largest request body", 65536)
+    chunk_size: int = _help("catalog titles per forward chunk (/v1/recommend)", 256)
+    device: str = _help("device for the model: auto, cpu, cuda", "auto")
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise InputError("serve needs a model: a run directory or an export folder")
+        if self.api_key is None:
+            self.api_key = os.environ.get(API_KEY_ENV) or None
+        for name in ("max_batch", "max_queue", "max_candidates", "max_body_bytes", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_window_ms < 0 or self.timeout_s <= 0:
+            raise InputError("batch_window_ms must be >= 0 and timeout_s > 0")
+        if not 0 <= self.port < 65536:
+            raise InputError(f"port must be in 0..65535, got {self.port}")
+
+
+class RequestError(Exception):
+    """A bad request: ``field`` names what is wrong (``history[2].item_id``), HTTP ``status``."""
+
+    def __init__(self, field: str, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.field, self.message, self.status = field, message, status
+
+
+@dataclass(frozen=True)
+class Job:
+    """One context to score: its token ids, the titles (and catalog ids) in candidate order,
+    and whether it is a catalog ranking (scored alone, in chunks)."""
+
+    tokenized: TokenizedExample
+    titles: list[str]
+    item_ids: list[str | None]
+    catalog: bool
+
+
+class RankingService:
+    """A loaded model with its `ModelInfo` and catalog; builds and scores `Job`s."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.info: ModelInfo = read_info(config.model)
+        self.model, self.tokenizer = load_served(config.model, config.device)
+        self.catalog: list[dict] = _read_catalog(self.info.catalog)
+        self.by_id = {str(item["item_id"]): str(item["title"]) for item in self.catalog}
+        self.id_of = {str(item["title"]): str(item["item_id"]) for item in self.catalog}
+        positions = getattr(self.model.config, "max_position_embeddings", None) or 2048
+        self.max_prompt_tokens = (
+            config.max_prompt_tokens or self.info.max_prompt_length or max(positions - 64, 1)
+        )
+        self.pad_token_id = self.tokenizer.pad_token_id
+        self.rank_options = ScoringOptions(average=self.info.average)
+        self.catalog_options = ScoringOptions(
+            average=self.info.average, chunk_size=config.chunk_size
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The `/v1/model` answer."""
+        info = self.info
+        return {
+            "model": str(Path(self.config.model).resolve()),
+            "base_model": info.base_model,
+            "objective": info.objective,
+            "data": info.data,
+            "mode": info.mode,
+            "source": info.source,
+            "template": {
+                "name": info.template,
+                "domain": info.domain,
+                "text": prompts.load_template(info.template, info.domain),
+                "chat_template": info.chat_template,
+            },  # fmt: skip
+            "scoring": "length-averaged" if info.average else "summed candidate log-probability",
+            "catalog_items": len(self.catalog),
+            "limits": {
+                "max_candidates": self.config.max_candidates,
+                "max_prompt_tokens": self.max_prompt_tokens,
+                "max_body_bytes": self.config.max_body_bytes,
+                "max_batch": self.config.max_batch,
+                "batch_window_ms": self.config.batch_window_ms,
+                "max_queue": self.config.max_queue,
+                "timeout_s": self.config.timeout_s,
+            },
+        }
+
+    def titles_of(self, name: str, entries: Sequence[Any]) -> list[str]:
+        """Titles of ``entries``: a title, or an object with an ``item_id`` (a mapping or the
+        request model) resolved in the catalog."""
+        titles = []
+        for i, entry in enumerate(entries):
+            if isinstance(entry, str):
+                titles.append(entry)
+                continue
+            raw = entry["item_id"] if isinstance(entry, dict) else entry.item_id
+            item_id = str(raw)
+            if item_id not in self.by_id:
+                where = f"{name}[{i}].item_id"
+                detail = "this model has no catalog" if not self.catalog else "not in the catalog"
+                raise RequestError(where, f"unknown item id {item_id!r}: {detail}")
+            titles.append(self.by_id[item_id])
+        return titles
+
+    def rank_job(self, history: list[str], candidates: list[str]) -> Job:
+        if len(candidates) > self.config.max_candidates:
+            raise RequestError(
+                "candidates",
+                f"{len(candidates)} candidates; the limit is {self.config.max_candidates}",
+            )
+        seen: dict[str, int] = {}
+        for i, title in enumerate(candidates):
+            if title in seen:
+                raise RequestError(f"candidates[{i}]", f"repeats candidates[{seen[title]}]")
+            seen[title] = i
+        prompt = prompts.render(self.info.template, self.info.domain, history, candidates)
+        return self._job(prompt, candidates, catalog=False)
+
+    def recommend_job(self, history: list[str]) -> Job:
+        if not self.catalog:
+            raise RequestError("history", "this model has no catalog to recommend from", 409)
+        titles = catalog_titles(self.catalog, history)
+        if not titles:
+            raise RequestError("history", "every catalog title is in the history")
+        prompt = prompts.render("open", self.info.domain, history, titles)
+        return self._job(prompt, titles, catalog=True)
+
+    def _job(self, prompt: str, titles: list[str], catalog: bool) -> Job:
+        chat = self.info.chat_template
+        prompt_ids = tokenize_prompt(self.tokenizer, prompt, chat)
+        if len(prompt_ids) > self.max_prompt_tokens:
+            raise RequestError(
+                "history",
+                f"the prompt is {len(prompt_ids)} tokens; the limit is {self.max_prompt_tokens}: "
+                "send fewer history items",
+            )
+        try:
+            candidate_ids = tokenize_candidates(self.tokenizer, prompt, titles, chat)
+        except ValueError as error:
+            raise RequestError("candidates", str(error)) from error
+        tokenized = TokenizedExample(prompt_ids, candidate_ids, [1] * len(titles))
+        return Job(tokenized, titles, [self.id_of.get(t) for t in titles], catalog)
+
+    def score(self, jobs: Sequence[Job]) -> list[list[float]]:
+        """Each job's candidate log-probs: ranking jobs in one `score_all` batch, catalog
+        jobs one at a time in chunks (their candidate counts are the catalog's)."""
+        out: list[list[float] | None] = [None] * len(jobs)
+        ranked = [i for i, job in enumerate(jobs) if not job.catalog]
+        if ranked:
+            rows = [jobs[i].tokenized for i in ranked]
+            scores = score_all(self.model, rows, self.rank_options, self.pad_token_id, len(rows))
+            for i, row in zip(ranked, scores, strict=True):
+                out[i] = row.tolist()
+        for i, job in enumerate(jobs):
+            if job.catalog:
+                (row,) = score_all(self.model, [job.tokenized], self.catalog_options,
+                                   self.pad_token_id, 1)  # fmt: skip
+                out[i] = row.tolist()
+        return out  # type: ignore[return-value]
+
+
+def ranking(job: Job, scores: list[float], top: int | None) -> list[dict[str, Any]]:
+    """``[{"rank", "title", "item_id", "score"}]`` best first (ties: earlier first)."""
+    order = rank_order(scores, [1] * len(scores))[:top]
+    return [
+        {"rank": r + 1, "title": job.titles[i], "item_id": job.item_ids[i], "score": scores[i]}
+        for r, i in enumerate(order)
+    ]
+
+
+def _read_catalog(path: str | None) -> list[dict]:
+    if path is None:
+        return []
+    try:
+        items = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"cannot read the catalog {path}: {error}") from error
+    return [item for item in items if "title" in item and "item_id" in item]

@@ -1,0 +1,287 @@
+"""`setdpo serve` as a real process on a free port, spoken to over HTTP with httpx: rankings
+equal `setdpo evaluate`'s and `setdpo recommend`'s scores, every bad request gets its 4xx
+JSON error naming the field, the API key, a full queue (503 + Retry-After), the timeout
+(504), and 50 concurrent requests answered with the scores they get one at a time."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from setdpo import cli
+from setdpo.data import load_split
+from setdpo.evaluation.evaluate import EvalConfig, evaluate
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.xdist_group("serving_http"),
+]
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+KEY = "test-key-0123456789"
+MAX_BODY, MAX_CANDIDATES, MAX_PROMPT = 20_000, 30, 400
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`python -m setdpo serve ...` in a subprocess; `url`, `client`, `stop`."""
+
+    def __init__(self, model: Path, *options: str, env: dict | None = None) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = [sys.executable, "-m", "setdpo", "serve", str(model), "--port", str(self.port)]
+        self.log = open(model.parent / f"serve-{self.port}.log", "w")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            argv + ["--threads", "1", *options], env=env or ENV, stdout=self.log, stderr=self.log
+        )
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, Path(self.log.name).read_text()[-3000:]
+            try:
+                if self.client.get("/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.3)
+        raise AssertionError("the server did not start within 120 s")
+
+    def stop(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def run(ml100k_next_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny LoRA SFT run: a few steps at a high learning rate, so the adapter matters."""
+    out = tmp_path_factory.mktemp("serve") / "sft"
+    argv = ["train", "sft", "--data", str(ml100k_next_dir), "--model", "tiny", "--out", str(out)]
+    argv += ["--max-steps", "3", "--learning-rate", "0.05", "--disable-tqdm", "true"]
+    assert cli.main(argv + ["--seed", "0", "--max-eval-examples", "4"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(run: Path) -> Iterator[Server]:
+    """The export of the run, served with small limits and no key."""
+    export = run.parent / "export"
+    assert cli.main(["export", str(run), "--out", str(export)]) == 0
+    server = Server(export, "--max-body-bytes", str(MAX_BODY), "--max-candidates",
+                    str(MAX_CANDIDATES), "--max-prompt-tokens", str(MAX_PROMPT),
+                    "--batch-window-ms", "20")  # fmt: skip
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tight(run: Path) -> Iterator[Server]:
+    """The run directory itself, with a key (from the environment), a one-request queue, no
+    batching and a 0.3 s timeout, on the CPU (where ranking the catalog takes longer)."""
+    env = {**ENV, "SETDPO_API_KEY": KEY}
+    server = Server(run, "--max-queue", "1", "--max-batch", "1", "--timeout-s", "0.3",
+                    "--device", "cpu", env=env)  # fmt: skip
+    yield server
+    server.stop()
+
+
+def _scores(answer: dict) -> dict[str, float]:
+    return {entry["title"]: entry["score"] for entry in answer["ranking"]}
+
+
+def test_rank_equals_evaluate_for_the_same_contexts(server: Server, run: Path, ml100k_next_dir):
+    results = evaluate(EvalConfig(model=str(run), data=str(ml100k_next_dir), limit=4,
+                                  n_resamples=10, progress=False))  # fmt: skip
+    examples = {ex.context_id: ex for ex in load_split(ml100k_next_dir, "test")}
+    for context in results.contexts:
+        ex = examples[context.context_id]
+        ids = [{"item_id": i} for i in ex.meta["candidate_ids"]]  # the same items by id
+        for candidates in (ex.candidates, ids):
+            response = server.client.post("/v1/rank", json={"history": ex.history,
+                                                            "candidates": candidates})  # fmt: skip
+            assert response.status_code == 200, response.text
+            answer = response.json()
+            got = _scores(answer)
+            expected = dict(zip(ex.candidates, context.scores, strict=True))
+            assert got.keys() == expected.keys()
+            for title, score in expected.items():
+                assert got[title] == pytest.approx(score, abs=1e-4), title
+            ranked = [entry["score"] for entry in answer["ranking"]]
+            assert ranked == sorted(ranked, reverse=True)
+            assert [e["rank"] for e in answer["ranking"]] == list(range(1, len(ranked) + 1))
+    top = server.client.post("/v1/rank", json={"history": ex.history, "candidates": ex.candidates,
+                                               "top": 3}).json()  # fmt: skip
+    assert [e["title"] for e in top["ranking"]] == [e["title"] for e in answer["ranking"][:3]]
+
+
+def test_recommend_equals_setdpo_recommend(server: Server, run: Path, ml100k_next_dir, capsys):
+    history = load_split(ml100k_next_dir, "test")[0].history
+    argv = ["recommend", "--model", str(run), "--history", *history, "--catalog",
+            str(ml100k_next_dir), "--top", "5", "--json"]  # fmt: skip
+    assert cli.main(argv) == 0
+    expected = json.loads(capsys.readouterr().out)
+    answer = server.client.post("/v1/recommend", json={"history": history, "top": 5}).json()
+    assert [e["title"] for e in answer["ranking"]] == [e["title"] for e in expected]
+    for got, want in zip(answer["ranking"], expected, strict=True):
+        assert got["score"] == pytest.approx(want["score"], abs=1e-4)
+    items = json.loads((ml100k_next_dir / "items.json").read_text())
+    assert answer["n_ranked"] == len({it["title"] for it in items} - set(history))
+
+
+def _long_history() -> list[str]:
+    return [f"Movie number {i} (1995)" for i in range(200)]
+
+
+# (what is wrong, body, status, field)
+BAD_REQUESTS = [
+    ("malformed JSON", b'{"history": ["Heat (1995)"', 400, "body"),
+    ("not an object", [1, 2], 422, "body"),
+    ("wrong type", {"history": ["Heat (1995)"], "candidates": ["Babe (1995)"], "top": "x"},
+     422, "top"),
+    ("title of the wrong type", {"history": ["Heat (1995)"], "candidates": [7]}, 422,
+     "candidates[0]"),
+    ("empty history", {"history": [], "candidates": ["Babe (1995)"]}, 422, "history"),
+    ("blank title", {"history": ["  "], "candidates": ["Babe (1995)"]}, 422, "history[0]"),
+    ("missing candidates", {"history": ["Heat (1995)"]}, 422, "candidates"),
+    ("unknown field", {"history": ["Heat (1995)"], "candidates": ["Babe (1995)"], "k": 1}, 422,
+     "k"),
+    ("unknown item id", {"history": ["Heat (1995)", {"item_id": "no-such-item"}],
+                         "candidates": ["Babe (1995)"]}, 422, "history[1].item_id"),
+    ("repeated candidate", {"history": ["Heat (1995)"], "candidates": ["Babe (1995)"] * 2}, 422,
+     "candidates[1]"),
+    ("too many candidates", {"history": ["Heat (1995)"],
+                             "candidates": [f"Film {i}" for i in range(MAX_CANDIDATES + 1)]},
+     422, "candidates"),
+    ("history over the prompt limit", {"history": _long_history(), "candidates": ["Babe (1995)"]},
+     422, "history"),
+    ("body over the size limit", {"history": ["x" * 400] * 60, "candidates": ["Babe (1995)"]},
+     413, "body"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("what,body,status,field", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_a_bad_request_gets_its_4xx_naming_the_field(server: Server, what, body, status, field):
+    if isinstance(body, bytes):
+        response = server.client.post(
+            "/v1/rank", content=body, headers={"Content-Type": "application/json"}
+        )
+    else:
+        response = server.client.post("/v1/rank", json=body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["field"] == field and error["status"] == status
+    assert "Traceback" not in response.text
+    # The server keeps serving.
+    good = {"history": ["Heat (1995)"], "candidates": ["Babe (1995)", "Casino (1995)"]}
+    assert server.client.post("/v1/rank", json=good).status_code == 200
+
+
+def test_recommend_errors_and_other_routes(server: Server):
+    client = server.client
+    assert client.post("/v1/recommend", json={"history": [], "top": 3}).json()["error"]["field"] \
+        == "history"  # fmt: skip
+    assert client.post("/v1/recommend", json={"history": ["Heat (1995)"], "top": 0}) \
+        .json()["error"]["field"] == "top"  # fmt: skip
+    plain = client.post("/v1/rank", content=b'{"history": ["a"], "candidates": ["b"]}',
+                        headers={"Content-Type": "text/plain"})  # fmt: skip
+    assert (plain.status_code, plain.json()["error"]["field"]) == (415, "Content-Type")
+    assert client.get("/no/such/route").status_code == 404
+    info = client.get("/v1/model").json()
+    assert (info["objective"], info["template"]["name"], info["base_model"]) == (
+        "sft", "listing", "tiny")  # fmt: skip
+    assert info["limits"]["max_candidates"] == MAX_CANDIDATES
+    assert client.get("/docs").status_code == 200
+    assert "/v1/rank" in client.get("/openapi.json").json()["paths"]
+
+
+def test_fifty_concurrent_requests_get_their_one_at_a_time_scores(server: Server, ml100k_next_dir):
+    examples = load_split(ml100k_next_dir, "test")[:50]
+    bodies = [{"history": ex.history, "candidates": ex.candidates} for ex in examples]
+    alone = [_scores(server.client.post("/v1/rank", json=b).json()) for b in bodies]
+    before = server.client.get("/v1/model").json()["batches"]
+
+    def post(body: dict) -> httpx.Response:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            return client.post("/v1/rank", json=body)
+
+    with ThreadPoolExecutor(50) as pool:
+        responses = list(pool.map(post, bodies))
+    assert [r.status_code for r in responses] == [200] * 50
+    for response, expected in zip(responses, alone, strict=True):
+        got = _scores(response.json())
+        assert got.keys() == expected.keys()
+        np.testing.assert_allclose([got[t] for t in expected], list(expected.values()),
+                                   atol=1e-4, rtol=0)  # fmt: skip
+    after = server.client.get("/v1/model").json()["batches"]
+    assert after["requests"] - before["requests"] == 50
+    assert after["batches"] - before["batches"] < 50  # requests were batched together
+    assert after["largest"] > 1
+
+
+def test_api_key_is_required_on_every_route_but_health(tight: Server):
+    client = tight.client
+    good = {"history": ["Heat (1995)"], "candidates": ["Babe (1995)", "Casino (1995)"]}
+    assert client.get("/health").status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        for method, path in (("GET", "/v1/model"), ("POST", "/v1/rank"), ("GET", "/docs")):
+            response = client.request(method, path, json=good, headers=headers)
+            assert response.status_code == 401, (path, headers)
+            assert response.json()["error"]["field"] == "Authorization"
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+    auth = {"Authorization": f"Bearer {KEY}"}
+    assert client.get("/v1/model", headers=auth).status_code == 200
+    assert client.post("/v1/rank", json=good, headers=auth).status_code == 200
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_slow_requests_504(tight: Server):
+    """One request in the queue and one being scored at most; a catalog ranking takes longer
+    than the 0.3 s timeout."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+
+    def post(_: int) -> httpx.Response:
+        with httpx.Client(base_url=tight.url, timeout=60, headers=auth) as client:
+            return client.post("/v1/recommend", json={"history": ["Heat (1995)"], "top": 3})
+
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(post, range(12)))
+    statuses = [r.status_code for r in responses]
+    assert 503 in statuses and 504 in statuses, statuses
+    assert set(statuses) <= {200, 503, 504}, statuses
+    for response in responses:
+        if response.status_code == 503:
+            assert int(response.headers["Retry-After"]) >= 1
+            assert "queue is full" in response.json()["error"]["message"]
+    time.sleep(2)  # let the batch in progress finish
+    good = {"history": ["Heat (1995)"], "candidates": ["Babe (1995)", "Casino (1995)"]}
+    assert tight.client.post("/v1/rank", json=good, headers=auth).status_code == 200
+
+
+def test_the_readme_curl_examples_answer(server: Server):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Serve it", 1)[1].split("\n## ", 1)[0]
+    calls = re.findall(r"curl -s localhost:8000(\S+) [^\n]*?-d '([^']*)'", section)
+    assert [path for path, _ in calls] == ["/v1/rank", "/v1/recommend"]
+    for path, body in calls:
+        response = server.client.post(
+            path, content=body, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["ranking"][0]["rank"] == 1

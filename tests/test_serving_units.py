@@ -1,0 +1,182 @@
+"""The serving pieces without a model or a server: the batching window, the bounded queue and
+the timeout of `Batcher`; error field names; `ServeConfig` checks; the exposure warning."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from setdpo.errors import InputError
+from setdpo.serving.app import _field, exposure_warning
+from setdpo.serving.batching import Batcher, Overloaded
+from setdpo.serving.service import API_KEY_ENV, ServeConfig
+
+
+class Doubler:
+    """A batch function that records the batches it was given, optionally slowly."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.batches: list[list[int]] = []
+        self.seconds = seconds
+        self.threads: set[str] = set()
+
+    def __call__(self, payloads: list[int]) -> list[int]:
+        self.batches.append(list(payloads))
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.seconds)
+        return [2 * p for p in payloads]
+
+
+def _run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_requests_within_the_window_share_one_batch_in_order() -> None:
+    work = Doubler()
+
+    async def main():
+        batcher = Batcher(work, max_batch=8, window_s=0.2, max_queue=16)
+        await batcher.start()
+        results = await asyncio.gather(*(batcher.submit(i, 5) for i in range(5)))
+        await batcher.stop()
+        return results, batcher.stats
+
+    results, stats = _run(main())
+    assert results == [0, 2, 4, 6, 8]
+    assert work.batches == [[0, 1, 2, 3, 4]]
+    assert (stats.batches, stats.requests, stats.largest) == (1, 5, 5)
+    assert len(work.threads) == 1 and next(iter(work.threads)).startswith("setdpo-scoring")
+
+
+def test_the_window_waits_only_while_requests_are_announced() -> None:
+    work = Doubler()
+
+    async def late(batcher: Batcher, payload: int, announce: bool) -> int:
+        if announce:
+            with batcher.arriving():  # being tokenized for 0.1 s
+                await asyncio.sleep(0.1)
+        else:
+            await asyncio.sleep(0.1)
+        return await batcher.submit(payload, 5)
+
+    async def main():
+        batcher = Batcher(work, max_batch=8, window_s=0.5, max_queue=16)
+        await batcher.start()
+        start = time.perf_counter()
+        await batcher.submit(1, 5)  # alone: no wait for the window
+        lone = time.perf_counter() - start
+        await asyncio.gather(batcher.submit(2, 5), late(batcher, 3, announce=True))
+        await asyncio.gather(batcher.submit(4, 5), late(batcher, 5, announce=False))
+        await batcher.stop()
+        return lone
+
+    assert _run(main()) < 0.25
+    assert work.batches == [[1], [2, 3], [4], [5]]
+
+
+def test_max_batch_splits_and_max_batch_1_scores_one_at_a_time() -> None:
+    for max_batch, expected in ((3, [[0, 1, 2], [3, 4, 5], [6]]), (1, [[i] for i in range(7)])):
+        work = Doubler()
+
+        async def main(max_batch=max_batch, work=work):
+            batcher = Batcher(work, max_batch=max_batch, window_s=0.2, max_queue=16)
+            await batcher.start()
+            results = await asyncio.gather(*(batcher.submit(i, 5) for i in range(7)))
+            await batcher.stop()
+            return results
+
+        assert _run(main()) == [2 * i for i in range(7)]
+        assert work.batches == expected
+
+
+def test_a_full_queue_refuses_at_once_with_a_retry_after() -> None:
+    work = Doubler(seconds=0.3)
+
+    async def main():
+        batcher = Batcher(work, max_batch=1, window_s=0.0, max_queue=2)
+        await batcher.start()
+        first = asyncio.create_task(batcher.submit(0, 5))
+        await asyncio.sleep(0.1)  # the worker took it: the queue is empty again
+        queued = [asyncio.create_task(batcher.submit(i, 5)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded) as refused:
+            await batcher.submit(3, 5)
+        results = await asyncio.gather(first, *queued)
+        await batcher.stop()
+        return refused.value, results
+
+    refused, results = _run(main())
+    assert refused.retry_after >= 1 and "queue is full" in str(refused)
+    assert results == [0, 2, 4]
+
+
+def test_a_request_past_its_timeout_raises_and_is_not_scored() -> None:
+    work = Doubler(seconds=0.3)
+
+    async def main():
+        batcher = Batcher(work, max_batch=1, window_s=0.0, max_queue=4)
+        await batcher.start()
+        busy = asyncio.create_task(batcher.submit(0, 5))
+        await asyncio.sleep(0.05)
+        with pytest.raises(TimeoutError):
+            await batcher.submit(1, 0.1)  # waits behind the 0.3 s batch
+        result = await busy
+        await asyncio.sleep(0.1)
+        await batcher.stop()
+        return result
+
+    assert _run(main()) == 0
+    assert work.batches == [[0]]  # the timed-out request was dropped, never scored
+
+
+def test_an_error_in_the_batch_reaches_its_requests_and_the_worker_goes_on() -> None:
+    def flaky(payloads: list[int]) -> list[int]:
+        if 13 in payloads:
+            raise RuntimeError("bad batch")
+        return payloads
+
+    async def main():
+        batcher = Batcher(flaky, max_batch=1, window_s=0.0, max_queue=4)
+        await batcher.start()
+        with pytest.raises(RuntimeError, match="bad batch"):
+            await batcher.submit(13, 5)
+        result = await batcher.submit(7, 5)
+        await batcher.stop()
+        return result
+
+    assert _run(main()) == 7
+
+
+@pytest.mark.parametrize(
+    "loc,kind,expected",
+    [
+        (("body", "history", 2, "ItemId", "item_id"), "missing", "history[2].item_id"),
+        (("body", "candidates", 0, "str"), "string_type", "candidates[0]"),
+        (("body", "top"), "int_parsing", "top"),
+        (("body", "colour"), "extra_forbidden", "colour"),
+        (("body",), "model_attributes_type", "body"),
+    ],
+)
+def test_validation_locations_become_field_names(loc, kind, expected) -> None:
+    assert _field(loc, kind) == expected
+
+
+def test_serve_config_checks_and_reads_the_key_from_the_environment(monkeypatch) -> None:
+    with pytest.raises(InputError, match="needs a model"):
+        ServeConfig()
+    with pytest.raises(InputError, match="max_batch must be >= 1"):
+        ServeConfig(model="run", max_batch=0)
+    monkeypatch.setenv(API_KEY_ENV, "from-env")
+    assert ServeConfig(model="run").api_key == "from-env"
+    assert ServeConfig(model="run", api_key="given").api_key == "given"
+
+
+def test_a_non_local_address_without_a_key_is_warned_about(monkeypatch) -> None:
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    assert exposure_warning(ServeConfig(model="run")) is None  # 127.0.0.1
+    assert exposure_warning(ServeConfig(model="run", host="0.0.0.0", api_key="k")) is None
+    warning = exposure_warning(ServeConfig(model="run", host="0.0.0.0"))
+    assert "0.0.0.0 without an API key" in warning and API_KEY_ENV in warning
