@@ -225,6 +225,10 @@ def _fmt(iv: dict[str, float], signed: bool = False) -> str:
     return f"{f.format(iv['value'])} [{f.format(iv['low'])}, {f.format(iv['high'])}]"
 
 
+def _p(value: float) -> str:
+    return "<1e-6" if value < 1e-6 else f"{value:.3g}"
+
+
 def _verdict(pair: dict[str, Any]) -> str:
     if pair["p_holm"] < 0.05:
         return f"{pair['a']} {'>' if pair['interval']['value'] > 0 else '<'} {pair['b']}"
@@ -284,7 +288,7 @@ def report_text(plan: Plan, summary: dict[str, Any], plots: dict[str, str]) -> s
                 seeds = ", ".join(f"{v:+.4f}" for v in p["seed_values"])
                 lines.append(
                     f"| {p['a']} - {p['b']} | {_fmt(p['interval'], True)} | {seeds} | "
-                    f"{p['p_value']:.3g} | {p['p_holm']:.3g} | {p['mdd']:.4f} | {_verdict(p)} |"
+                    f"{_p(p['p_value'])} | {_p(p['p_holm'])} | {p['mdd']:.4f} | {_verdict(p)} |"
                 )
             lines.append("")
     lines += _extra_tables(summary, metric)
