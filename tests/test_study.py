@@ -280,3 +280,20 @@ def test_a_killed_study_resumes_and_ends_as_an_uninterrupted_one(
         assert got["NDCG@5"]["seed_values"] == pytest.approx(
             want["NDCG@5"]["seed_values"], abs=1e-6
         )
+
+
+def test_a_numeric_axis_gets_its_metric_and_difference_plot(tmp_path: Path) -> None:
+    from setdpo.study.plots import plot_metric_against_axes
+
+    plan = build_plan(smoke_config(grid={"prepare.k": [1, 3], "pref.loss": ["mult"]}), tmp_path)
+    interval = {"value": 0.4, "low": 0.3, "high": 0.5}
+    cells = [
+        {"setting": {"k": k}, "model": m, "NDCG@5": {"interval": interval}}
+        for k in ("1", "3")
+        for m in ("sft", "mult")
+    ]
+    pairs = [{"setting": {"k": k}, "a": "mult", "b": "sft", "interval": interval} for k in "13"]
+    summary = {"metric": "NDCG@5", "cells": cells, "pairs": pairs}
+    captions = plot_metric_against_axes(plan, summary, tmp_path)
+    assert list(captions) == ["NDCG5_vs_k"] and "paired difference to sft" in captions["NDCG5_vs_k"]
+    assert (tmp_path / "NDCG5_vs_k.png").read_bytes()[:4] == b"\x89PNG"

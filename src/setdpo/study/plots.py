@@ -85,44 +85,63 @@ def _numeric(labels: list[str]) -> list[float] | None:
         return None
 
 
+def _lines(
+    rows: list[dict[str, Any]], axis: str, name_of: Any, interval_of: Any
+) -> dict[str, list[tuple[float, dict]]]:
+    """Points (axis value, interval) per line; a line per name (and other axes' values)."""
+    lines: dict[str, list[tuple[float, dict]]] = {}
+    for row in rows:
+        if axis not in row["setting"]:
+            continue
+        others = ", ".join(f"{k}={v}" for k, v in row["setting"].items() if k != axis)
+        name = name_of(row) + (f" ({others})" if others else "")
+        lines.setdefault(name, []).append((float(row["setting"][axis]), interval_of(row)))
+    return lines
+
+
+def _draw(ax: Any, lines: dict[str, list[tuple[float, dict]]]) -> None:
+    for name, points in lines.items():
+        points.sort(key=lambda p: p[0])
+        x = [p[0] for p in points]
+        ax.plot(x, [p[1]["value"] for p in points], marker="o", label=name)
+        ax.fill_between(
+            x, [p[1]["low"] for p in points], [p[1]["high"] for p in points], alpha=0.15
+        )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+
+
 def plot_metric_against_axes(plan: Plan, summary: dict[str, Any], folder: Path) -> dict[str, str]:
-    """One figure per numeric axis with more than one value: the metric against the axis, a
-    line per model (and per value of the other axes), with its interval as a band."""
+    """One figure per numeric axis with more than one value: left, the metric against the
+    axis, a line per model (and per value of the other axes) with its interval as a band;
+    right, each objective's paired difference to the first of ``compare_with``."""
     metric = summary["metric"]
+    reference = plan.config.compare_with[0] if plan.config.compare_with else None
     plots = {}
     for axis in plan.config.axes:
-        labels = [v.label for v in axis.values]
-        xs = _numeric(labels)
+        xs = _numeric([v.label for v in axis.values])
         if axis.key == "pref.loss" or xs is None or len(xs) < 2:
             continue
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        lines: dict[str, list[tuple[float, dict]]] = {}
-        for row in summary["cells"]:
-            if metric not in row or axis.name not in row["setting"]:
-                continue
-            others = ", ".join(f"{k}={v}" for k, v in row["setting"].items() if k != axis.name)
-            name = row["model"] + (f" ({others})" if others else "")
-            lines.setdefault(name, []).append(
-                (float(row["setting"][axis.name]), row[metric]["interval"])
-            )
-        for name, points in lines.items():
-            points.sort(key=lambda p: p[0])
-            x = [p[0] for p in points]
-            ax.plot(x, [p[1]["value"] for p in points], marker="o", label=name)
-            ax.fill_between(
-                x, [p[1]["low"] for p in points], [p[1]["high"] for p in points], alpha=0.15
-            )
-        ax.set_xlabel(axis.name)
-        ax.set_xticks(xs)
+        fig, (ax, ax_diff) = plt.subplots(1, 2, figsize=(13, 4.2))
+        cells = [row for row in summary["cells"] if metric in row]
+        _draw(ax, _lines(cells, axis.name, lambda r: r["model"], lambda r: r[metric]["interval"]))
         ax.set_ylabel(f"{metric} (mean over seeds, 95% two-level interval)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
         ax.set_title(f"{metric} against {axis.name}")
+        pairs = [p for p in summary["pairs"] if p["b"] == reference]
+        _draw(
+            ax_diff,
+            _lines(pairs, axis.name, lambda p: f"{p['a']} - {p['b']}", lambda p: p["interval"]),
+        )
+        ax_diff.axhline(0.0, color="black", linewidth=0.8)
+        ax_diff.set_title(f"paired difference to {reference} (95% two-level interval)")
+        for a in (ax, ax_diff):
+            a.set_xlabel(axis.name)
+            a.set_xticks(xs)
         name = f"{metric.replace('@', '')}_vs_{axis.name}"
         plots[name] = str(save_figure(fig, folder / f"{name}.png"))
     return {
-        name: f"{metric} against `{name.split('_vs_')[1]}`: mean over seeds, band = 95% "
-        "two-level bootstrap interval."
+        name: f"{metric} against `{name.split('_vs_')[1]}` (mean over seeds; bands: 95% "
+        f"two-level bootstrap intervals), and each objective's paired difference to {reference}."
         for name in plots
     }
 
