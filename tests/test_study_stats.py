@@ -82,6 +82,7 @@ def test_mdd_and_p_value_use_the_normal_quantiles() -> None:
     )
     assert normal_p_value(1.959964, 1.0) == pytest.approx(0.05, abs=1e-6)
     assert normal_p_value(0.0, 0.0) == 1.0
+    assert 0 < normal_p_value(13.0, 1.0) == pytest.approx(1.2e-38, rel=0.05)  # not 0
 
 
 def test_holm_on_a_hand_worked_example() -> None:
