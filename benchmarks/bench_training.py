@@ -21,8 +21,6 @@ precomputed settings is timed apart. Writes `## Training (bench_training.py)` of
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import shutil
 import statistics
 import tempfile
@@ -31,6 +29,7 @@ from pathlib import Path
 
 import torch
 from device_stats import PeakMemory, describe, mfu
+from results_md import write_section
 
 from setdpo.atomic import atomic_write_json
 from setdpo.data import PrepareConfig, prepare
@@ -156,19 +155,6 @@ def table(results: dict, args: argparse.Namespace, elapsed: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md, leaving the others."""
-    old = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text + "\n", old)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -207,7 +193,7 @@ def main() -> None:
         ]
         atomic_write_json(args.json, {"setup": text.splitlines()[4], "rows": rows})
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":
