@@ -31,7 +31,6 @@ from setdpo.model import EMBEDDED_DEFAULT, load
 from setdpo.scoring import ScoringOptions
 
 SECTION = "## Evaluation (bench_evaluation.py)"
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def prepared_data(folder: Path, contexts: int) -> Path:

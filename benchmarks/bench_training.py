@@ -37,7 +37,6 @@ from setdpo.training import PrefConfig, SFTConfig, load_config, train_sft
 from setdpo.training.preference import build_pref_trainer
 
 SECTION = "## Training (bench_training.py)"
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def parse_args() -> argparse.Namespace:
