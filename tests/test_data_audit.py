@@ -87,15 +87,15 @@ def test_each_problem_is_found_once(clean_dir, tmp_path, capsys):
 def test_prepare_refuses_data_that_fails_the_audit(tmp_path, monkeypatch):
     """Training made of the windows the split drops (first target before the valid cut,
     a later one at or after it: what the old rule kept): prepare stops, writes nothing."""
-    real = builders.split_contexts
+    real = builders.chrono_split
 
-    def straddling_train(seq, ctx, config) -> Split:
-        split = real(seq, ctx, config)
+    def straddling_train(first, last, config) -> Split:
+        split = real(first, last, config)
         cut = split.cuts["valid"]
-        train = np.flatnonzero((ctx.target_time < cut) & (ctx.cutoff_time >= cut))
+        train = np.flatnonzero((first < cut) & (last >= cut))
         return Split({**split.index, "train": train}, split.dropped, split.cuts, split.training)
 
-    monkeypatch.setattr(builders, "split_contexts", straddling_train)
+    monkeypatch.setattr(builders, "chrono_split", straddling_train)
     out = tmp_path / "leaky"
     config = PrepareConfig(
         mode="next-k", k=3, out=str(out), max_examples_per_split={"valid": 50, "test": 50}

@@ -24,6 +24,7 @@ needed, as item rows and integer codes, so ten million examples take a minute.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import pyarrow.compute as pc
 
 from setdpo.data.config import MODES
 from setdpo.data.io import TIMELINES, load_items, load_json, read_timelines
-from setdpo.data.store import SPLITS, read_table
+from setdpo.data.store import SPLITS, read_table, table_blocks
 
 CHECKS = {
     "window_crosses_split": "a target window lies past its split's cut or in a later split",
@@ -43,6 +44,7 @@ CHECKS = {
     "positive_outside_timeline": "a positive is not in the user's timeline in its window",
 }
 EXAMPLES_SHOWN = 3
+BLOCK_ROWS = 262144  # rows checked at once: memory is bounded by this, not by the split
 
 
 class AuditError(RuntimeError):
@@ -62,13 +64,12 @@ class Check:
 
 @dataclass
 class Rows:
-    """Every split's rows, concatenated train, valid, test, with strings as integer codes.
+    """A block of one split's rows, with strings as integer codes.
 
     Per row [n]: ``split`` (0, 1, 2), ``context_id`` (Arrow strings), ``user`` (code; -1
-    without a user),
-    ``position`` (from the context id; -1 without one). Candidates [n, C] and history
-    [n, H] are padded on the right: titles and ids -1 (history -2, so that padding never
-    matches), levels 0.
+    without a user), ``position`` (from the context id; -1 without one). Candidates [n, C]
+    and history [n, H] are padded on the right: titles and ids -1 (history -2, so that
+    padding never matches), levels 0.
     """
 
     split: np.ndarray
@@ -91,31 +92,72 @@ class Timelines:
     times: np.ndarray
 
 
+@dataclass
+class Codes:
+    """The integer codes shared by the splits and the timelines: users, and item ids when
+    the examples carry their own (imported sets, from ``meta``; else item rows)."""
+
+    users: pa.Array
+    ids: pa.Array | None
+    n_ids: int
+    titles: pa.Array
+    item_ids: pa.Array
+
+    def user_codes(self, names: pa.Array) -> np.ndarray:
+        codes = pc.index_in(names, value_set=self.users).to_numpy(zero_copy_only=False)
+        codes = codes.astype(np.int64)
+        codes[pc.equal(names, "").to_numpy(zero_copy_only=False)] = -1
+        return codes
+
+    def id_codes(self, ids: pa.Array) -> np.ndarray:
+        return pc.index_in(ids, value_set=self.ids).to_numpy(zero_copy_only=False).astype(np.int32)
+
+
 def audit(folder: str | Path) -> list[Check]:
-    """Run every check on the prepared directory `folder`."""
+    """Run every check on the prepared directory `folder`, reading its splits a block of
+    `BLOCK_ROWS` rows at a time (twice: what other rows decide, then the checks)."""
     folder = Path(folder)
-    tables = {split: _read_split(folder, split) for split in SPLITS}
-    rows, timelines = _encode(folder, tables, read_timelines(folder))
-    evaluated = int(((rows.split > 0) & (rows.user >= 0)).sum())
-    reconsumed = None if timelines is None else _reconsumed(timelines, rows.n_ids)
-    found = {  # name -> (contexts checked, rows found)
-        "eval_positive_in_train": (evaluated, _eval_in_train(rows, reconsumed)),
-        "candidate_in_history": (len(rows.split), _in_history(rows)),
-        "duplicate_candidates": (len(rows.split), _duplicates(rows)),
-    }
+    table = read_timelines(folder)
+    codes = _codes_of(folder, table)
+    timelines = None if table is None else _timelines(table, codes)
+    del table
+    reconsumed = None if timelines is None else _reconsumed(timelines, codes.n_ids)
+    train, first_later = _across_rows(folder, codes, reconsumed)
     width = _window_width(folder)
     why = f"no {TIMELINES}" if timelines is None else "config.json names no mode"
-    if timelines is not None and width is not None:
-        cuts = load_json(folder, "stats.json").get("split_cuts")
-        crossing, outside = _windows(rows, timelines, width, cuts)
-        found["window_crosses_split"] = (len(rows.split), crossing)
-        found["positive_outside_timeline"] = (len(rows.split), outside)
+    windows = timelines is not None and width is not None
+    cuts = load_json(folder, "stats.json").get("split_cuts") if windows else None
+    names = ["eval_positive_in_train", "candidate_in_history", "duplicate_candidates"]
+    names += ["window_crosses_split", "positive_outside_timeline"] if windows else []
+    checked = dict.fromkeys(names, 0)
+    found = {name: Check(name, 0) for name in names}
+    for rows in _blocks(folder, codes):
+        checked["eval_positive_in_train"] += int(((rows.split > 0) & (rows.user >= 0)).sum())
+        hits = {
+            "eval_positive_in_train": _eval_in_train(rows, train),
+            "candidate_in_history": _in_history(rows),
+            "duplicate_candidates": _duplicates(rows),
+        }
+        if windows:
+            crossing, outside = _windows(rows, timelines, width, cuts, first_later)
+            hits |= {"window_crosses_split": crossing, "positive_outside_timeline": outside}
+        for name, rows_found in hits.items():
+            if name != "eval_positive_in_train":
+                checked[name] += len(rows.split)
+            _count(found[name], rows, rows_found)
+    for name in names:
+        found[name].checked = checked[name]
     return [
-        _check(rows, name, *found[name])
-        if name in found
-        else Check(name, None, note=f"not checked: {why}")
+        found[name] if name in found else Check(name, None, note=f"not checked: {why}")
         for name in CHECKS
     ]
+
+
+def _count(check: Check, rows: Rows, found: np.ndarray) -> None:
+    check.found += int(len(found))
+    names = np.asarray(SPLITS)
+    for r in found[: EXAMPLES_SHOWN - len(check.examples)]:
+        check.examples.append(f"{names[rows.split[r]]} {rows.context_id[int(r)].as_py()}")
 
 
 def findings(checks: list[Check]) -> int:
@@ -131,20 +173,6 @@ def format_table(checks: list[Check]) -> str:
         detail = ", ".join(check.examples) if check.examples else check.note
         lines.append(f"{check.name:<26} {checked:>9} {check.found:>6}  {detail}".rstrip())
     return "\n".join(lines)
-
-
-def _check(rows: Rows, name: str, checked: int, found: np.ndarray) -> Check:
-    names = np.asarray(SPLITS)
-    shown = [
-        f"{names[rows.split[r]]} {rows.context_id[int(r)].as_py()}" for r in found[:EXAMPLES_SHOWN]
-    ]
-    return Check(name, checked, int(len(found)), shown)
-
-
-def _read_split(folder: Path, split: str) -> pa.Table | None:
-    """The split's table (None: the split is empty)."""
-    table = read_table(folder, split)
-    return table if table.num_rows else None
 
 
 def _window_width(folder: Path) -> int | None:
@@ -173,78 +201,94 @@ def _meta_ids(table: pa.Table, titles: pa.Array) -> pa.Array:
     return pa.array(ids, pa.string())
 
 
-def _codes(parts: list[pa.Array]) -> tuple[list[np.ndarray], int]:
-    """Integer codes (int32) of strings, shared across `parts`; and how many distinct strings."""
-    parts = [pc.cast(p, pa.string()) for p in parts]
-    vocab = pc.unique(pa.chunked_array(parts, pa.string()))
-    codes = [pc.index_in(p, value_set=vocab).to_numpy(zero_copy_only=False) for p in parts]
-    return [c.astype(np.int32) for c in codes], len(vocab)
-
-
-def _padded(lengths: list[np.ndarray], values: list[np.ndarray], fill: int, dtype) -> np.ndarray:
-    """Ragged lists, per split each row's length and the entries in row order, as one
-    matrix [rows, longest] padded on the right (filled in place: ML-10M's 10M rows of 20
-    candidates need no index arrays of that size)."""
-    width = max([int(n.max(initial=0)) for n in lengths], default=0)
-    out = np.full((sum(map(len, lengths)), width), fill, dtype=dtype)
-    at = 0
-    for length, value in zip(lengths, values, strict=True):
-        block = out[at : at + len(length)]
-        block[np.arange(width) < length[:, None]] = value
-        at += len(length)
+def _padded(lengths: np.ndarray, values: np.ndarray, fill: int, dtype) -> np.ndarray:
+    """A ragged list column, each row's length and the entries in row order, as one matrix
+    [rows, longest] padded on the right."""
+    width = int(lengths.max(initial=0))
+    out = np.full((len(lengths), width), fill, dtype=dtype)
+    out[np.arange(width) < lengths[:, None]] = values
     return out
 
 
-def _encode(
-    folder: Path, tables: dict[str, pa.Table | None], timelines: pa.Table | None
-) -> tuple[Rows, Timelines | None]:
-    """All splits' columns as codes: titles are item rows (unique titles); item ids are
-    item rows too, unless the examples carry their own (imported sets: codes of the id
-    strings, shared with the timelines); users are codes shared with the timelines."""
-    parts = [(i, t) for i, t in enumerate(tables.values()) if t is not None]
-    cand_lengths = [_flat(t, "candidate_items")[0] for _, t in parts]
-    cand_title = _padded(
-        cand_lengths, [_flat(t, "candidate_items")[1] for _, t in parts], -1, np.int32
-    )
-    timeline_items = (
-        np.empty(0, np.int32)
-        if timelines is None
-        else pc.list_flatten(timelines["items"]).to_numpy()
-    )
-    cand_id, n_ids = cand_title, len(load_items(folder))
-    if any("meta" in t.column_names for _, t in parts):
-        items = load_items(folder)
-        titles = pa.array([str(it["title"]) for it in items], pa.string())
-        item_ids = pa.array([str(it["item_id"]) for it in items], pa.string())
-        ids, n_ids = _codes(
-            [_meta_ids(t, titles) for _, t in parts] + [item_ids.take(timeline_items)]
+def _split_blocks(folder: Path, columns: list[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
+    for code, split in enumerate(SPLITS):
+        for block in table_blocks(folder, split, BLOCK_ROWS, columns):
+            yield code, block
+
+
+def _codes_of(folder: Path, timelines: pa.Table | None) -> Codes:
+    """Users of the splits and the timelines; item ids of imported sets (from ``meta``)."""
+    items = load_items(folder)
+    titles = pa.array([str(item["title"]) for item in items], pa.string())
+    item_ids = pa.array([str(item["item_id"]) for item in items], pa.string())
+    names = [pc.unique(b["user"]) for _, b in _split_blocks(folder, ["user"])]
+    if timelines is not None:
+        names.append(timelines["user"].combine_chunks())
+    users = pc.unique(pa.chunked_array(names, pa.string()).combine_chunks())
+    if not any("meta" in read_table(folder, split).column_names for split in SPLITS):
+        return Codes(users, None, len(items), titles, item_ids)
+    ids = [pc.unique(_meta_ids(b, titles)) for _, b in _split_blocks(folder)]
+    if timelines is not None:
+        ids.append(item_ids.take(pc.list_flatten(timelines["items"])))
+    ids = pc.unique(pa.chunked_array(ids, pa.string()).combine_chunks())
+    return Codes(users, ids, len(ids), titles, item_ids)
+
+
+def _blocks(folder: Path, codes: Codes) -> Iterator[Rows]:
+    """Every split's rows as `Rows`, a block at a time, train first."""
+    for code, table in _split_blocks(folder):
+        cand_lengths, cand_items = _flat(table, "candidate_items")
+        cand_title = _padded(cand_lengths, cand_items, -1, np.int32)
+        cand_id = cand_title
+        if codes.ids is not None:
+            cand_id = _padded(
+                cand_lengths, codes.id_codes(_meta_ids(table, codes.titles)), -1, np.int32
+            )
+        context_id = table["context_id"]
+        position = pc.struct_field(pc.extract_regex(context_id, r":(?P<p>\d+)$"), "p")
+        hist_lengths, hist_items = _flat(table, "history_items")
+        yield Rows(
+            split=np.full(table.num_rows, code, dtype=np.int8),
+            context_id=context_id,
+            user=codes.user_codes(table["user"].combine_chunks()),
+            position=pc.fill_null(pc.cast(position, pa.int64()), -1).to_numpy(),
+            cand_title=cand_title,
+            cand_id=cand_id,
+            cand_level=_padded(cand_lengths, _flat(table, "levels")[1], 0, np.int8),
+            hist_title=_padded(hist_lengths, hist_items, -2, np.int32),
+            n_ids=codes.n_ids,
         )
-        cand_id, timeline_items = _padded(cand_lengths, ids[:-1], -1, np.int32), ids[-1]
-    names = [t["user"].combine_chunks() for _, t in parts]
-    timeline_users = pa.array([], pa.string()) if timelines is None else timelines["user"]
-    users, n_users = _codes([*names, timeline_users])
-    context_id = pa.chunked_array([t["context_id"].combine_chunks() for _, t in parts], pa.string())
-    position = pc.struct_field(pc.extract_regex(context_id, r":(?P<p>\d+)$"), "p")
-    user = np.concatenate([np.empty(0, np.int64), *users[:-1]]).astype(np.int64)
-    user[pc.equal(pa.chunked_array(names, pa.string()), "").to_numpy()] = -1
-    hist = [_flat(t, "history_items") for _, t in parts]
-    rows = Rows(
-        split=np.repeat([i for i, _ in parts], [t.num_rows for _, t in parts]).astype(np.int8),
-        context_id=context_id,
-        user=user,
-        position=pc.fill_null(pc.cast(position, pa.int64()), -1).to_numpy(),
-        cand_title=cand_title,
-        cand_id=cand_id,
-        cand_level=_padded(cand_lengths, [_flat(t, "levels")[1] for _, t in parts], 0, np.int8),
-        hist_title=_padded([n for n, _ in hist], [v for _, v in hist], -2, np.int32),
-        n_ids=n_ids,
-    )
-    if timelines is None:
-        return rows, None
-    return rows, _timelines(timelines, users[-1], timeline_items, n_users)
 
 
-def _timelines(table: pa.Table, users: np.ndarray, items: np.ndarray, n_users: int) -> Timelines:
+def _across_rows(
+    folder: Path, codes: Codes, reconsumed: np.ndarray | None
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """What the checks of one row need from all rows: the keys (user * n_ids + item) of
+    every training positive (less the items a timeline holds twice), and per split 0 and
+    1 each user's first context position in a later split."""
+    train: list[np.ndarray] = []
+    n_users = len(codes.users)
+    first_later = {s: np.full(n_users, np.iinfo(np.int64).max) for s in (0, 1)}
+    for rows in _blocks(folder, codes):
+        if rows.split[0] == 0:
+            row, slot = np.nonzero((rows.cand_level == 1) & (rows.user >= 0)[:, None])
+            train.append(rows.user[row] * rows.n_ids + rows.cand_id[row, slot])
+        later = (rows.user >= 0) & (rows.position >= 0)
+        for split in (0, 1):
+            if rows.split[0] > split:
+                np.minimum.at(first_later[split], rows.user[later], rows.position[later])
+    keys = np.unique(np.concatenate([np.empty(0, np.int64), *train]))
+    if reconsumed is not None:
+        keys = keys[~np.isin(keys, reconsumed)]
+    return keys, first_later
+
+
+def _timelines(table: pa.Table, codes: Codes) -> Timelines:
+    users = codes.user_codes(table["user"].combine_chunks())
+    items = pc.list_flatten(table["items"]).to_numpy()
+    if codes.ids is not None:
+        items = codes.id_codes(codes.item_ids.take(pa.array(items)))
+    n_users = len(codes.users)
     lengths = pc.list_value_length(table["items"]).to_numpy()
     owner = np.repeat(users, lengths)
     order = np.argsort(owner, kind="stable")  # by user code, each user's items in time order
@@ -260,14 +304,12 @@ def _reconsumed(timelines: Timelines, n_ids: int) -> np.ndarray:
     return keys[counts > 1]
 
 
-def _eval_in_train(rows: Rows, reconsumed: np.ndarray | None) -> np.ndarray:
+def _eval_in_train(rows: Rows, train: np.ndarray) -> np.ndarray:
+    if rows.split[0] == 0:
+        return np.zeros(0, dtype=np.int64)
     row, slot = np.nonzero((rows.cand_level == 1) & (rows.user >= 0)[:, None])
     key = rows.user[row] * rows.n_ids + rows.cand_id[row, slot]  # one per positive
-    train = key[rows.split[row] == 0]
-    if reconsumed is not None:
-        train = train[~np.isin(train, reconsumed)]
-    evaluated = rows.split[row] > 0
-    return np.unique(row[evaluated][np.isin(key[evaluated], train)])
+    return np.unique(row[np.isin(key, train)])
 
 
 def _in_history(rows: Rows) -> np.ndarray:
@@ -287,7 +329,11 @@ def _duplicates(rows: Rows) -> np.ndarray:
 
 
 def _windows(
-    rows: Rows, timelines: Timelines, width: int, cuts: dict | None
+    rows: Rows,
+    timelines: Timelines,
+    width: int,
+    cuts: dict | None,
+    first_later: dict[int, np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
     """(rows whose window crosses a split boundary, rows with a positive outside it)."""
     known = rows.user >= 0
@@ -304,7 +350,7 @@ def _windows(
         matched |= rows.cand_id == column[:, None]
     outside = ~inside | ((rows.cand_level == 1) & ~matched).any(axis=1)
     crossing = inside & (
-        _past_cut(rows.split, times[slots], cuts) | _reaches_later_split(rows, width)
+        _past_cut(rows.split, times[slots], cuts) | _reaches_later_split(rows, width, first_later)
     )
     return np.flatnonzero(crossing), np.flatnonzero(outside)
 
@@ -319,17 +365,14 @@ def _past_cut(split: np.ndarray, times: np.ndarray, cuts: dict | None) -> np.nda
     return (times.min(axis=1) < lower) | (times.max(axis=1) >= upper)
 
 
-def _reaches_later_split(rows: Rows, width: int) -> np.ndarray:
+def _reaches_later_split(rows: Rows, width: int, first_later: dict[int, np.ndarray]) -> np.ndarray:
     """[n] bool: the window's last position reaches the first target of a context of the
     same user in a later split."""
-    n_users = int(rows.user.max(initial=-1)) + 1
-    bad = np.zeros(len(rows.split), dtype=bool)
+    split = int(rows.split[0])
+    if split == 2:
+        return np.zeros(len(rows.split), dtype=bool)
     known = rows.user >= 0
-    for split in (0, 1):
-        first_later = np.full(n_users, np.iinfo(np.int64).max)
-        later = known & (rows.split > split) & (rows.position >= 0)
-        np.minimum.at(first_later, rows.user[later], rows.position[later])
-        mine = known & (rows.split == split)
-        end = rows.position + width - 1
-        bad[mine] = end[mine] >= first_later[rows.user[mine]]
+    end = rows.position + width - 1
+    bad = np.zeros(len(rows.split), dtype=bool)
+    bad[known] = end[known] >= first_later[split][rows.user[known]]
     return bad

@@ -1,84 +1,209 @@
-"""Interactions -> split contexts with candidate sets -> `PreferenceExample` rows.
+"""Sorted interactions -> split contexts with candidate sets, one range of users at a time.
 
-Steps (docs/data.md): sort each user's interactions by time; every position with
-at least `min_history` earlier items and a full target window is a context; split 8:1:1
-by target time (or leave-last-out per user), dropping the windows that cross the next
-split's boundary; optionally keep a seeded sample per split;
-add negatives unseen by the user up to the last target, then shuffle the candidates.
-All randomness comes from `config.seed`.
+Steps (docs/data.md): every position with at least `min_history` earlier items and a full
+target window is a context; split 8:1:1 by target time (or leave-last-out per user),
+dropping the windows that cross the next split's boundary; optionally keep a seeded sample
+per split; add negatives unseen by the user up to the last target, then shuffle the
+candidates. All randomness comes from `config.seed`.
+
+Out of core: the interactions stay in the sorted Parquet file of `setdpo.data.engine`, and
+the contexts are built for consecutive ranges of users (`Chunk`, at most
+`CHUNK_INTERACTIONS` interactions each) twice: `plan` keeps only each context's times
+(for the split cuts, the per-split order and sample), `built_chunks` then draws the
+candidates of the chosen contexts range by range, in output order. One range (ML-100K,
+ML-1M) draws exactly what the whole data in memory did; more ranges draw from the same
+seeded stream, range after range, so the result depends on the data and the seed, never on
+the machine or the memory limit.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from setdpo.data.config import PrepareConfig
+from setdpo.data.engine import SortedInteractions, user_ranges
 from setdpo.data.negatives import SeenIndex, sample_negatives
 from setdpo.data.sequences import (
     SPLIT_NAMES,
     Contexts,
     Sequences,
     build_contexts,
-    build_sequences,
     cap_splits,
+    chrono_split,
+    sequences_of,
     split_contexts,
-    train_counts,
 )
-from setdpo.data.sources import Interactions
 from setdpo.errors import InputError
+
+CHUNK_INTERACTIONS = 2_000_000  # ML-1M (1,000,209) is one range; fixed: results depend on it
+
+
+@dataclass
+class Chunk:
+    """The users ``lo .. hi - 1``: their interactions and all their contexts.
+
+    ``first``: the index of ``ctx[0]`` among all contexts (ranges in user order);
+    ``base``: the position of the range's first interaction in the sorted file.
+    """
+
+    lo: int
+    hi: int
+    seq: Sequences
+    ctx: Contexts
+    dropped: dict[str, int]
+    first: int
+    base: int
+
+
+@dataclass
+class Plan:
+    """What the whole data decides: each split's contexts (indices among all contexts, in
+    output order: first-target time, then position), their first-target times, the
+    training counts per item, the contexts dropped and the chronological cuts."""
+
+    rows: dict[str, np.ndarray]
+    target_time: np.ndarray
+    train_count: np.ndarray
+    dropped: dict[str, int]
+    cuts: dict[str, float | None] | None
+    chunk_starts: np.ndarray  # index of each range's first context, and the total
 
 
 @dataclass
 class Built:
-    """The selected contexts of all splits (concatenated, train first) and their candidates.
+    """The chosen contexts of one range of users and their candidates, split by split.
 
-    items / levels / ratings: [N, n] candidate item indices (int32, -1 = none), levels
-    (int8, 0 = none) and ratings (NaN = sampled; None outside the rated/levels modes, which
-    do not store them); ``bounds`` gives each split's slice of the N rows; ``cuts`` the chronological
-    split's cut times (`Split.cuts`).
+    items / levels / ratings: [n, C] candidate item indices (int32, -1 = none), levels
+    (int8, 0 = none) and ratings (NaN = sampled; None outside the rated/levels modes);
+    ``bounds`` each split's slice of the n rows; ``users`` the range's user ids.
     """
 
-    data: Interactions
     seq: Sequences
     ctx: Contexts
     items: np.ndarray
     levels: np.ndarray
     ratings: np.ndarray | None
     bounds: dict[str, slice]
-    train_count: np.ndarray
-    dropped: dict[str, int]
-    cuts: dict[str, float | None] | None
+    users: pa.Array
 
 
-def build(data: Interactions, config: PrepareConfig) -> Built:
-    """Contexts, split and candidates for `data` under `config`."""
-    seq = build_sequences(data)
-    ctx, dropped = build_contexts(seq, config, data.has_ratings)
-    if len(ctx) == 0:
+def chunks(con, source: SortedInteractions, config: PrepareConfig) -> Iterator[Chunk]:
+    """Every range of users with its contexts, in user order."""
+    first = 0
+    for lo, hi, rows in user_ranges(con, source, CHUNK_INTERACTIONS):
+        seq = sequences_of(rows["user"] - lo, rows["item"], rows["rating"], rows["time"])
+        ctx, dropped = build_contexts(seq, config, source.has_ratings)
+        yield Chunk(lo, hi, seq, ctx, dropped, first, int(source.offsets[lo]))
+        first += len(ctx)
+
+
+def plan(con, source: SortedInteractions, config: PrepareConfig) -> Plan:
+    """The split, sample and training counts of all contexts (their times only in memory)."""
+    firsts, lasts, labels, starts = [], [], [], [0]
+    dropped: Counter = Counter()
+    counts = np.zeros(len(source.items), dtype=np.int64)
+    for chunk in chunks(con, source, config):
+        dropped.update(chunk.dropped)
+        firsts.append(chunk.ctx.target_time)
+        lasts.append(chunk.ctx.cutoff_time)
+        starts.append(chunk.first + len(chunk.ctx))
+        if config.split == "leave-last-out":  # per user: each range decides its own
+            split = split_contexts(chunk.seq, chunk.ctx, config)
+            dropped.update(split.dropped)
+            label = np.full(len(chunk.ctx), -1, dtype=np.int8)
+            for code, name in enumerate(SPLIT_NAMES):
+                label[split.index[name]] = code
+            labels.append(label)
+            counts += np.bincount(chunk.seq.item[split.training], minlength=len(counts))
+    first = np.concatenate(firsts)
+    if len(first) == 0:
+        window = config.k if config.mode != "next" else 1
         raise InputError(
-            f"{data.name}: no user has {config.min_history} history items before a target window "
-            f"of {config.k if config.mode != 'next' else 1}; nothing to prepare"
+            f"{source.name}: no user has {config.min_history} history items before a target "
+            f"window of {window}; nothing to prepare"
         )
-    split = split_contexts(seq, ctx, config)
-    counts = train_counts(seq, split, len(data.items))
-    splits = cap_splits(split.index, config)
-    sizes = np.cumsum([0] + [len(splits[name]) for name in SPLIT_NAMES])
-    bounds = {name: slice(sizes[i], sizes[i + 1]) for i, name in enumerate(SPLIT_NAMES)}
-    ctx = ctx.take(np.concatenate([splits[name] for name in SPLIT_NAMES]))
-    items, levels, ratings = candidate_sets(seq, ctx, counts, config)
-    dropped |= split.dropped
-    return Built(data, seq, ctx, items, levels, ratings, bounds, counts, dropped, split.cuts)
+    if config.split == "leave-last-out":
+        label = np.concatenate(labels)
+        index = {
+            name: _by_time(first, np.flatnonzero(label == code))
+            for code, name in enumerate(SPLIT_NAMES)
+        }
+        cuts = None
+    else:
+        split = chrono_split(first, np.concatenate(lasts), config)
+        dropped.update(split.dropped)
+        index, cuts = split.index, split.cuts
+        counts = _counts_before(con, source, cuts["valid"])
+    return Plan(
+        rows=cap_splits(index, config),
+        target_time=first,
+        train_count=counts,
+        dropped=dict(dropped),
+        cuts=cuts,
+        chunk_starts=np.asarray(starts, dtype=np.int64),
+    )
+
+
+def _by_time(first: np.ndarray, index: np.ndarray) -> np.ndarray:
+    return index[np.lexsort((index, first[index]))]
+
+
+def _counts_before(con, source: SortedInteractions, cut: float | None) -> np.ndarray:
+    """Interactions per item before the valid cut (all of them when no context reaches it)."""
+    found = con.execute(
+        f"SELECT item, count(*) AS n FROM read_parquet('{source.path}') WHERE time < ? "
+        "GROUP BY item",
+        [np.inf if cut is None else float(cut)],
+    ).fetchnumpy()
+    counts = np.zeros(len(source.items), dtype=np.int64)
+    counts[np.asarray(found["item"], dtype=np.int64)] = np.asarray(found["n"])
+    return counts
+
+
+def built_chunks(
+    con, source: SortedInteractions, config: PrepareConfig, planned: Plan
+) -> Iterator[tuple[int, Built]]:
+    """The candidates of the planned contexts, range by range with the range's number
+    (ranges without any are skipped); each split's rows in output order within the range."""
+    rng = np.random.default_rng([config.seed, 2])
+    owners = {
+        name: _group_by_range(rows, planned.chunk_starts) for name, rows in planned.rows.items()
+    }
+    for number, chunk in enumerate(chunks(con, source, config)):
+        parts = [owners[name](number) - chunk.first for name in SPLIT_NAMES]
+        if not any(len(p) for p in parts):
+            continue
+        sizes = np.cumsum([0] + [len(p) for p in parts])
+        bounds = {name: slice(sizes[i], sizes[i + 1]) for i, name in enumerate(SPLIT_NAMES)}
+        ctx = chunk.ctx.take(np.concatenate(parts))
+        items, levels, ratings = candidate_sets(chunk.seq, ctx, planned.train_count, config, rng)
+        users = source.users.slice(chunk.lo, chunk.hi - chunk.lo)
+        yield number, Built(chunk.seq, ctx, items, levels, ratings, bounds, users)
+
+
+def _group_by_range(rows: np.ndarray, starts: np.ndarray):
+    """A function: range number -> the entries of `rows` in that range, order kept."""
+    owner = np.searchsorted(starts, rows, side="right") - 1
+    order = np.argsort(owner, kind="stable")
+    edges = np.searchsorted(owner[order], np.arange(len(starts)))
+    return lambda number: rows[order[edges[number] : edges[number + 1]]]
 
 
 def candidate_sets(
-    seq: Sequences, ctx: Contexts, counts: np.ndarray, config: PrepareConfig
+    seq: Sequences,
+    ctx: Contexts,
+    counts: np.ndarray,
+    config: PrepareConfig,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Window candidates plus sampled negatives, shuffled per row: items, levels and
     (rated/levels modes) ratings, each [N, n]."""
-    rng = np.random.default_rng([config.seed, 2])
     kept = ctx.levels > 0
     need = np.maximum(config.candidates - kept.sum(axis=1), 0)
     seen = SeenIndex(seq.user, seq.item, seq.time, len(counts))
@@ -90,7 +215,7 @@ def candidate_sets(
     levels = np.concatenate(
         [ctx.levels.astype(np.int8), np.where(sampled >= 0, negative, np.int8(0))], axis=1
     )
-    del sampled, seen  # ML-10M: 0.75 GB that the shuffle below need not hold beside its copies
+    del sampled, seen  # memory the shuffle below need not hold beside its copies
     columns = np.arange(items.shape[1], dtype=np.int8)
     order = rng.permuted(np.tile(columns, (len(items), 1)), axis=1)
     if (items < 0).any():  # move padding last, keeping the shuffled order of the rest
@@ -104,43 +229,59 @@ def candidate_sets(
     return items, levels, np.take_along_axis(ratings, order, axis=1)
 
 
-def catalog_rows(built: Built) -> list[dict[str, Any]]:
+class Statistics:
+    """stats.json: sizes and per-split distributions, gathered range by range."""
+
+    def __init__(self, source: SortedInteractions, planned: Plan) -> None:
+        self.source, self.planned = source, planned
+        self.parts: dict[str, dict[str, list[np.ndarray]]] = {
+            name: {"positives": [], "candidates": [], "history_length": [], "levels": []}
+            for name in SPLIT_NAMES
+        }
+
+    def add(self, built: Built) -> None:
+        for name, part in built.bounds.items():
+            levels = built.levels[part]
+            values = self.parts[name]
+            history = built.ctx.start[part] - built.ctx.hist_start[part]
+            values["positives"].append((levels == 1).sum(axis=1, dtype=np.int32))
+            values["candidates"].append((levels > 0).sum(axis=1, dtype=np.int32))
+            values["history_length"].append(history.astype(np.int32))
+            values["levels"].append(np.bincount(levels[levels > 0], minlength=128))
+
+    def result(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {
+            "source": self.source.name,
+            "users": int(len(self.source.users)),
+            "items": int(len(self.source.items)),
+            "interactions": len(self.source),
+            "dropped_contexts": self.planned.dropped,
+            "split_cuts": self.planned.cuts,
+            "splits": {},
+        }
+        for name in SPLIT_NAMES:
+            values = {
+                k: np.concatenate(v) if v else np.zeros(0, int) for k, v in self.parts[name].items()
+            }
+            levels = values.pop("levels").reshape(-1, 128).sum(axis=0)
+            stats["splits"][name] = {
+                "examples": int(len(self.planned.rows[name])),
+                **{k: summary(v) for k, v in values.items()},
+                "levels": {str(g): int(c) for g, c in enumerate(levels) if c},
+                "target_time": summary(self.planned.target_time[self.planned.rows[name]]),
+            }
+        return stats
+
+
+def catalog_rows(source: SortedInteractions, counts: np.ndarray) -> list[dict[str, Any]]:
     """items.json: the catalog with training interaction counts."""
-    items = built.data.items
+    items = source.items
     return [
         {"item_id": item_id, "title": title, "train_count": int(count)}
         for item_id, title, count in zip(
-            items["item_id"], items["title"], built.train_count.tolist(), strict=True
+            items["item_id"], items["title"], counts.tolist(), strict=True
         )
     ]
-
-
-def statistics(built: Built) -> dict[str, Any]:
-    """stats.json: sizes and per-split distributions of positives, candidates, history."""
-    stats: dict[str, Any] = {
-        "source": built.data.name,
-        "users": int(len(built.seq.user_ids)),
-        "items": int(len(built.data.items)),
-        "interactions": int(len(built.seq.user)),
-        "dropped_contexts": built.dropped,
-        "split_cuts": built.cuts,
-        "splits": {},
-    }
-    for name, part in built.bounds.items():
-        levels = built.levels[part]
-        history = built.ctx.start[part] - built.ctx.hist_start[part]
-        stats["splits"][name] = {
-            "examples": int(levels.shape[0]),
-            "positives": summary((levels == 1).sum(axis=1)),
-            "candidates": summary((levels > 0).sum(axis=1)),
-            "history_length": summary(history),
-            "levels": {
-                str(g): int(c)
-                for g, c in zip(*np.unique(levels[levels > 0], return_counts=True), strict=True)
-            },
-            "target_time": summary(built.ctx.target_time[part]),
-        }
-    return stats
 
 
 def summary(values) -> dict[str, float]:

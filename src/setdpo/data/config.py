@@ -60,6 +60,9 @@ class PrepareConfig:
     time_col: str = _help("file source: timestamp column (numeric)", "timestamp")
     item_id_col: str = _help("file source: item id column of the items file", "item_id")
     title_col: str = _help("file source: title column of the items file", "title")
+    memory_limit_mb: int = _help(
+        "memory for reading and sorting the interactions (DuckDB spills past it to disk)", 1024
+    )
 
     def __post_init__(self) -> None:
         self.split_ratios = tuple(float(r) for r in self.split_ratios)
@@ -104,6 +107,8 @@ class PrepareConfig:
             raise InputError(f"split_ratios must be three shares >= 0, got {self.split_ratios}")
         if not self.level_ratings or list(self.level_ratings) != sorted(self.level_ratings)[::-1]:
             raise InputError(f"level_ratings must be decreasing, got {self.level_ratings}")
+        if self.memory_limit_mb < 64:
+            raise InputError(f"memory_limit_mb must be >= 64, got {self.memory_limit_mb}")
         if self.max_examples is not None and self.max_examples < 1:
             raise InputError(f"max_examples must be >= 1, got {self.max_examples}")
 

@@ -1,4 +1,5 @@
-"""Built splits -> compact split tables (`setdpo.data.store`), with no text but ids.
+"""Built contexts -> rows of the compact split tables (`setdpo.data.store`), with no text
+but ids.
 
 ML-10M gives about nine million contexts, so no example is built as a Python object and
 no prompt is rendered: each chunk of rows becomes Arrow arrays of item rows (ragged lists
@@ -27,13 +28,9 @@ def _list(lengths: np.ndarray, values: np.ndarray, kind: pa.DataType) -> pa.Arra
     return pa.ListArray.from_arrays(_offsets(lengths), pa.array(values, kind, from_pandas=True))
 
 
-def user_strings(built: Built) -> pa.Array:
-    """Each user's id as a string, by user index."""
-    return pa.array([str(u) for u in built.seq.user_ids.tolist()], pa.string())
-
-
-def split_batches(built: Built, split: str, users: pa.Array) -> Iterator[pa.RecordBatch]:
+def split_batches(built: Built, split: str) -> Iterator[pa.RecordBatch]:
     """The rows of `split` as record batches of at most `CHUNK_ROWS` (`store.split_schema`)."""
+    users = built.users
     part = built.bounds[split]
     schema = split_schema(ratings=built.ratings is not None)
     for lo in range(part.start, part.stop, CHUNK_ROWS):
@@ -57,9 +54,3 @@ def split_batches(built: Built, split: str, users: pa.Array) -> Iterator[pa.Reco
         if built.ratings is not None:  # NaN (a sampled negative) -> null
             columns["candidate_ratings"] = _list(n_real, built.ratings[rows][real], pa.float64())
         yield pa.RecordBatch.from_arrays([columns[n] for n in schema.names], schema=schema)
-
-
-def split_table(built: Built, split: str, users: pa.Array) -> pa.Table:
-    """All rows of `split` as one table (empty, with its columns, for an empty split)."""
-    schema = split_schema(ratings=built.ratings is not None)
-    return pa.Table.from_batches(list(split_batches(built, split, users)), schema=schema)

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -148,18 +148,31 @@ def has_timelines(folder: str | Path) -> bool:
     return (Path(folder) / TIMELINES).is_file()
 
 
-def write_timelines(path: Path, users: pa.Array, offsets: np.ndarray, items, times) -> None:
-    """`TIMELINES`: per user (``users`` [U]) the item rows and times of positions
-    ``offsets[u] .. offsets[u + 1] - 1`` of ``items`` / ``times`` (time order)."""
-    offsets = pa.array(offsets, pa.int64())
-    table = pa.table(
-        {
-            "user": users,
-            "items": pa.LargeListArray.from_arrays(offsets, pa.array(items, pa.int32())),
-            "times": pa.LargeListArray.from_arrays(offsets, pa.array(times, pa.float64())),
-        }
-    )
-    pq.write_table(table, path)
+TIMELINE_SCHEMA = pa.schema(
+    [
+        ("user", pa.string()),
+        ("items", pa.large_list(pa.int32())),
+        ("times", pa.large_list(pa.float64())),
+    ]
+)
+
+
+def write_timelines(path: Path, parts: Iterable[tuple[pa.Array, np.ndarray, Any, Any]]) -> None:
+    """`TIMELINES` from consecutive ranges of users: each part gives the users [U], offsets
+    [U + 1] and their positions' item rows and times (time order), ``offsets[u] ..
+    offsets[u + 1] - 1`` for user ``u``."""
+    with pq.ParquetWriter(path, TIMELINE_SCHEMA) as writer:
+        for users, offsets, items, times in parts:
+            offsets = pa.array(offsets, pa.int64())
+            table = pa.table(
+                {
+                    "user": users,
+                    "items": pa.LargeListArray.from_arrays(offsets, pa.array(items, pa.int32())),
+                    "times": pa.LargeListArray.from_arrays(offsets, pa.array(times, pa.float64())),
+                },
+                schema=TIMELINE_SCHEMA,
+            )
+            writer.write_table(table)
 
 
 def read_timelines(folder: str | Path) -> pa.Table | None:

@@ -1,20 +1,37 @@
-"""`prepare(config)`: a source's interactions -> a prepared directory (docs/architecture.md)."""
+"""`prepare(config)`: a source's interactions -> a prepared directory (docs/architecture.md).
+
+Out of core (docs/data.md, "At scale"): the interactions are read and sorted by DuckDB
+under `config.memory_limit_mb`; contexts and candidates are built for one range of users
+at a time (`setdpo.data.builders`); each split is written range by range into a run file
+and the runs are merged into the split's order (first-target time) at the end.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import resource
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 from tqdm.auto import tqdm
 
 from setdpo.data.audit import AuditError, audit, findings, format_table
-from setdpo.data.builders import build, catalog_rows, statistics
+from setdpo.data.builders import (
+    CHUNK_INTERACTIONS,
+    Plan,
+    Statistics,
+    built_chunks,
+    catalog_rows,
+    plan,
+)
 from setdpo.data.config import PrepareConfig
-from setdpo.data.examples import split_table, user_strings
+from setdpo.data.engine import SortedInteractions, connect, user_ranges
+from setdpo.data.examples import split_batches
 from setdpo.data.io import (
     TIMELINES,
     atomic_directory,
@@ -23,10 +40,11 @@ from setdpo.data.io import (
     write_json,
     write_timelines,
 )
-from setdpo.data.sources import Interactions, load_source
-from setdpo.data.store import SPLITS, finish_hf, save_split
+from setdpo.data.sources import sort_source
+from setdpo.data.store import SPLITS, SplitWriter, finish_hf, split_schema
 
-STAGES = ("read", "build", *SPLITS, "timelines", "audit")
+STAGES = ("read", "split", "build", "merge", "timelines", "audit")
+MERGE_ROWS = 65536
 
 
 class Stages:
@@ -54,36 +72,48 @@ class Stages:
         self.bar.close()
 
 
-def prepare(config: PrepareConfig, data: Interactions | None = None) -> Path:
+def prepare(config: PrepareConfig) -> Path:
     """Build the train/valid/test examples of `config.source` and write them to `config.out`.
 
-    `data`: the source's interactions if already loaded (`sources.load_source(config)`),
-    e.g. to prepare several modes from one read. Returns the output directory. It appears
-    only once complete and audited (`setdpo.data.audit`; the counts go to `stats.json`
-    ``audit``): nothing is left behind if anything fails. `stats.json` ``run`` records the
-    seconds of each stage and the process's peak memory.
+    Returns the output directory. It appears only once complete and audited
+    (`setdpo.data.audit`; the counts go to `stats.json` ``audit``): nothing is left behind
+    if anything fails. `stats.json` ``run`` records the seconds of each stage and the
+    process's peak memory.
     """
-    check_target(config.out, config.overwrite)  # fail before the slow part
+    out = check_target(config.out, config.overwrite)  # fail before the slow part
     stages = Stages()
-    stages.next("read")
-    data = data if data is not None else load_source(config)
-    stages.next("build")
-    built = build(data, config)
     fingerprint = hashlib.sha256(dumps(asdict(config)).encode()).hexdigest()[:16]
-    with atomic_directory(config.out, config.overwrite) as tmp:
-        users = user_strings(built)
+    with (
+        tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".work", dir=out.parent) as work,
+        atomic_directory(out, config.overwrite) as tmp,
+    ):
+        work = Path(work)
+        con = connect(config, work)
+        stages.next("read")
+        source = sort_source(con, config, work)
+        stages.next("split")
+        planned = plan(con, source, config)
+        stages.next("build")
+        stats = Statistics(source, planned)
+        runs = _write_runs(con, source, config, planned, stats, work)
+        stages.next("merge")
+        ratings = config.mode in ("rated", "levels")
         for split in SPLITS:
-            stages.next(split)
-            save_split(tmp, split, split_table(built, split, users), fingerprint)
+            _merge(
+                runs[split],
+                planned,
+                split,
+                SplitWriter(tmp, split, split_schema(ratings), fingerprint),
+            )
         finish_hf(tmp)
-        write_json(tmp / "items.json", catalog_rows(built))
+        write_json(tmp / "items.json", catalog_rows(source, planned.train_count))
         stages.next("timelines")
-        seq = built.seq
-        write_timelines(tmp / TIMELINES, users, seq.offsets, seq.item, seq.time)
-        stats = statistics(built)
+        write_timelines(tmp / TIMELINES, _timeline_parts(con, source))
+        con.close()
         write_json(tmp / "config.json", asdict(config))
-        write_json(tmp / "stats.json", stats)
-        del built, seq, data  # free the arrays before the audit reads the files back
+        stats = stats.result()
+        write_json(tmp / "stats.json", stats)  # the audit reads the cuts
+        del planned, runs
         stages.next("audit")
         checks = audit(tmp)
         if findings(checks):  # prepare's own rules exclude every finding: a bug, never output
@@ -93,7 +123,71 @@ def prepare(config: PrepareConfig, data: Interactions | None = None) -> Path:
         write_json(
             tmp / "stats.json", stats | {"audit": {c.name: c.found for c in checks}, "run": run}
         )
-    return Path(config.out)
+    return out
+
+
+def _write_runs(
+    con,
+    source: SortedInteractions,
+    config: PrepareConfig,
+    planned: Plan,
+    stats: Statistics,
+    work: Path,
+) -> dict[str, dict[int, Path]]:
+    """Each range's rows of each split in an Arrow file (`work/runs`), keyed by range number."""
+    schema = split_schema(ratings=config.mode in ("rated", "levels"))
+    folder = work / "runs"
+    folder.mkdir()
+    runs: dict[str, dict[int, Path]] = {split: {} for split in SPLITS}
+    for number, built in built_chunks(con, source, config, planned):
+        stats.add(built)
+        for split in SPLITS:
+            if built.bounds[split].stop == built.bounds[split].start:
+                continue
+            path = folder / f"{split}-{number:05d}.arrow"
+            with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+                for batch in split_batches(built, split):
+                    writer.write_batch(batch)
+            runs[split][number] = path
+    return runs
+
+
+def _merge(runs: dict[int, Path], planned: Plan, split: str, writer: SplitWriter) -> None:
+    """The runs of `split` into its order: row ``j`` of the split comes from the next unread
+    row of the range that holds context ``planned.rows[split][j]``."""
+    owner = np.searchsorted(planned.chunk_starts, planned.rows[split], side="right") - 1
+    readers = {number: _Run(path) for number, path in runs.items()}
+    for lo in range(0, len(owner), MERGE_ROWS):
+        own = owner[lo : lo + MERGE_ROWS]
+        numbers, counts = np.unique(own, return_counts=True)
+        pieces = [readers[int(n)].take(int(c)) for n, c in zip(numbers, counts, strict=True)]
+        # rows of range numbers[i] sit at their positions in `own`, in order
+        order = np.argsort(own, kind="stable")
+        place = np.empty(len(own), dtype=np.int64)
+        place[order] = np.arange(len(own))
+        writer.write(pa.concat_tables(pieces).take(pa.array(place)))
+    writer.close()
+
+
+class _Run:
+    """Sequential reading of one run file, any number of rows at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.reader = pa.ipc.open_stream(pa.OSFile(str(path)))
+        self.table = self.reader.schema.empty_table()
+
+    def take(self, n: int) -> pa.Table:
+        while self.table.num_rows < n:  # slices and concatenation copy nothing
+            batch = pa.Table.from_batches([self.reader.read_next_batch()])
+            self.table = pa.concat_tables([self.table, batch])
+        head, self.table = self.table.slice(0, n), self.table.slice(n)
+        return head
+
+
+def _timeline_parts(con, source: SortedInteractions):
+    for lo, hi, rows in user_ranges(con, source, CHUNK_INTERACTIONS):
+        offsets = source.offsets[lo : hi + 1] - source.offsets[lo]
+        yield source.users.slice(lo, hi - lo), offsets, rows["item"], rows["time"]
 
 
 def peak_rss_mb() -> float:

@@ -8,10 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from setdpo.data.config import PrepareConfig
-from setdpo.data.sources import Interactions
 from setdpo.errors import InputError
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -19,13 +17,12 @@ SPLIT_NAMES = ("train", "valid", "test")
 
 @dataclass
 class Sequences:
-    """All interactions sorted by user, then time (stable: file order breaks ties).
+    """Interactions sorted by user, then time (stable: file order breaks ties).
 
-    Arrays of length M (interactions): ``user`` (index into ``user_ids``), ``item``,
+    Arrays of length M (interactions): ``user`` (0-based index of the user), ``item``,
     ``rating``, ``time``, ``pos`` (position in the user's sequence); ``offsets`` [U+1].
     """
 
-    user_ids: np.ndarray
     user: np.ndarray
     item: np.ndarray
     rating: np.ndarray
@@ -63,21 +60,18 @@ class Contexts:
         return len(self.user)
 
 
-def build_sequences(data: Interactions) -> Sequences:
-    """Sort by user (ids in sorted order), then time, then file order."""
-    table = data.table
-    user_codes, user_ids = pd.factorize(table["user"], sort=True)
-    order = np.lexsort((np.arange(len(table)), table["timestamp"].to_numpy(), user_codes))
-    user = user_codes[order]
-    offsets = np.searchsorted(user, np.arange(len(user_ids) + 1))
-    pos = np.arange(len(user)) - offsets[user]
+def sequences_of(
+    user: np.ndarray, item: np.ndarray, rating: np.ndarray, time: np.ndarray
+) -> Sequences:
+    """`Sequences` of interactions already sorted by user (codes 0..U-1, each present), time
+    and file order (`setdpo.data.engine`)."""
+    offsets = np.searchsorted(user, np.arange(int(user[-1]) + 2 if len(user) else 1))
     return Sequences(
-        user_ids=np.asarray(user_ids, dtype=object),
-        user=user,
-        item=table["item"].to_numpy()[order],
-        rating=table["rating"].to_numpy()[order],
-        time=table["timestamp"].to_numpy()[order],
-        pos=pos,
+        user=user.astype(np.int64),
+        item=item.astype(np.int64),
+        rating=rating,
+        time=time,
+        pos=np.arange(len(user)) - offsets[user],
         offsets=offsets,
     )
 
@@ -183,31 +177,36 @@ class Split:
     ``cuts``: chrono only, the valid and test cut times (a context belongs to a split when
     its first target is at or after that split's cut; None: no context reaches it).
     ``training`` [M]: the interactions before the valid boundary, the only ones anything
-    derived from training (popularity counts) may see.
+    derived from training (popularity counts) may see (None: not computed).
     """
 
     index: dict[str, np.ndarray]
     dropped: dict[str, int]
     cuts: dict[str, float | None] | None
-    training: np.ndarray
+    training: np.ndarray | None
 
 
 def split_contexts(seq: Sequences, ctx: Contexts, config: PrepareConfig) -> Split:
-    """Split the contexts (docs/data.md): a context belongs to a split only if its
+    """Split the contexts of `seq` (docs/data.md): a context belongs to a split only if its
     whole target window lies before the next split's boundary."""
-    if config.split == "chrono":
-        return _chrono_split(seq, ctx, config)
-    return _leave_last_out_split(seq, ctx)
+    if config.split == "leave-last-out":
+        return leave_last_out_split(seq, ctx)
+    split = chrono_split(ctx.target_time, ctx.cutoff_time, config)
+    valid_cut = np.inf if split.cuts["valid"] is None else split.cuts["valid"]
+    split.training = seq.time < valid_cut
+    return split
 
 
-def _chrono_split(seq: Sequences, ctx: Contexts, config: PrepareConfig) -> Split:
-    """Cut times at the 8:1:1 quantiles of the first-target times; a window that reaches
-    the next cut is dropped. Contexts whose first target ties with a cut go after it."""
-    order = np.sort(ctx.target_time)
+def chrono_split(first: np.ndarray, last: np.ndarray, config: PrepareConfig) -> Split:
+    """Cut times at the 8:1:1 quantiles of the first-target times `first` [N] of every
+    context; a window (its last target at `last` [N]) that reaches the next cut is dropped.
+    Contexts whose first target ties with a cut go after it. ``training`` is left to the
+    caller (the interactions before the valid cut)."""
+    order = np.sort(first)
     shares = np.cumsum(config.split_ratios) / sum(config.split_ratios)
-    at = np.round(shares[:2] * len(ctx)).astype(np.int64)
+    at = np.round(shares[:2] * len(first)).astype(np.int64)
     valid_cut, test_cut = (float(order[i]) if i < len(order) else np.inf for i in at)
-    first, last = ctx.target_time, ctx.cutoff_time
+    del order
     starts = {
         "train": first < valid_cut,
         "valid": (first >= valid_cut) & (first < test_cut),
@@ -219,7 +218,7 @@ def _chrono_split(seq: Sequences, ctx: Contexts, config: PrepareConfig) -> Split
         "test": starts["test"],
     }
     return Split(
-        index={name: _by_time(ctx, np.flatnonzero(keep[name])) for name in SPLIT_NAMES},
+        index={name: _by_time(first, np.flatnonzero(keep[name])) for name in SPLIT_NAMES},
         dropped={
             "window_crosses_valid_cut": int((starts["train"] & ~keep["train"]).sum()),
             "window_crosses_test_cut": int((starts["valid"] & ~keep["valid"]).sum()),
@@ -228,15 +227,15 @@ def _chrono_split(seq: Sequences, ctx: Contexts, config: PrepareConfig) -> Split
             name: None if np.isinf(cut) else cut
             for name, cut in (("valid", valid_cut), ("test", test_cut))
         },
-        training=seq.time < valid_cut,
+        training=None,
     )
 
 
-def _leave_last_out_split(seq: Sequences, ctx: Contexts) -> Split:
+def leave_last_out_split(seq: Sequences, ctx: Contexts) -> Split:
     """Per user: test = the last context, valid = the latest context whose window ends
     before the test window starts, train = the contexts whose window ends before the
     valid window starts (the test window's, for a user without a valid context)."""
-    n_users = len(seq.user_ids)
+    n_users = len(seq.offsets) - 1
     test_start = np.full(n_users, -1, dtype=np.int64)
     np.maximum.at(test_start, ctx.user, ctx.start)
     test = ctx.start == test_start[ctx.user]
@@ -252,7 +251,7 @@ def _leave_last_out_split(seq: Sequences, ctx: Contexts) -> Split:
     limit = np.where(boundary >= 0, boundary, user_end)  # a user without contexts: all
     return Split(
         index={
-            name: _by_time(ctx, np.flatnonzero(mask))
+            name: _by_time(ctx.target_time, np.flatnonzero(mask))
             for name, mask in zip(SPLIT_NAMES, (train, valid, test), strict=True)
         },
         dropped={
@@ -264,9 +263,9 @@ def _leave_last_out_split(seq: Sequences, ctx: Contexts) -> Split:
     )
 
 
-def _by_time(ctx: Contexts, index: np.ndarray) -> np.ndarray:
-    """`index` ordered by first-target time (ties: by index)."""
-    return index[np.lexsort((index, ctx.target_time[index]))]
+def _by_time(first: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """`index` ordered by first-target time `first` (ties: by index)."""
+    return index[np.lexsort((index, first[index]))]
 
 
 def cap_splits(splits: dict[str, np.ndarray], config: PrepareConfig) -> dict[str, np.ndarray]:

@@ -1,7 +1,7 @@
 """Interaction sources: MovieLens (from the recbole packages or a GroupLens download) and any file.
 
-Each source gives one `Interactions`: a table (user, item index, rating or NaN, timestamp)
-and a catalog of item ids with unique titles. Titles are kept as shipped; titles shared by
+Each source gives its interaction file to `setdpo.data.engine` (read, checked and sorted out
+of core) and its items file, read here: a catalog of item ids with unique titles. Titles are kept as shipped; titles shared by
 different ids get the id appended ("Title (1998) [id 123]"), never merged.
 """
 
@@ -16,33 +16,15 @@ import numpy as np
 import pandas as pd
 
 from setdpo.data.config import PrepareConfig
+from setdpo.data.engine import SortedInteractions, Table, file_table, sort_interactions
 from setdpo.data.records import RecordFile, decode_utf8, read_records
 from setdpo.errors import InputError
 
 
-@dataclass
-class Interactions:
-    """One source's interactions.
-
-    table: columns ``user`` (str), ``item`` (int64 index into ``items``), ``rating``
-    (float64, NaN without ratings), ``timestamp`` (float64); one row per interaction.
-    items: columns ``item_id`` (str) and ``title`` (str, unique), only items interacted with.
-    """
-
-    name: str
-    table: pd.DataFrame
-    items: pd.DataFrame
-    has_ratings: bool
-
-
 @dataclass(frozen=True)
 class Columns:
-    """Where the fields are: in the interaction file and in the items file."""
+    """Where the fields of an items file are."""
 
-    user: str
-    item: str
-    rating: str | None
-    time: str
     item_id: str
     title: str
     year: str | None = None  # joined as "Title (Year)" when the source keeps the year apart
@@ -61,23 +43,28 @@ MOVIELENS = {
 }
 
 
-def load_source(config: PrepareConfig) -> Interactions:
-    """The interactions named by `config.source`."""
+def sort_source(con, config: PrepareConfig, work: Path) -> SortedInteractions:
+    """The interactions named by `config.source`, checked and sorted (`setdpo.data.engine`)."""
     if config.source in MOVIELENS:
-        return load_movielens(config.source)
-    if config.source == "ml-10m":
-        return load_grouplens_dat(config.source)
-    columns = Columns(
-        config.user_col,
-        config.item_col,
-        config.rating_col,
-        config.time_col,
-        config.item_id_col,
-        config.title_col,
-    )
-    inter = read_records(config.interactions, config.file_format)
-    items = read_records(config.items, config.file_format)
-    return from_records("file", inter, items, columns)
+        folder = movielens_folder(config.source)
+        _, _, title_col, year_col = MOVIELENS[config.source]
+        table = Table(folder / f"{config.source}.inter", "tsv", *RECBOLE_INTER)
+        items = read_records(folder / f"{config.source}.item", "tsv")
+        columns = Columns("item_id:token", title_col, year_col)
+    elif config.source == "ml-10m":
+        from setdpo.data.download import dataset_folder
+
+        folder = dataset_folder(config.source)
+        names = ["user", "item", "rating", "timestamp"]
+        table = Table(folder / "ratings.dat", "dat", *names, names=names)
+        items = _read_dat(folder / "movies.dat", ["item_id", "title", "genres"])
+        columns = Columns("item_id", "title")
+    else:
+        table = file_table(config)
+        items = read_records(config.items, config.file_format)
+        columns = Columns(config.item_id_col, config.title_col)
+    catalog = read_catalog(items, columns)
+    return sort_interactions(con, config.source, table, catalog, items.path, work)
 
 
 def movielens_folder(name: str) -> Path:
@@ -92,29 +79,6 @@ def movielens_folder(name: str) -> Path:
     return Path(spec.submodule_search_locations[0]) / folder
 
 
-def load_movielens(name: str) -> Interactions:
-    """ML-100K or ML-1M from the recbole atomic files (tab separated, header with types)."""
-    folder = movielens_folder(name)
-    _, _, title_col, year_col = MOVIELENS[name]
-    inter = read_records(folder / f"{name}.inter", "tsv")
-    items = read_records(folder / f"{name}.item", "tsv")
-    columns = Columns(
-        *RECBOLE_INTER[:2], RECBOLE_INTER[2], RECBOLE_INTER[3], "item_id:token", title_col, year_col
-    )
-    return from_records(name, inter, items, columns)
-
-
-def load_grouplens_dat(name: str) -> Interactions:
-    """A GroupLens ``::`` release (ML-10M) from the download cache (`setdpo data download`)."""
-    from setdpo.data.download import dataset_folder
-
-    folder = dataset_folder(name)
-    ratings = _read_dat(folder / "ratings.dat", ["user", "item", "rating", "timestamp"])
-    movies = _read_dat(folder / "movies.dat", ["item_id", "title", "genres"])
-    columns = Columns("user", "item", "rating", "timestamp", "item_id", "title")
-    return from_records(name, ratings, movies, columns)
-
-
 def _read_dat(path: Path, names: list[str]) -> RecordFile:
     text = decode_utf8(path).replace("::", "\t")
     header = "\t".join(names) + "\n"
@@ -122,36 +86,6 @@ def _read_dat(path: Path, names: list[str]) -> RecordFile:
         io.StringIO(header + text), sep="\t", dtype=str, keep_default_na=False, quoting=3
     )
     return RecordFile(path, frame, np.arange(1, len(frame) + 1))
-
-
-def from_records(name: str, inter: RecordFile, items: RecordFile, columns: Columns) -> Interactions:
-    """Validate both files and build the interaction table and the catalog."""
-    catalog = read_catalog(items, columns)
-    needed = [columns.user, columns.item, columns.time] + (
-        [columns.rating] if columns.rating else []
-    )
-    inter.require(needed)
-    users = inter.text(columns.user, "user id")
-    item_ids = inter.text(columns.item, "item id")
-    times = inter.numbers(columns.time, "timestamp")
-    ratings = (
-        inter.numbers(columns.rating, "rating") if columns.rating else np.full(len(users), np.nan)
-    )
-    index = pd.Index(catalog["item_id"])
-    item = index.get_indexer(item_ids)
-    if (item < 0).any():
-        row = int(np.argmax(item < 0))
-        raise InputError(
-            f"{inter.where(row)}: item id {item_ids[row]!r} is not in the items file {items.path}"
-        )
-    used = np.unique(item)  # keep only items interacted with, in items-file order
-    remap = np.full(len(catalog), -1, dtype=np.int64)
-    remap[used] = np.arange(len(used))
-    table = pd.DataFrame(
-        {"user": users, "item": remap[item], "rating": ratings, "timestamp": times}
-    )
-    catalog = catalog.iloc[used].reset_index(drop=True)
-    return Interactions(name, table, catalog, has_ratings=columns.rating is not None)
 
 
 def read_catalog(items: RecordFile, columns: Columns) -> pd.DataFrame:

@@ -19,6 +19,7 @@ mode, source, template, domain, ratings) is rebuilt from ``items.json`` and ``co
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
@@ -38,6 +39,7 @@ SPLITS = ("train", "valid", "test")
 META_KEYS = ("domain", "mode", "source", "template")  # from config.json, for prepared sets
 ITEM_LIST = pa.list_(pa.int32())
 READ_ROWS = 4096  # rows converted to Python at once when iterating
+DATA_FILE = "data-00000-of-00001.arrow"
 
 
 def split_schema(ratings: bool = False, prompts: bool = False, meta: bool = False) -> pa.Schema:
@@ -56,13 +58,55 @@ def split_schema(ratings: bool = False, prompts: bool = False, meta: bool = Fals
     return pa.schema(fields)
 
 
-def save_split(folder: Path, split: str, table: pa.Table, fingerprint: str) -> None:
-    """One split under ``folder/hf/<split>``; an explicit fingerprint spares `datasets`
-    from hashing every byte of the table."""
-    import datasets
+class SplitWriter:
+    """One split under ``folder/hf/<split>``, written table by table in the layout of
+    `datasets.Dataset.save_to_disk` (one data file; none for an empty split, as there), so
+    that a split larger than memory never has to be held whole. An explicit fingerprint
+    spares `datasets` from hashing every byte."""
 
-    dataset = datasets.Dataset(table, fingerprint=f"{fingerprint}-{split}")
-    dataset.save_to_disk(str(folder / "hf" / split))
+    def __init__(self, folder: Path, split: str, schema: pa.Schema, fingerprint: str) -> None:
+        from datasets import DatasetInfo, Features
+        from datasets.arrow_writer import ArrowWriter
+
+        self.path = folder / "hf" / split
+        self.path.mkdir(parents=True)
+        self.info = DatasetInfo(features=Features.from_arrow_schema(schema))
+        self.fingerprint = f"{fingerprint}-{split}"
+        self.rows = 0
+        self.writer = ArrowWriter(features=self.info.features, path=str(self.path / DATA_FILE))
+
+    def write(self, table: pa.Table | pa.RecordBatch) -> None:
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        self.writer.finalize()
+        self.writer.close()
+        if not self.rows:
+            (self.path / DATA_FILE).unlink()
+        state = {
+            "_data_files": [{"filename": DATA_FILE}] if self.rows else [],
+            "_fingerprint": self.fingerprint,
+            "_format_columns": None,
+            "_format_kwargs": {},
+            "_format_type": None,
+            "_output_all_columns": False,
+            "_split": None,
+        }
+        (self.path / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), "utf-8")
+        info = dataclasses.asdict(self.info)
+        info = {key: info[key] for key in sorted(info)}
+        (self.path / "dataset_info.json").write_text(json.dumps(info, indent=2), "utf-8")
+
+
+def save_split(folder: Path, split: str, table: pa.Table, fingerprint: str) -> None:
+    """A whole table as one split (`SplitWriter`)."""
+    writer = SplitWriter(folder, split, table.schema, fingerprint)
+    for batch in table.to_batches(max_chunksize=READ_ROWS * 16):
+        writer.write(batch)
+    writer.close()
 
 
 def finish_hf(folder: Path) -> None:
@@ -91,6 +135,29 @@ def read_table(folder: str | Path, split: str) -> pa.Table:
         info = datasets.DatasetInfo.from_directory(str(path))
         return info.features.arrow_schema.empty_table()
     return datasets.load_from_disk(str(path)).data.table
+
+
+def table_blocks(
+    folder: str | Path, split: str, rows: int, columns: list[str] | None = None
+) -> Iterator[pa.Table]:
+    """The split's rows in order, `rows` at a time (the last block shorter), read from its
+    files one record batch after another rather than memory-mapped: a reader of a whole
+    split larger than memory holds one block."""
+    path = split_path(folder, split)
+    state = json.loads((path / "state.json").read_text("utf-8"))
+    pending: list[pa.RecordBatch] = []
+    for data_file in state["_data_files"]:
+        with pa.OSFile(str(path / data_file["filename"])) as source:
+            for batch in pa.ipc.open_stream(source):
+                pending.append(batch.select(columns) if columns else batch)
+                if sum(b.num_rows for b in pending) >= rows:
+                    table = pa.Table.from_batches(pending)
+                    for lo in range(0, table.num_rows - rows + 1, rows):
+                        yield table.slice(lo, rows)
+                    rest = table.slice(table.num_rows - table.num_rows % rows)
+                    pending = rest.to_batches()
+    if pending and sum(b.num_rows for b in pending):
+        yield pa.Table.from_batches(pending)
 
 
 def title_columns(folder: str | Path, split: str) -> pa.Table:
