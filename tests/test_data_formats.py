@@ -234,7 +234,7 @@ def test_bad_trl_rows(tmp_path, capsys):
         ({"candidate_order": [0, 0]}, "'candidate_order' is not a permutation"),
         ({"history": "abc"}, "'history' must be a list of titles"),
         ({"target_time": "noon"}, "target_time 'noon' is not a number"),
-        ({"chosen": 3}, "'chosen' must be a string or a list of strings"),
+        ({"chosen": 3}, "'chosen' must be a string, a list of messages, or a list of those"),
     ],
 )
 def test_malformed_trl_fields(tmp_path, capsys, change, message):
