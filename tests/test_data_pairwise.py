@@ -12,19 +12,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from setdpo.data.formats import read_trl
-from setdpo.data.pairwise import PairwiseRow, merge, render_messages, trl_fields
+from setdpo.data.pairwise import PairwiseRow, merge, render_messages, shown_lines, trl_fields
 from setdpo.errors import InputError
 
 PROMPTS = ["p", "q", "r"]
 ANSWERS = ["a", "b", "c", "d", "e"]
 
 
-def reference(rows: list[tuple[str, list[str], list[str]]]) -> dict[str, tuple]:
+def reference(
+    rows: list[tuple[str, list[str], list[str]]], first_line: int = 1
+) -> dict[str, tuple]:
     """Per prompt, by brute force: ("conflict", lines, rows) when some answer is above itself
     through the rows' pairs, else ("context", {answer: level}); level = 1 + the most pairs on
-    a chain of pairs that ends at the answer."""
+    a chain of pairs that ends at the answer. Row i is on line first_line + i."""
     groups: dict[str, list[tuple[int, list[str], list[str]]]] = {}
-    for line, (prompt, chosen, rejected) in enumerate(rows, start=1):
+    for line, (prompt, chosen, rejected) in enumerate(rows, start=first_line):
         groups.setdefault(prompt, []).append((line, chosen, rejected))
     out = {}
     for prompt, group in groups.items():
@@ -62,27 +64,32 @@ rows_strategy = st.lists(
 )
 
 
-def write_rows(folder: str, rows: list[tuple[str, list[str], list[str]]]) -> Path:
-    path = Path(folder) / "rows.jsonl"
-    lines = [{"prompt": p, "chosen": c[0] if len(c) == 1 else c, "rejected": r} for p, c, r in rows]
-    path.write_text("".join(json.dumps(row) + "\n" for row in lines), "utf-8")
+def write_rows(folder: str, rows: list[tuple[str, list[str], list[str]]], as_list: bool) -> Path:
+    """JSON lines, or a JSON list with a row a line after its "[" line."""
+    path = Path(folder) / "rows.json"
+    lines = [
+        json.dumps({"prompt": p, "chosen": c[0] if len(c) == 1 else c, "rejected": r})
+        for p, c, r in rows
+    ]
+    text = "[\n" + ",\n".join(lines) + "\n]\n" if as_list else "\n".join(lines) + "\n"
+    path.write_text(text, "utf-8")
     return path
 
 
 @settings(max_examples=300, deadline=None)
-@given(rows_strategy)
-def test_merged_contexts_match_the_brute_force_reference(rows):
-    expected = reference(rows)
+@given(rows_strategy, st.booleans())
+def test_merged_contexts_match_the_brute_force_reference(rows, as_list):
+    expected = reference(rows, first_line=2 if as_list else 1)
     conflicts = {p: e for p, e in expected.items() if e[0] == "conflict"}
     with tempfile.TemporaryDirectory() as folder:
-        path = write_rows(folder, rows)
+        path = write_rows(folder, rows, as_list)
         if conflicts:
             with pytest.raises(InputError) as raised:
                 read_trl(path)
             message = str(raised.value)
             assert f"{len(conflicts)} prompts whose rows contradict" in message
             for prompt, (_, lines, _) in conflicts.items():
-                assert f"prompt {prompt!r}: lines {', '.join(map(str, lines))} put" in message
+                assert f"prompt {prompt!r}: lines {shown_lines(lines)} put" in message
         if len(conflicts) == len(expected):
             with pytest.raises(InputError, match="every prompt's rows conflict"):
                 read_trl(path, on_conflict="drop")

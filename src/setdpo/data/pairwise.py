@@ -168,10 +168,12 @@ def _components(nodes: list[str], after: dict[str, list[str]]) -> list[list[str]
 
 
 def _short(text: str) -> str:
+    """``text`` quoted, cut to SHOWN_CHARS characters."""
     return repr(text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "...")
 
 
 def shown_lines(lines: list[int]) -> str:
+    """ "1, 4, 9" (the first SHOWN_LINES, then how many more)."""
     shown = ", ".join(map(str, lines[:SHOWN_LINES]))
     return shown + (f" and {len(lines) - SHOWN_LINES} more" if len(lines) > SHOWN_LINES else "")
 
