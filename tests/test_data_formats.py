@@ -234,7 +234,7 @@ def test_bad_trl_rows(tmp_path, capsys):
         ({"candidate_order": [0, 0]}, "'candidate_order' is not a permutation"),
         ({"history": "abc"}, "'history' must be a list of titles"),
         ({"target_time": "noon"}, "target_time 'noon' is not a number"),
-        ({"chosen": 3}, "'chosen' must be a string or a list of strings"),
+        ({"chosen": 3}, "'chosen' must be a string, a list of messages, or a list of those"),
     ],
 )
 def test_malformed_trl_fields(tmp_path, capsys, change, message):
@@ -258,4 +258,221 @@ def test_malformed_trl_fields(tmp_path, capsys, change, message):
         == 2
     )
     assert f"{path}, line 1: " in (err := capsys.readouterr().err) and message in err
+    assert not (tmp_path / "o").exists()
+
+
+def write_lines(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), "utf-8")
+    return path
+
+
+def run_import(fmt: str, train: Path, out: Path, *extra: str) -> int:
+    return main(["data", "import", "--format", fmt, "--train", str(train), "--out", str(out), *extra])  # fmt: skip
+
+
+def test_trl_rows_sharing_a_prompt_and_a_chosen_answer_are_one_context(tmp_path, capsys):
+    rows = [{"prompt": "Liked Dune. Next?", "chosen": "Emma", "rejected": r} for r in "ABC"]
+    assert run_import("trl", write_lines(tmp_path / "rows.jsonl", rows), tmp_path / "o") == 0
+    (ex,) = load_split(tmp_path / "o", "train")
+    assert (ex.prompt, ex.candidates, ex.levels) == (
+        "Liked Dune. Next?",
+        ["Emma", "A", "B", "C"],
+        [1, 2, 2, 2],
+    )
+    assert (ex.positives, ex.negatives) == (["Emma"], ["A", "B", "C"])
+    out = capsys.readouterr().out
+    assert (
+        "train: read 3 rows -> 1 contexts, 4 candidates (1 positive, 3 negative); 0 conflicts\n"
+        in out
+    )
+    stats = json.loads((tmp_path / "o" / "stats.json").read_text())["splits"]
+    assert stats["train"]["read"] == {
+        "rows": 3, "contexts": 1, "candidates": 4, "positive": 1, "negative": 3,
+        "conflicts": 0, "dropped_rows": 0,
+    }  # fmt: skip
+    assert "read" not in stats["valid"]  # no file given
+
+
+def test_trl_rankings_chains_and_setwise_rows_keep_their_order(tmp_path):
+    rows = [
+        {"prompt": "P", "chosen": "a", "rejected": "b"},  # line 1
+        {"prompt": "Q", "chosen": ["x", "y"], "rejected": ["z", "w"]},  # a ranking: x > y > z, w
+        {"prompt": "S", "chosen": ["s"], "rejected": ["t"], "levels": [1, 3], "user": "u7"},
+        {"prompt": "P", "chosen": "b", "rejected": ["c"]},  # a > b > c
+        {"prompt": "P", "chosen": "a", "rejected": "b"},  # a duplicate: counted once
+    ]
+    assert run_import("trl", write_lines(tmp_path / "rows.jsonl", rows), tmp_path / "o") == 0
+    p, q, s = load_split(tmp_path / "o", "train")
+    assert (p.context_id, p.candidates, p.levels) == ("0", ["a", "b", "c"], [1, 2, 3])
+    assert (q.context_id, q.candidates, q.levels) == ("1", ["x", "y", "z", "w"], [1, 2, 3, 3])
+    assert (s.context_id, s.user, s.candidates, s.levels) == ("2", "u7", ["s", "t"], [1, 3])
+    assert p.meta == {"candidate_ids": ["a", "b", "c"], "source": "trl"}
+
+
+CONFLICTING = [
+    {"prompt": "Liked Dune, Emma and Kim. Which book is next for this reader?", "chosen": "a", "rejected": "b"},
+    {"prompt": "Q", "chosen": "x", "rejected": "y"},
+    {"prompt": "Liked Dune, Emma and Kim. Which book is next for this reader?", "chosen": "a", "rejected": "c"},
+    {"prompt": "Liked Dune, Emma and Kim. Which book is next for this reader?", "chosen": "b", "rejected": "a"},
+]  # fmt: skip
+
+
+def test_trl_conflicts_name_their_lines_and_drop_leaves_them_out(tmp_path, capsys):
+    path = write_lines(tmp_path / "rows.jsonl", CONFLICTING)
+    assert run_import("trl", path, tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert (
+        f"{path}: 1 prompts whose rows contradict each other (an answer both above and below "
+        "another): prompt 'Liked Dune, Emma and Kim. Which book ...': lines 1, 4 put 'a', 'b' "
+        "in a cycle; pass --on-conflict drop to leave these prompts out"
+    ) in err
+    assert not (tmp_path / "o").exists()
+    assert run_import("trl", path, tmp_path / "o", "--on-conflict", "drop") == 0
+    assert "train: read 4 rows -> 1 contexts, 2 candidates (1 positive, 1 negative); 1 conflicts (dropped: 1 prompts, 3 rows)" in capsys.readouterr().out  # fmt: skip
+    (ex,) = load_split(tmp_path / "o", "train")
+    assert (ex.prompt, ex.candidates, ex.levels) == ("Q", ["x", "y"], [1, 2])
+    assert run_import("trl", path, tmp_path / "p", "--on-conflict", "skip") == 2
+    assert "on_conflict 'skip' is not one of ['error', 'drop']" in capsys.readouterr().err
+
+
+def test_trl_conversational_rows_merge_by_their_prompt_messages(tmp_path):
+    def said(role, text):
+        return [{"role": role, "content": text}]
+
+    system, user = said("system", "You recommend books."), said("user", "Liked Dune. Next?")
+    rows = [
+        {"prompt": system + user, "chosen": said("assistant", "Emma"), "rejected": said("assistant", "Kim")},
+        {"chosen": system + user + said("assistant", "Emma"), "rejected": system + user + said("assistant", "Ivanhoe")},
+        {"prompt": user, "chosen": said("assistant", "Emma"), "rejected": said("assistant", "Kim")},
+    ]  # fmt: skip
+    assert run_import("trl", write_lines(tmp_path / "rows.jsonl", rows), tmp_path / "o") == 0
+    both, alone = load_split(tmp_path / "o", "train")
+    assert both.prompt == "system: You recommend books.\nuser: Liked Dune. Next?"
+    assert (both.candidates, both.levels) == (["Emma", "Kim", "Ivanhoe"], [1, 2, 2])
+    assert (alone.prompt, alone.candidates) == ("Liked Dune. Next?", ["Emma", "Kim"])
+
+
+LLAMAFACTORY_LIST = """[
+  {
+    "instruction": "Liked Dune. Next book?",
+    "input": "",
+    "chosen": "Emma",
+    "rejected": "Kim"
+  },
+  {"instruction": "Liked Dune. Next book?", "chosen": "Emma", "rejected": "Ivanhoe"},
+  {
+    "instruction": "Liked Kim.",
+    "input": "Next book?",
+    "chosen": "Dune",
+    "rejected": "Emma"
+  },
+  {"instruction": "Liked Dune. Next book?", "chosen": "Kim", "rejected": "Emma"}
+]
+"""
+
+
+def test_llamafactory_chosen_rejected_list_and_output_lines(tmp_path, capsys):
+    path = tmp_path / "prefs.json"
+    path.write_text(LLAMAFACTORY_LIST, "utf-8")
+    assert run_import("llamafactory", path, tmp_path / "o") == 2
+    assert "prompt 'Liked Dune. Next book?': lines 2, 15 put 'Emma', 'Kim' in a cycle" in capsys.readouterr().err  # fmt: skip
+    assert run_import("llamafactory", path, tmp_path / "o", "--on-conflict", "drop") == 0
+    (ex,) = load_split(tmp_path / "o", "train")
+    assert (ex.prompt, ex.candidates, ex.levels) == (
+        "Liked Kim.\nNext book?",
+        ["Dune", "Emma"],
+        [1, 2],
+    )
+    assert ex.meta["source"] == "llamafactory"
+    # JSON lines with `output: [chosen, rejected]`, system and history
+    records = [
+        {"instruction": "Next book?", "output": ["Emma", "Kim"], "system": "Be brief.", "history": [["Hi", "Hello"]]},
+        {"instruction": "Next book?", "output": ["Emma", "Dune"], "system": "Be brief.", "history": [["Hi", "Hello"]]},
+        {"instruction": "Next book?", "input": "I liked Kim.", "output": ["Dune", "Emma"]},
+    ]  # fmt: skip
+    assert (
+        run_import("llamafactory", write_lines(tmp_path / "p.jsonl", records), tmp_path / "p") == 0
+    )
+    assert "train: read 3 rows -> 2 contexts, 5 candidates (2 positive, 3 negative); 0 conflicts" in capsys.readouterr().out  # fmt: skip
+    first, second = load_split(tmp_path / "p", "train")
+    assert first.prompt == "system: Be brief.\nuser: Hi\nassistant: Hello\nuser: Next book?"
+    assert (first.candidates, first.levels) == (["Emma", "Kim", "Dune"], [1, 2, 2])
+    assert (second.prompt, second.candidates) == ("Next book?\nI liked Kim.", ["Dune", "Emma"])
+
+
+def test_trl_pairs_export_merges_back_into_the_same_contexts(tmp_path, ml100k_next_dir):
+    pairs = tmp_path / "pairs.jsonl"
+    assert main(["data", "export", str(ml100k_next_dir), "--split", "test", "--pairs", "--out", str(pairs)]) == 0  # fmt: skip
+    assert run_import("trl", pairs, tmp_path / "back") == 0
+    back = load_split(tmp_path / "back", "train")
+    original = load_split(ml100k_next_dir, "test")
+    assert [ex.context_id for ex in back] == [ex.context_id for ex in original]
+    for got, want in zip(back, original, strict=True):
+        assert got.prompt == want.prompt
+        assert dict(zip(got.candidates, got.levels, strict=True)) == dict(
+            zip(want.candidates, want.levels, strict=True)
+        )
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text", "message"),
+    [
+        (
+            "trl",
+            '{"prompt": [{"role": "user"}], "chosen": "a", "rejected": "b"}',
+            "line 1: 'prompt' message 0 must be an object with string 'role' and 'content'",
+        ),  # fmt: skip
+        (
+            "trl",
+            '{"chosen": "The sky is blue.", "rejected": "The sky is green."}',
+            "line 1: missing 'prompt' (rows without one must hold whole conversations)",
+        ),  # fmt: skip
+        ("trl", '{"prompt": "p", "chosen": [], "rejected": "b"}', "line 1: 'chosen' is empty"),
+        (
+            "trl",
+            '{"prompt": "p", "chosen": " ", "rejected": "b"}',
+            "line 1: 'chosen' has an empty text",
+        ),  # fmt: skip
+        (
+            "trl",
+            '[\n{"prompt": "p", "chosen": "a", "rejected": "b"},\n 3\n]',
+            "line 3: expected a JSON object, got int",
+        ),  # fmt: skip
+        (
+            "trl",
+            '[\n{"prompt": "p", "chosen": "a", "rejected": "b"}\n]\nmore',
+            "line 4: text after the list's closing ']'",
+        ),  # fmt: skip
+        (
+            "trl",
+            '[{"prompt": "p", "chosen": "a", "rejected": "b"},\n]',
+            "line 2: invalid JSON (Expecting value)",
+        ),  # fmt: skip
+        (
+            "llamafactory",
+            '{"instruction": "i", "chosen": "a", "rejected": "b", "output": ["a", "b"]}',
+            "line 1: give either 'chosen' and 'rejected', or 'output'",
+        ),  # fmt: skip
+        (
+            "llamafactory",
+            '{"instruction": "i", "output": ["a"]}',
+            "line 1: 'output' must list at least two answers, best first",
+        ),  # fmt: skip
+        (
+            "llamafactory",
+            '\n{"input": "x", "chosen": "a", "rejected": "b"}',
+            "line 2: missing 'instruction'",
+        ),  # fmt: skip
+        (
+            "llamafactory",
+            '{"instruction": "i", "history": [["q"]], "output": ["a", "b"]}',
+            "line 1: 'history' must be a list of [query, response] pairs",
+        ),  # fmt: skip
+    ],
+)
+def test_malformed_pairwise_rows_name_file_and_line(tmp_path, capsys, fmt, text, message):
+    path = tmp_path / "rows.json"
+    path.write_text(text, "utf-8")
+    assert run_import(fmt, path, tmp_path / "o") == 2
+    assert f"{path}, {message}" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

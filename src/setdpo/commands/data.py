@@ -48,7 +48,7 @@ def add_parser(subparsers) -> None:
         "import",
         "setdpo.data.formats:ImportConfig",
         "import",
-        help="LLaRA/S-DPO JSON, TRL JSONL or exported jsonl -> prepared dir",
+        help="LLaRA/S-DPO JSON, TRL or LlamaFactory preference rows, or exported jsonl -> prepared dir",
     )
     for split in ("train", "valid", "test"):
         imp.add_argument(f"--{split}", help=f"{split} file (= --files {split}=FILE)")
@@ -120,12 +120,17 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    """Options -> `ImportConfig` -> `formats.import_examples`."""
-    from setdpo.data.formats import import_examples
+    """Options -> `ImportConfig` -> `formats.import_examples`; prints each split's counts."""
+    from setdpo.data.formats import describe_read, import_examples
+    from setdpo.data.io import load_json
 
     files = {s: getattr(args, s) for s in ("train", "valid", "test") if getattr(args, s)}
     config = build_config(args, {"files": files or None})
-    print(f"imported {import_examples(config)}")
+    out = import_examples(config)
+    for split, stats in load_json(out, "stats.json")["splits"].items():
+        if "read" in stats:
+            print(f"{split}: {describe_read(stats['read'])}")
+    print(f"imported {out}")
     return 0
 
 

@@ -1,14 +1,17 @@
-"""Ready-made example sets: the LLaRA / S-DPO JSON layout, TRL preference rows and
-`PreferenceExample` JSON lines; exports to TRL rows and to JSON lines.
+"""Ready-made example sets: the LLaRA / S-DPO JSON layout, TRL and LlamaFactory preference
+rows and `PreferenceExample` JSON lines; exports to TRL rows and to JSON lines.
 
 LLaRA / S-DPO: a JSON list of records with ``historyList`` ("a::b::c" or a list),
 ``itemList`` (the candidate titles, a list or "a::b") and ``trueSelection`` (the
 positive); the records do not say their domain, so the prompt's wording comes from the
 option or from the file names (`infer_domain`). jsonl: one `PreferenceExample.to_dict` a
-line (`export`'s ``jsonl``; imported as is). TRL: JSON lines with ``prompt``, ``chosen``
-and ``rejected`` (each a string or a list) and optionally ``levels`` (one per title of chosen + rejected). Exported rows also
-carry the remaining `PreferenceExample` fields (``context_id``, ``user``, ``history``,
-``target_time``, ``meta``) and ``candidate_order`` so that an import restores them exactly.
+line (`export`'s ``jsonl``; imported as is). TRL (JSON lines or a JSON list): ``prompt``,
+``chosen`` and ``rejected`` (strings, messages, or lists of those: `pairwise.trl_fields`).
+A row that carries any of setdpo's set-wise fields (`SETWISE_FIELDS`: ``levels``, one per
+title of chosen + rejected, ``candidate_order``, ``user``, ``history``, ``target_time``,
+``meta``, as `trl_rows` exports them) is one context as it is, restored exactly; the other
+rows are pairwise and are merged by prompt (`pairwise.merge`), as are LlamaFactory's
+(`pairwise.llamafactory_fields`).
 """
 
 from __future__ import annotations
@@ -26,14 +29,28 @@ from typing import Any
 from setdpo.data.builders import summary
 from setdpo.data.config import DOMAINS, TEMPLATES
 from setdpo.data.io import SPLITS, dumps, write_examples
+from setdpo.data.pairwise import (
+    Conflict,
+    PairwiseRow,
+    conflict_message,
+    llamafactory_fields,
+    merge,
+    ranked_levels,
+    shown_lines,
+    trl_fields,
+)
 from setdpo.data.prompts import render
-from setdpo.data.records import decode_utf8
+from setdpo.data.records import decode_utf8, json_objects
 from setdpo.data.schema import PreferenceExample
 from setdpo.data.store import open_split
 from setdpo.errors import InputError
 
-FORMATS = ("llara", "trl", "jsonl")
+FORMATS = ("llara", "trl", "llamafactory", "jsonl")
 EXPORTS = ("trl", "jsonl")
+CONFLICT_RULES = ("error", "drop")
+# A TRL row with any of these is one set-wise context (setdpo's export); `context_id` alone
+# is not one of them: `export --pairs` writes it on every pairwise row.
+SETWISE_FIELDS = ("levels", "candidate_order", "user", "history", "target_time", "meta")
 # Words in a LLaRA / S-DPO file's name or folder that name its domain (S-DPO ships
 # lastfm-sft-cans20/lastfm-train.json, ml-train.json, goodread-train.json).
 DOMAIN_WORDS = {
@@ -47,7 +64,7 @@ DOMAIN_WORDS = {
 class ImportConfig:
     """`setdpo data import`: which files, in which layout, rendered how (LLaRA only)."""
 
-    format: str = field(default="llara", metadata={"help": "llara | trl | jsonl"})
+    format: str = field(default="llara", metadata={"help": "llara | trl | llamafactory | jsonl"})
     files: dict[str, str] = field(default_factory=dict, metadata={"help": "split -> file"})
     out: str = field(default="imported", metadata={"help": "output directory"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output"})
@@ -55,10 +72,21 @@ class ImportConfig:
     domain: str | None = field(
         default=None, metadata={"help": "llara prompts: wording (None: from the file names)"}
     )
+    on_conflict: str = field(
+        default="error",
+        metadata={
+            "help": "trl / llamafactory: a prompt whose rows contradict each other stops the "
+            "import (error) or is left out (drop)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise InputError(f"format {self.format!r} is not one of {list(FORMATS)}")
+        if self.on_conflict not in CONFLICT_RULES:
+            raise InputError(
+                f"on_conflict {self.on_conflict!r} is not one of {list(CONFLICT_RULES)}"
+            )
         unknown = set(self.files) - set(SPLITS)
         if unknown or "train" not in self.files:
             raise InputError(f"files must name a train file and only splits {list(SPLITS)}")
@@ -89,19 +117,61 @@ def infer_domain(files: list[str]) -> str:
     )
 
 
+@dataclass
+class Read:
+    """A file's examples, its number of rows (records), and the conflicting prompts left
+    out with their rows (`--on-conflict drop`)."""
+
+    examples: list[PreferenceExample]
+    rows: int
+    dropped: list[Conflict] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """What `describe_read` prints (stats.json's ``read`` of a split)."""
+        levels = [g for ex in self.examples for g in ex.levels]
+        return {
+            "rows": self.rows,
+            "contexts": len(self.examples),
+            "candidates": len(levels),
+            "positive": levels.count(1),
+            "negative": len(levels) - levels.count(1),
+            "conflicts": len(self.dropped),
+            "dropped_rows": sum(c.rows for c in self.dropped),
+        }
+
+
+def describe_read(counts: dict[str, int]) -> str:
+    """One line: ``read 3 rows -> 1 contexts, 4 candidates (1 positive, 3 negative); 0
+    conflicts`` (and what dropping them left out)."""
+    line = (
+        f"read {counts['rows']} rows -> {counts['contexts']} contexts, {counts['candidates']} "
+        f"candidates ({counts['positive']} positive, {counts['negative']} negative); "
+        f"{counts['conflicts']} conflicts"
+    )
+    if counts["conflicts"]:
+        line += f" (dropped: {counts['conflicts']} prompts, {counts['dropped_rows']} rows)"
+    return line
+
+
 def import_examples(config: ImportConfig) -> Path:
-    """Read each split's file and write a prepared directory (docs/architecture.md)."""
+    """Read each split's file and write a prepared directory (docs/architecture.md); the
+    split's `Read.counts` go to stats.json (``splits.<split>.read``)."""
     readers = {
         "llara": lambda path: read_llara(path, config.template, config.domain),
-        "trl": read_trl,
+        "trl": lambda path: read_trl(path, config.on_conflict),
+        "llamafactory": lambda path: read_llamafactory(path, config.on_conflict),
         "jsonl": read_jsonl,
     }
-    splits = {split: readers[config.format](path) for split, path in config.files.items()}
+    read = {split: readers[config.format](path) for split, path in config.files.items()}
+    splits = {split: r.examples for split, r in read.items()}
+    stats = examples_stats(splits, source=config.format)
+    for split, r in read.items():
+        stats["splits"][split]["read"] = r.counts()
     return write_examples(
         config.out,
         splits,
         catalog_of(splits),
-        examples_stats(splits, source=config.format),
+        stats,
         asdict(config),
         overwrite=config.overwrite,
         prompts=config.format != "llara",  # LLaRA prompts are the template's: rendered on read
@@ -136,11 +206,12 @@ def _load_json_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def read_llara(path: str | Path, template: str, domain: str) -> list[PreferenceExample]:
+def read_llara(path: str | Path, template: str, domain: str) -> Read:
     """LLaRA / S-DPO records as examples: candidates in ``itemList`` order, the true one at level 1."""
     path = Path(path)
     examples = []
-    for i, record in enumerate(_load_json_records(path)):
+    records = _load_json_records(path)
+    for i, record in enumerate(records):
         where = f"{path}, record {i}"
         for key in ("historyList", "itemList", "trueSelection"):
             if key not in record:
@@ -168,7 +239,7 @@ def read_llara(path: str | Path, template: str, domain: str) -> list[PreferenceE
                 },
             )
         )
-    return examples
+    return Read(examples, rows=len(records))
 
 
 def _example(where: str, **fields: Any) -> PreferenceExample:
@@ -178,18 +249,12 @@ def _example(where: str, **fields: Any) -> PreferenceExample:
         raise InputError(f"{where}: {err}") from err
 
 
-def _trl_row(row: dict[str, Any], where: str, index: int) -> PreferenceExample:
-    if not isinstance(row.get("prompt"), str):
-        raise InputError(f"{where}: 'prompt' must be a string")
-    if "chosen" not in row or "rejected" not in row:
-        raise InputError(f"{where}: missing 'chosen' or 'rejected'")
-    chosen = [row["chosen"]] if isinstance(row["chosen"], str) else row["chosen"]
-    rejected = [row["rejected"]] if isinstance(row["rejected"], str) else row["rejected"]
-    for key, titles in (("chosen", chosen), ("rejected", rejected)):
-        if not isinstance(titles, list) or not all(isinstance(t, str) for t in titles):
-            raise InputError(f"{where}: {key!r} must be a string or a list of strings")
+def _setwise_fields(
+    row: dict[str, Any], where: str, prompt: str, chosen: list[str], rejected: list[str]
+) -> dict[str, Any]:
+    """A set-wise TRL row's `PreferenceExample` fields (its ``context_id`` when it has one)."""
     combined = chosen + rejected
-    levels = row.get("levels", [1] * len(chosen) + [2] * len(rejected))
+    levels = row.get("levels", ranked_levels(len(chosen), len(rejected)))
     if not isinstance(levels, list) or len(levels) != len(combined):
         raise InputError(f"{where}: 'levels' must list one level per title of chosen + rejected")
     order = row.get("candidate_order", list(range(len(combined))))
@@ -207,52 +272,102 @@ def _trl_row(row: dict[str, Any], where: str, index: int) -> PreferenceExample:
     candidates, ranked = [""] * len(combined), [0] * len(combined)
     for source, target in enumerate(order):
         candidates[target], ranked[target] = combined[source], levels[source]
-    return _example(
-        where,
-        context_id=str(row.get("context_id", index)),
-        user=str(row.get("user", "")),
-        history=history,
-        prompt=row["prompt"],
-        candidates=candidates,
-        levels=ranked,
-        target_time=row.get("target_time"),
-        meta=dict(row.get("meta") or {"candidate_ids": candidates, "source": "trl"}),
-    )
+    fields = {
+        "user": str(row.get("user", "")),
+        "history": history,
+        "prompt": prompt,
+        "candidates": candidates,
+        "levels": ranked,
+        "target_time": row.get("target_time"),
+        "meta": row.get("meta") or {"candidate_ids": candidates, "source": "trl"},
+    }
+    if not isinstance(fields["meta"], dict):
+        raise InputError(f"{where}: 'meta' must be an object")
+    if "context_id" in row:
+        fields["context_id"] = str(row["context_id"])
+    return fields
 
 
-def _json_lines(path: str | Path) -> Iterator[tuple[dict[str, Any], str]]:
-    """Each non-blank line's object, with where it is ("FILE, line N")."""
-    path = Path(path)
-    for number, line in enumerate(decode_utf8(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{where}: invalid JSON ({err.msg})") from err
-        if not isinstance(row, dict):
-            raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        yield row, where
+def _json_rows(path: str | Path) -> Iterator[tuple[dict[str, Any], str, int]]:
+    """`records.json_objects` with where each starts ("FILE, line N")."""
+    for row, line in json_objects(Path(path)):
+        yield row, f"{path}, line {line}", line
 
 
-def read_trl(path: str | Path) -> list[PreferenceExample]:
-    """TRL-style preference rows (JSON lines) as examples."""
-    examples: list[PreferenceExample] = []
-    for row, where in _json_lines(path):
-        examples.append(_trl_row(row, where, len(examples)))
-    return examples
+def read_trl(path: str | Path, on_conflict: str = "error") -> Read:
+    """TRL preference rows as examples: set-wise rows as they are, pairwise rows merged by
+    prompt (`pairwise.merge`); contexts in the order of their first row."""
+    setwise: list[tuple[int, str, dict[str, Any]]] = []
+    pairwise: list[PairwiseRow] = []
+    for row, where, line in _json_rows(path):
+        prompt, chosen, rejected = trl_fields(row, where)
+        if any(key in row for key in SETWISE_FIELDS):
+            setwise.append((line, where, _setwise_fields(row, where, prompt, chosen, rejected)))
+        else:
+            pairwise.append(_pairwise_row(row, line, prompt, chosen, rejected))
+    return _merged(Path(path), setwise, pairwise, on_conflict, "trl")
 
 
-def read_jsonl(path: str | Path) -> list[PreferenceExample]:
+def read_llamafactory(path: str | Path, on_conflict: str = "error") -> Read:
+    """LlamaFactory preference records (a JSON list or JSON lines) merged by prompt."""
+    rows = [
+        _pairwise_row(record, line, *llamafactory_fields(record, where))
+        for record, where, line in _json_rows(path)
+    ]
+    return _merged(Path(path), [], rows, on_conflict, "llamafactory")
+
+
+def _pairwise_row(
+    row: dict[str, Any], line: int, prompt: str, chosen: list[str], rejected: list[str]
+) -> PairwiseRow:
+    context_id = str(row["context_id"]) if "context_id" in row else None
+    return PairwiseRow(prompt, tuple(chosen), tuple(rejected), line, context_id)
+
+
+def _merged(
+    path: Path,
+    setwise: list[tuple[int, str, dict[str, Any]]],
+    pairwise: list[PairwiseRow],
+    on_conflict: str,
+    source: str,
+) -> Read:
+    """Set-wise contexts and the merged pairwise ones, in the order of their first line;
+    a context without ``context_id`` is named by its position."""
+    contexts, conflicts = merge(pairwise)
+    if conflicts and on_conflict == "error":
+        raise InputError(conflict_message(path, conflicts))
+    found = [*setwise]
+    for c in contexts:
+        fields = {
+            "user": "",
+            "history": [],
+            "prompt": c.prompt,
+            "candidates": c.candidates,
+            "levels": c.levels,
+            "meta": {"candidate_ids": c.candidates, "source": source},
+        }
+        if c.context_id is not None:
+            fields["context_id"] = c.context_id
+        found.append((c.lines[0], f"{path}, lines {shown_lines(c.lines)}", fields))
+    found.sort(key=lambda entry: entry[0])
+    examples = [
+        _example(where, **({"context_id": str(i)} | fields))
+        for i, (_, where, fields) in enumerate(found)
+    ]
+    if conflicts and not examples:
+        raise InputError(f"{path}: every prompt's rows conflict ({len(conflicts)} prompts)")
+    return Read(examples, rows=len(setwise) + len(pairwise), dropped=conflicts)
+
+
+def read_jsonl(path: str | Path) -> Read:
     """`PreferenceExample` rows (JSON lines, as `export_jsonl` writes them) as examples."""
     examples = []
-    for row, where in _json_lines(path):
+    for row, where, _ in _json_rows(path):
         try:
             examples.append(PreferenceExample.from_dict(row))
         except (KeyError, TypeError, ValueError) as err:
             raise InputError(f"{where}: {err!r}") from err
-    return examples
+    return Read(examples, rows=len(examples))
 
 
 def trl_rows(example: PreferenceExample, pairs: bool = False) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Reading tabular files (CSV, TSV, Parquet, JSONL) with errors that name file, line and problem.
+"""Reading tabular files (CSV, TSV, Parquet, JSONL) and JSON objects (`json_objects`) with
+errors that name file, line and problem.
 
 Every value is read as text first; numbers are converted explicitly so that a bad value
 can be reported with the line it came from.
@@ -9,8 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -118,21 +122,69 @@ def _read_parquet(path: Path) -> RecordFile:
 
 def _read_jsonl(path: Path, text: str) -> RecordFile:
     rows, lines = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}, line {number}: invalid JSON ({err.msg})") from err
-        if not isinstance(row, dict):
-            raise InputError(
-                f"{path}, line {number}: expected a JSON object, got {type(row).__name__}"
-            )
+    for row, number in _objects(path, _json_lines(path, text)):
         rows.append(row)
         lines.append(number)
     frame = pd.DataFrame.from_records(rows)
     return RecordFile(path, frame, np.asarray(lines))
+
+
+def json_objects(path: Path) -> Iterator[tuple[dict[str, Any], int]]:
+    """Each object of a JSON-lines file or of a JSON list (a text that starts with "["),
+    with the line it starts on."""
+    text = decode_utf8(path)
+    values = _json_list if text.lstrip().startswith("[") else _json_lines
+    return _objects(path, values(path, text))
+
+
+def _objects(path: Path, values: Iterator[tuple[Any, int]]) -> Iterator[tuple[dict[str, Any], int]]:
+    for value, line in values:
+        if not isinstance(value, dict):
+            raise InputError(
+                f"{path}, line {line}: expected a JSON object, got {type(value).__name__}"
+            )
+        yield value, line
+
+
+def _json_lines(path: Path, text: str) -> Iterator[tuple[Any, int]]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}, line {number}: invalid JSON ({err.msg})") from err
+        yield value, number
+
+
+def _json_list(path: Path, text: str) -> Iterator[tuple[Any, int]]:
+    """The items of a JSON list, each with the line it starts on."""
+    decoder, space = json.JSONDecoder(), re.compile(r"\s*")
+    pos = space.match(text, text.index("[") + 1).end()
+    line, counted = 1, 0  # the line number at offset `counted`
+    if text.startswith("]", pos):
+        pos += 1
+    else:
+        while True:
+            line, counted = line + text.count("\n", counted, pos), pos
+            try:
+                value, pos = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError as err:
+                raise InputError(f"{path}, line {err.lineno}: invalid JSON ({err.msg})") from err
+            yield value, line
+            pos = space.match(text, pos).end()
+            if text.startswith(",", pos):
+                pos = space.match(text, pos + 1).end()
+            elif text.startswith("]", pos):
+                pos += 1
+                break
+            else:
+                at = line + text.count("\n", counted, pos)
+                raise InputError(f"{path}, line {at}: invalid JSON (expected ',' or ']')")
+    rest = space.match(text, pos).end()
+    if rest < len(text):
+        at = line + text.count("\n", counted, rest)
+        raise InputError(f"{path}, line {at}: text after the list's closing ']'")
 
 
 def _read_delimited(path: Path, text: str, sep: str) -> RecordFile:
