@@ -19,7 +19,7 @@ import pytest
 from setdpo.cli import main
 from setdpo.data import PrepareConfig, load_items, load_split, prepare
 from setdpo.data.builders import CHUNK_INTERACTIONS, plan
-from setdpo.data.engine import SortedInteractions, connect, user_ranges
+from setdpo.data.engine import SortedInteractions, user_ranges
 from setdpo.data.prompts import render
 from setdpo.data.sequences import Sequences, build_contexts, sequences_of, split_contexts
 from setdpo.data.sources import sort_source
@@ -46,12 +46,11 @@ class Source:
 
 def load_whole(config: PrepareConfig, tmp: Path) -> Source:
     tmp.mkdir(parents=True, exist_ok=True)
-    con = connect(config, tmp)
-    source = sort_source(con, config, tmp)
+    source = sort_source(config, tmp)
     assert len(source) <= CHUNK_INTERACTIONS  # one range: the whole data at once
-    ((_, _, rows),) = user_ranges(con, source, CHUNK_INTERACTIONS)
+    ((_, _, rows),) = user_ranges(source, CHUNK_INTERACTIONS)
     seq = sequences_of(rows["user"], rows["item"], rows["rating"], rows["time"])
-    planned = plan(con, source, config)
+    planned = plan(source, config)
     user_ids = source.users.to_numpy(zero_copy_only=False)
     sizes = {name: len(rows) for name, rows in planned.rows.items()}
     return Source(source, seq, user_ids, sizes, planned.train_count)

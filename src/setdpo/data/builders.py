@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from setdpo.data.config import PrepareConfig
-from setdpo.data.engine import SortedInteractions, user_ranges
+from setdpo.data.engine import SortedInteractions, counts_before, user_ranges
 from setdpo.data.negatives import SeenIndex, sample_negatives
 from setdpo.data.sequences import (
     SPLIT_NAMES,
@@ -41,7 +41,7 @@ from setdpo.data.sequences import (
 )
 from setdpo.errors import InputError
 
-CHUNK_INTERACTIONS = 2_000_000  # ML-1M (1,000,209) is one range; fixed: results depend on it
+CHUNK_INTERACTIONS = 1 << 20  # ML-1M (1,000,209) is one range; fixed: results depend on it
 
 
 @dataclass
@@ -93,22 +93,22 @@ class Built:
     users: pa.Array
 
 
-def chunks(con, source: SortedInteractions, config: PrepareConfig) -> Iterator[Chunk]:
+def chunks(source: SortedInteractions, config: PrepareConfig) -> Iterator[Chunk]:
     """Every range of users with its contexts, in user order."""
     first = 0
-    for lo, hi, rows in user_ranges(con, source, CHUNK_INTERACTIONS):
+    for lo, hi, rows in user_ranges(source, CHUNK_INTERACTIONS):
         seq = sequences_of(rows["user"] - lo, rows["item"], rows["rating"], rows["time"])
         ctx, dropped = build_contexts(seq, config, source.has_ratings)
         yield Chunk(lo, hi, seq, ctx, dropped, first, int(source.offsets[lo]))
         first += len(ctx)
 
 
-def plan(con, source: SortedInteractions, config: PrepareConfig) -> Plan:
+def plan(source: SortedInteractions, config: PrepareConfig) -> Plan:
     """The split, sample and training counts of all contexts (their times only in memory)."""
     firsts, lasts, labels, starts = [], [], [], [0]
     dropped: Counter = Counter()
     counts = np.zeros(len(source.items), dtype=np.int64)
-    for chunk in chunks(con, source, config):
+    for chunk in chunks(source, config):
         dropped.update(chunk.dropped)
         firsts.append(chunk.ctx.target_time)
         lasts.append(chunk.ctx.cutoff_time)
@@ -139,7 +139,7 @@ def plan(con, source: SortedInteractions, config: PrepareConfig) -> Plan:
         split = chrono_split(first, np.concatenate(lasts), config)
         dropped.update(split.dropped)
         index, cuts = split.index, split.cuts
-        counts = _counts_before(con, source, cuts["valid"])
+        counts = counts_before(source, cuts["valid"])
     return Plan(
         rows=cap_splits(index, config),
         target_time=first,
@@ -154,20 +154,8 @@ def _by_time(first: np.ndarray, index: np.ndarray) -> np.ndarray:
     return index[np.lexsort((index, first[index]))]
 
 
-def _counts_before(con, source: SortedInteractions, cut: float | None) -> np.ndarray:
-    """Interactions per item before the valid cut (all of them when no context reaches it)."""
-    found = con.execute(
-        f"SELECT item, count(*) AS n FROM read_parquet('{source.path}') WHERE time < ? "
-        "GROUP BY item",
-        [np.inf if cut is None else float(cut)],
-    ).fetchnumpy()
-    counts = np.zeros(len(source.items), dtype=np.int64)
-    counts[np.asarray(found["item"], dtype=np.int64)] = np.asarray(found["n"])
-    return counts
-
-
 def built_chunks(
-    con, source: SortedInteractions, config: PrepareConfig, planned: Plan
+    source: SortedInteractions, config: PrepareConfig, planned: Plan
 ) -> Iterator[tuple[int, Built]]:
     """The candidates of the planned contexts, range by range with the range's number
     (ranges without any are skipped); each split's rows in output order within the range."""
@@ -175,7 +163,7 @@ def built_chunks(
     owners = {
         name: _group_by_range(rows, planned.chunk_starts) for name, rows in planned.rows.items()
     }
-    for number, chunk in enumerate(chunks(con, source, config)):
+    for number, chunk in enumerate(chunks(source, config)):
         parts = [owners[name](number) - chunk.first for name in SPLIT_NAMES]
         if not any(len(p) for p in parts):
             continue

@@ -1,6 +1,6 @@
 """Interactions read, checked and put in time order out of core (DuckDB).
 
-`sort_source(config, work)` turns the interaction file of any source into one Parquet file
+`sort_interactions` turns the interaction file of any source into one Parquet file
 of integer codes sorted by user, then time, then file order, under a memory limit
 (`PrepareConfig.memory_limit_mb`; DuckDB spills its sorts to `work`). Nothing here holds
 the data in Python: the ML-10M-shaped file (10M ratings) sorts in about 30 s at a 1 GB
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from setdpo.data.config import PrepareConfig
 from setdpo.data.records import file_format, json_objects
@@ -68,7 +69,7 @@ class SortedInteractions:
         return int(self.offsets[-1])
 
 
-def connect(config: PrepareConfig, work: Path):
+def connect(memory_limit_mb: int, work: Path):
     """A DuckDB database in `work` (its tables and spilled sorts live there)."""
     import duckdb
 
@@ -76,7 +77,7 @@ def connect(config: PrepareConfig, work: Path):
         str(work / "interactions.duckdb"),
         config={
             "threads": 1,
-            "memory_limit": f"{config.memory_limit_mb}MB",
+            "memory_limit": f"{memory_limit_mb}MB",
             "temp_directory": str(work / "spill"),
             "preserve_insertion_order": True,
         },
@@ -84,10 +85,26 @@ def connect(config: PrepareConfig, work: Path):
 
 
 def sort_interactions(
-    con, name: str, table: Table, catalog: pd.DataFrame, items_path: Path, work: Path
+    name: str,
+    table: Table,
+    catalog: pd.DataFrame,
+    items_path: Path,
+    work: Path,
+    memory_limit_mb: int,
 ) -> SortedInteractions:
     """Read `table`, check it against `catalog` (``item_id``, ``title``) and write the sorted
-    codes to ``work/interactions.parquet``."""
+    codes to ``work/interactions.parquet``; DuckDB's memory is released when this returns."""
+    con = connect(memory_limit_mb, work)
+    try:
+        return _sort(con, name, table, catalog, items_path, work)
+    finally:
+        con.close()
+        (work / "interactions.duckdb").unlink(missing_ok=True)
+
+
+def _sort(
+    con, name: str, table: Table, catalog: pd.DataFrame, items_path: Path, work: Path
+) -> SortedInteractions:
     con.register("catalog_frame", catalog.assign(row=np.arange(len(catalog))))
     _load_raw(con, table)
     _check(con, table, items_path)
@@ -123,18 +140,30 @@ def sort_interactions(
 
 
 def user_ranges(
-    con, source: SortedInteractions, rows: int
+    source: SortedInteractions, rows: int
 ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
     """Consecutive ranges of users ``lo .. hi - 1`` of at most `rows` interactions each (a
     user with more forms a range alone), with their rows in order: user (code), item,
-    rating, time."""
+    rating, time. Reads the row groups that hold the range, nothing else."""
+    parquet = pq.ParquetFile(source.path)
+    sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+    starts = np.cumsum([0, *sizes])
     for lo, hi in _ranges(source.offsets, rows):
-        columns = con.execute(
-            f"SELECT user, item, rating, time FROM read_parquet('{source.path}') "
-            "WHERE user >= ? AND user < ?",
-            [lo, hi],
-        ).fetchnumpy()
-        yield lo, hi, {name: np.asarray(values) for name, values in columns.items()}
+        a, b = int(source.offsets[lo]), int(source.offsets[hi])
+        first = int(np.searchsorted(starts, a, side="right")) - 1
+        last = int(np.searchsorted(starts, b, side="left"))
+        table = parquet.read_row_groups(range(first, last)).slice(a - starts[first], b - a)
+        yield lo, hi, {name: table[name].to_numpy() for name in table.column_names}
+
+
+def counts_before(source: SortedInteractions, cut: float | None) -> np.ndarray:
+    """Interactions per item before time `cut` (all of them for None)."""
+    counts = np.zeros(len(source.items), dtype=np.int64)
+    limit = np.inf if cut is None else cut
+    for batch in pq.ParquetFile(source.path).iter_batches(columns=["item", "time"]):
+        item, time = batch["item"].to_numpy(), batch["time"].to_numpy()
+        counts += np.bincount(item[time < limit], minlength=len(counts))
+    return counts
 
 
 def _load_raw(con, table: Table) -> None:

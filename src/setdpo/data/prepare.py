@@ -30,7 +30,7 @@ from setdpo.data.builders import (
     plan,
 )
 from setdpo.data.config import PrepareConfig
-from setdpo.data.engine import SortedInteractions, connect, user_ranges
+from setdpo.data.engine import SortedInteractions, user_ranges
 from setdpo.data.examples import split_batches
 from setdpo.data.io import (
     TIMELINES,
@@ -88,14 +88,13 @@ def prepare(config: PrepareConfig) -> Path:
         atomic_directory(out, config.overwrite) as tmp,
     ):
         work = Path(work)
-        con = connect(config, work)
         stages.next("read")
-        source = sort_source(con, config, work)
+        source = sort_source(config, work)
         stages.next("split")
-        planned = plan(con, source, config)
+        planned = plan(source, config)
         stages.next("build")
         stats = Statistics(source, planned)
-        runs = _write_runs(con, source, config, planned, stats, work)
+        runs = _write_runs(source, config, planned, stats, work)
         stages.next("merge")
         ratings = config.mode in ("rated", "levels")
         for split in SPLITS:
@@ -108,8 +107,7 @@ def prepare(config: PrepareConfig) -> Path:
         finish_hf(tmp)
         write_json(tmp / "items.json", catalog_rows(source, planned.train_count))
         stages.next("timelines")
-        write_timelines(tmp / TIMELINES, _timeline_parts(con, source))
-        con.close()
+        write_timelines(tmp / TIMELINES, _timeline_parts(source))
         write_json(tmp / "config.json", asdict(config))
         stats = stats.result()
         write_json(tmp / "stats.json", stats)  # the audit reads the cuts
@@ -127,7 +125,6 @@ def prepare(config: PrepareConfig) -> Path:
 
 
 def _write_runs(
-    con,
     source: SortedInteractions,
     config: PrepareConfig,
     planned: Plan,
@@ -139,7 +136,7 @@ def _write_runs(
     folder = work / "runs"
     folder.mkdir()
     runs: dict[str, dict[int, Path]] = {split: {} for split in SPLITS}
-    for number, built in built_chunks(con, source, config, planned):
+    for number, built in built_chunks(source, config, planned):
         stats.add(built)
         for split in SPLITS:
             if built.bounds[split].stop == built.bounds[split].start:
@@ -184,8 +181,8 @@ class _Run:
         return head
 
 
-def _timeline_parts(con, source: SortedInteractions):
-    for lo, hi, rows in user_ranges(con, source, CHUNK_INTERACTIONS):
+def _timeline_parts(source: SortedInteractions):
+    for lo, hi, rows in user_ranges(source, CHUNK_INTERACTIONS):
         offsets = source.offsets[lo : hi + 1] - source.offsets[lo]
         yield source.users.slice(lo, hi - lo), offsets, rows["item"], rows["time"]
 

@@ -43,7 +43,7 @@ MOVIELENS = {
 }
 
 
-def sort_source(con, config: PrepareConfig, work: Path) -> SortedInteractions:
+def sort_source(config: PrepareConfig, work: Path) -> SortedInteractions:
     """The interactions named by `config.source`, checked and sorted (`setdpo.data.engine`)."""
     if config.source in MOVIELENS:
         folder = movielens_folder(config.source)
@@ -64,7 +64,9 @@ def sort_source(con, config: PrepareConfig, work: Path) -> SortedInteractions:
         items = read_records(config.items, config.file_format)
         columns = Columns(config.item_id_col, config.title_col)
     catalog = read_catalog(items, columns)
-    return sort_interactions(con, config.source, table, catalog, items.path, work)
+    return sort_interactions(
+        config.source, table, catalog, items.path, work, config.memory_limit_mb
+    )
 
 
 def movielens_folder(name: str) -> Path:
