@@ -1,28 +1,52 @@
-"""Write a synthetic MovieLens-10M-shaped release: the stand-in for ML-10M without a network.
+"""Write synthetic interaction files without a network: an ML-10M-shaped GroupLens release
+(``--shape movielens``, the default) or an Amazon-reviews-shaped CSV pair (``--shape amazon``).
 
     python benchmarks/make_synthetic.py --out ~/.cache/setdpo/grouplens/ml-10m
     setdpo data prepare --source ml-10m --out /tmp/ml10m-next
 
-The `ml-10m` source reads ``$SETDPO_CACHE/grouplens/ml-10m/`` (else ``~/.cache/setdpo``), the
-folder `setdpo data download ml-10m` fills; writing there (or setting ``SETDPO_CACHE`` to a
-folder holding ``grouplens/ml-10m``) makes the synthetic file its input. Both files use the
-GroupLens ``::`` layout of the real release:
+    python benchmarks/make_synthetic.py --shape amazon --size amazon-100m --out /tmp/amazon100m
+    setdpo data prepare --source file --interactions /tmp/amazon100m/ratings.csv \
+        --items /tmp/amazon100m/items.csv --rating-col rating --domain generic --out /tmp/a100m
+
+Shape ``movielens``. The `ml-10m` source reads ``$SETDPO_CACHE/grouplens/ml-10m/`` (else
+``~/.cache/setdpo``), the folder `setdpo data download ml-10m` fills; writing there (or setting
+``SETDPO_CACHE`` to a folder holding ``grouplens/ml-10m``) makes the synthetic file its input.
+Both files use the GroupLens ``::`` layout of the real release:
 
 - ``ratings.dat``: ``UserID::MovieID::Rating::Timestamp``, sorted by user, then time;
 - ``movies.dat``: ``MovieID::Title (Year)::Genre|Genre``.
 
-Shape (``--size full``, the default: ML-10M's own counts): 10,000,054 ratings by 69,878
-users of 10,677 movies. Every user has at least 20 ratings (log-normal activity, mean about
-143, capped at a quarter of the catalog) and rates an item at most once; item popularity is
-Zipf-like (weight ``1 / (rank + 5)``, ranks shuffled over ids); ratings take the ten values
-0.5..5 in ML-10M's proportions, from item quality (higher for popular items), user bias and
-noise; each user's ratings come in sessions (a new session with probability 0.08 per rating,
-gaps of days to months between sessions, seconds to minutes within one) starting at a random
-time in 1995-2008; titles are made-up words with a release year. Item order inside a user's
-sequence carries no signal beyond popularity: it measures data handling at scale, not models.
+Sizes ``full`` (the default: ML-10M's own counts): 10,000,054 ratings by 69,878 users of
+10,677 movies; ``small``: 20,000 / 200 / 400. Every user has at least 20 ratings (log-normal
+activity, mean about 143, capped at a quarter of the catalog) and rates an item at most once;
+item popularity is Zipf-like (weight ``1 / (rank + 5)``, ranks shuffled over ids); ratings take
+the ten values 0.5..5 in ML-10M's proportions, from item quality (higher for popular items),
+user bias and noise; each user's ratings come in sessions (a new session with probability 0.08
+per rating, gaps of days to months between sessions, seconds to minutes within one) starting at
+a random time in 1995-2008; titles are made-up words with a release year.
 
-Deterministic by ``--seed``: the same arguments write the same bytes. Vectorised numpy; the
-full size takes well under a minute on one core (benchmarks/RESULTS.md).
+Shape ``amazon``: many users with short histories and a long-tail catalog, the file source's
+default column names:
+
+- ``ratings.csv``: ``user_id,item_id,rating,timestamp``, grouped by user (in generation order),
+  sorted by time within a user; user ids like reviewer ids (``A`` + 12 of ``0-9A-X``), item ids
+  like ASINs (``B0`` + 8), ratings 1-5 (shares 8/5/8/18/61 %, Amazon's skew toward 5), unix
+  seconds in 1996-2023 (the sessions above);
+- ``items.csv``: ``item_id,title``, every item (some never rated), made-up unique titles
+  ("Brand Adjective Noun", some with ", N Pack" or a quoted word: CSV-quoted as needed).
+
+Sizes ``amazon-100m`` (the default): 100,000,000 interactions by 15,000,000 users of 1,500,000
+items; ``amazon-small``: 50,000 / 8,000 / 5,000. Activity is log-normal (median 3, mean
+ratings / users, about 6.7; at least 1, at most min(2,000, items / 4)); popularity is Zipf-like
+(weight ``1 / (rank + 10)``); a user rates an item at most once. Memory is bounded: the rows are
+generated and appended in chunks of about ``CHUNK_ROWS`` interactions (whole users), each chunk
+from its own generator ``default_rng([seed, chunk])``; only per-user counts and per-item arrays
+are global. Both files are written to a temporary name and renamed (`setdpo.atomic`).
+
+``--ratings/--users/--items`` override a size's counts. Item order inside a user's sequence
+carries no signal beyond popularity: these files measure data handling at scale, not models.
+Deterministic by ``--seed``: the same arguments write the same bytes. Vectorised numpy; ``full``
+takes well under a minute on one core; timings in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -326,9 +350,7 @@ def activity_counts(ratings: int, users: int, cap: int, rng: np.random.Generator
         total = counts_at(middle).sum(dtype=np.int64)
         low, high = (middle, high) if total < ratings else (low, middle)
     counts = counts_at(high)
-    left = ratings - int(
-        counts.sum(dtype=np.int64)
-    )  # <= 0 at `high`; a few units, taken from users > 1
+    left = ratings - int(counts.sum(dtype=np.int64))  # <= 0 at `high`: a few units too many
     lucky = rng.choice(np.flatnonzero(counts > 1), -left, replace=False)
     counts[lucky] -= 1
     return counts
@@ -363,9 +385,9 @@ def amazon_chunk(
 
 
 def encoded_ids(index: np.ndarray, prefix: str, digits: int, multiplier: int) -> np.ndarray:
-    """Distinct ids ``prefix`` + ``digits`` base-32 characters for distinct indices < 2**(5 x
-    digits): ``index x multiplier + ID_OFFSET`` modulo 2**(5 x digits) is a bijection (odd multiplier),
-    so the ids look random but never collide."""
+    """Ids ``prefix`` + ``digits`` base-32 characters, distinct for distinct indices below
+    2**(5 x digits): ``index x multiplier + ID_OFFSET`` modulo 2**(5 x digits) is a bijection
+    (odd multiplier), so the ids look random but never collide."""
     bits = 5 * digits
     value = (index.astype(np.uint64) * np.uint64(multiplier) + np.uint64(ID_OFFSET)) & np.uint64(
         (1 << bits) - 1
