@@ -85,7 +85,8 @@ class Rows:
 
 @dataclass
 class Timelines:
-    """Each user's time-ordered items (codes) and times; ``offsets`` [users + 1] by user code."""
+    """Each user's time-ordered items (codes) and times; ``offsets`` [users + 1] by user code;
+    ``items`` and ``times`` end with one sentinel slot (item -1, time NaN)."""
 
     offsets: np.ndarray
     items: np.ndarray
@@ -234,8 +235,9 @@ def _codes_of(folder: Path, timelines: pa.Table | None) -> Codes:
     return Codes(users, ids, len(ids), titles, item_ids)
 
 
-def _blocks(folder: Path, codes: Codes) -> Iterator[Rows]:
-    """Every split's rows as `Rows`, a block at a time, train first."""
+def _blocks(folder: Path, codes: Codes, history: bool = True) -> Iterator[Rows]:
+    """Every split's rows as `Rows`, a block at a time, train first (without `history`:
+    an empty history matrix, for the pass that does not look at it)."""
     for code, table in _split_blocks(folder):
         cand_lengths, cand_items = _flat(table, "candidate_items")
         cand_title = _padded(cand_lengths, cand_items, -1, np.int32)
@@ -246,7 +248,7 @@ def _blocks(folder: Path, codes: Codes) -> Iterator[Rows]:
             )
         context_id = table["context_id"]
         position = pc.struct_field(pc.extract_regex(context_id, r":(?P<p>\d+)$"), "p")
-        hist_lengths, hist_items = _flat(table, "history_items")
+        hist_lengths, hist_items = _flat(table, "history_items") if history else (None, None)
         yield Rows(
             split=np.full(table.num_rows, code, dtype=np.int8),
             context_id=context_id,
@@ -255,7 +257,11 @@ def _blocks(folder: Path, codes: Codes) -> Iterator[Rows]:
             cand_title=cand_title,
             cand_id=cand_id,
             cand_level=_padded(cand_lengths, _flat(table, "levels")[1], 0, np.int8),
-            hist_title=_padded(hist_lengths, hist_items, -2, np.int32),
+            hist_title=(
+                _padded(hist_lengths, hist_items, -2, np.int32)
+                if history
+                else np.empty((table.num_rows, 0), np.int32)
+            ),
             n_ids=codes.n_ids,
         )
 
@@ -263,13 +269,13 @@ def _blocks(folder: Path, codes: Codes) -> Iterator[Rows]:
 def _across_rows(
     folder: Path, codes: Codes, reconsumed: np.ndarray | None
 ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """What the checks of one row need from all rows: the keys (user * n_ids + item) of
-    every training positive (less the items a timeline holds twice), and per split 0 and
+    """What the checks of one row need from all rows: the keys (user * n_ids + item, sorted)
+    of every training positive (less the items a timeline holds twice), and per split 0 and
     1 each user's first context position in a later split."""
     train: list[np.ndarray] = []
     n_users = len(codes.users)
     first_later = {s: np.full(n_users, np.iinfo(np.int64).max) for s in (0, 1)}
-    for rows in _blocks(folder, codes):
+    for rows in _blocks(folder, codes, history=False):
         if rows.split[0] == 0:
             row, slot = np.nonzero((rows.cand_level == 1) & (rows.user >= 0)[:, None])
             train.append(rows.user[row] * rows.n_ids + rows.cand_id[row, slot])
@@ -277,7 +283,7 @@ def _across_rows(
         for split in (0, 1):
             if rows.split[0] > split:
                 np.minimum.at(first_later[split], rows.user[later], rows.position[later])
-    keys = np.unique(np.concatenate([np.empty(0, np.int64), *train]))
+    keys = _sorted_unique(np.concatenate([np.empty(0, np.int64), *train]))
     if reconsumed is not None:
         keys = keys[~np.isin(keys, reconsumed)]
     return keys, first_later
@@ -294,14 +300,21 @@ def _timelines(table: pa.Table, codes: Codes) -> Timelines:
     order = np.argsort(owner, kind="stable")  # by user code, each user's items in time order
     times = pc.list_flatten(table["times"]).to_numpy()
     offsets = np.searchsorted(owner[order], np.arange(n_users + 1))
-    return Timelines(offsets, items[order], times[order])
+    # one sentinel slot (item -1) past the end: rows whose window is not in the timeline
+    return Timelines(offsets, np.append(items[order], -1), np.append(times[order], np.nan))
 
 
 def _reconsumed(timelines: Timelines, n_ids: int) -> np.ndarray:
     """Keys (user * n_ids + item) the user's timeline holds more than once."""
     user = np.repeat(np.arange(len(timelines.offsets) - 1), np.diff(timelines.offsets))
-    keys, counts = np.unique(user * n_ids + timelines.items, return_counts=True)
-    return keys[counts > 1]
+    keys = np.sort(user * n_ids + timelines.items[:-1])
+    return _sorted_unique(keys[1:][keys[1:] == keys[:-1]])
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique by sorting (numpy's hash-based unique is many times slower at 10M keys)."""
+    values = np.sort(values)
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
 
 
 def _eval_in_train(rows: Rows, train: np.ndarray) -> np.ndarray:
@@ -309,7 +322,9 @@ def _eval_in_train(rows: Rows, train: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     row, slot = np.nonzero((rows.cand_level == 1) & (rows.user >= 0)[:, None])
     key = rows.user[row] * rows.n_ids + rows.cand_id[row, slot]  # one per positive
-    return np.unique(row[np.isin(key, train)])
+    at = np.minimum(np.searchsorted(train, key), max(len(train) - 1, 0))
+    found = train[at] == key if len(train) else np.zeros(len(key), dtype=bool)
+    return np.unique(row[found])
 
 
 def _in_history(rows: Rows) -> np.ndarray:
@@ -340,8 +355,8 @@ def _windows(
     user = np.where(known, rows.user, 0)
     length = np.where(known, np.diff(timelines.offsets)[user], 0)
     inside = known & (rows.position >= 0) & (rows.position + width <= length)
-    # Rows whose window is not inside the timeline read a sentinel slot (item -1).
-    items, times = np.append(timelines.items, -1), np.append(timelines.times, np.nan)
+    # Rows whose window is not inside the timeline read the sentinel slot (item -1).
+    items, times = timelines.items, timelines.times
     start = np.where(inside, timelines.offsets[user] + rows.position, len(items) - 1)
     slots = np.minimum(start[:, None] + np.arange(width), len(items) - 1)  # [n, width]
     window = items[slots]  # [n, width]

@@ -146,17 +146,19 @@ def table_blocks(
     path = split_path(folder, split)
     state = json.loads((path / "state.json").read_text("utf-8"))
     pending: list[pa.RecordBatch] = []
+    held = 0
     for data_file in state["_data_files"]:
         with pa.OSFile(str(path / data_file["filename"])) as source:
             for batch in pa.ipc.open_stream(source):
                 pending.append(batch.select(columns) if columns else batch)
-                if sum(b.num_rows for b in pending) >= rows:
+                held += batch.num_rows
+                if held >= rows:
                     table = pa.Table.from_batches(pending)
                     for lo in range(0, table.num_rows - rows + 1, rows):
                         yield table.slice(lo, rows)
                     rest = table.slice(table.num_rows - table.num_rows % rows)
-                    pending = rest.to_batches()
-    if pending and sum(b.num_rows for b in pending):
+                    pending, held = rest.to_batches(), rest.num_rows
+    if held:
         yield pa.Table.from_batches(pending)
 
 
