@@ -4,7 +4,9 @@
 gives per-candidate scores, `metrics.compute_metrics` turns each context into metric
 values, `results.summarize` adds bootstrap intervals, and the protocol is written next
 to the numbers. Generation (``generate``/``constrained``) and catalog ranking
-(``catalog``) add their own per-context values to the same contexts.
+(``catalog``) add their own per-context values to the same contexts. Launched on several
+processes (torchrun), each rank evaluates a shard of the contexts and the ranks' results are
+gathered before the summary (`setdpo.evaluation.sharding`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from setdpo.evaluation.metrics import (
 from setdpo.evaluation.results import ContextResult, Results, summarize
 from setdpo.evaluation.sasrec import SASRecSettings
 from setdpo.evaluation.scorers import BASELINES, ModelScorer, Scorer, build_scorer
+from setdpo.evaluation.sharding import Shard
 from setdpo.scoring import ScoringOptions
 
 SPLITS = ("train", "valid", "test")
@@ -85,6 +88,11 @@ class EvalConfig:
     )
     device: str = _help("device for the model: auto, cpu, cuda", "auto")
     progress: bool = _help("show progress bars", True)
+    shard_timeout_s: int = _help(
+        "launched on several processes (torchrun): seconds a rank waits for the others before "
+        "failing (a rank that raises stops them at once)",
+        1800,
+    )
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -97,7 +105,14 @@ class EvalConfig:
         self.generate = self.generate or self.constrained
         if self.model in BASELINES and self.generate:
             raise InputError(f"--model {self.model} scores candidates but cannot generate")
-        for name in ("batch_size", "chunk_size", "n_resamples", "max_new_tokens", "sasrec_epochs"):
+        for name in (
+            "batch_size",
+            "chunk_size",
+            "n_resamples",
+            "max_new_tokens",
+            "sasrec_epochs",
+            "shard_timeout_s",
+        ):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
@@ -252,45 +267,82 @@ def protocol(config: EvalConfig, examples: list[PreferenceExample], scorer: Scor
 def evaluate(config: EvalConfig, scorer: Scorer | None = None) -> Results:
     """Evaluate ``config.model`` (or the given ``scorer``) on ``config.split``.
 
-    See `setdpo.evaluation.results` for the layout.
+    Under a launcher (an initialised process group, `setdpo.evaluation.sharding`) each rank
+    scores its shard of the contexts and every rank returns the `Results` of all of them,
+    equal to one process's. See `setdpo.evaluation.results` for the layout.
     """
     start = time.perf_counter()
+    shard = Shard.current()
+    if not shard.is_main:  # one progress bar, rank 0's
+        config = replace(config, progress=False)
     examples = load_contexts(config)
     if scorer is None:
-        scorer, _ = build_scorer(
-            config.model,
-            config.data,
-            seed=config.seed,
-            device=config.device,
-            options=config.scoring_options(),
-            batch_size=config.batch_size,
-            max_prompt_length=config.max_prompt_length,
-            chat_template=config.chat_template,
-            progress=config.progress,
-            sasrec=SASRecSettings(epochs=config.sasrec_epochs, seed=config.seed),
-        )
-    timing = {}
+        scorer = shard.main_first(lambda: _build_scorer(config, shard))
+    if config.generate and not isinstance(scorer, ModelScorer):
+        raise InputError(f"{scorer.name} cannot generate answers")
+    rows = shard.span(len(examples), unit=config.batch_size)
+    part = shard.together(lambda: _evaluate_shard(config, examples[rows.start : rows.stop], scorer))
+    contexts, timing = [], {}
+    for shard_contexts, shard_timing in shard.gather(part):
+        contexts += shard_contexts
+        for key, seconds in shard_timing.items():  # a phase ends when its slowest rank does
+            timing[key] = max(timing.get(key, 0.0), seconds)
+    summary = summarize(
+        contexts, _metric_names(config), n_resamples=config.n_resamples, seed=config.seed
+    )
+    timing["total_s"] = time.perf_counter() - start
+    timing["contexts_per_s"] = len(examples) / timing["ranking_s"] if timing["ranking_s"] else None
+    timing["processes"] = shard.world
+    return Results(protocol(config, examples, scorer), summary, contexts, timing)
+
+
+def _build_scorer(config: EvalConfig, shard: Shard) -> Scorer:
+    scorer, _ = build_scorer(
+        config.model,
+        config.data,
+        seed=config.seed,
+        device=shard.device(config.device),
+        options=config.scoring_options(),
+        batch_size=config.batch_size,
+        max_prompt_length=config.max_prompt_length,
+        chat_template=config.chat_template,
+        progress=config.progress,
+        sasrec=SASRecSettings(epochs=config.sasrec_epochs, seed=config.seed),
+    )
+    return scorer
+
+
+def _evaluate_shard(
+    config: EvalConfig, examples: list[PreferenceExample], scorer: Scorer
+) -> tuple[list[ContextResult], dict[str, float]]:
+    """The contexts of one shard, ranked (and answered, and catalog-ranked when asked), and
+    the seconds each phase took."""
+    timing = {"ranking_s": 0.0}
+    if not examples:  # more ranks than batches
+        return [], timing
     t0 = time.perf_counter()
     contexts = rank_contexts(examples, scorer.score(examples), config.metrics)
     timing["ranking_s"] = time.perf_counter() - t0
-    names = list(config.metrics)
     if config.generate:
-        if not isinstance(scorer, ModelScorer):
-            raise InputError(f"{scorer.name} cannot generate answers")
         t0 = time.perf_counter()
         _merge(contexts, generation_values(scorer, examples, config), "generation")
         timing["generation_s"] = time.perf_counter() - t0
-        names += list(GENERATION_METRICS)
     if config.catalog:
         t0 = time.perf_counter()
         catalog_scorer = _catalog_scorer(scorer, config)
         _merge(contexts, catalog_values(catalog_scorer, examples, config), "catalog")
         timing["catalog_s"] = time.perf_counter() - t0
+    return contexts, timing
+
+
+def _metric_names(config: EvalConfig) -> list[str]:
+    """The summarised metrics: the ranking ones, then generation's and the catalog's."""
+    names = list(config.metrics)
+    if config.generate:
+        names += list(GENERATION_METRICS)
+    if config.catalog:
         names += [CATALOG_PREFIX + m for m in CATALOG_METRICS]
-    summary = summarize(contexts, names, n_resamples=config.n_resamples, seed=config.seed)
-    timing["total_s"] = time.perf_counter() - start
-    timing["contexts_per_s"] = len(examples) / timing["ranking_s"] if timing["ranking_s"] else None
-    return Results(protocol(config, examples, scorer), summary, contexts, timing)
+    return names
 
 
 def _merge(contexts: list[ContextResult], extra: list[dict], key: str) -> None:
