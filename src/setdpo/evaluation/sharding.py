@@ -1,9 +1,9 @@
 """Sharded evaluation: one `setdpo evaluate` launched on N ranks scores 1/N of the contexts each.
 
-``torchrun --nproc_per_node N -m setdpo evaluate ...`` (or ``accelerate launch``, which sets
-the same ``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` environment) starts N copies of the
-command. `launched` joins them in a process group (env://); `Shard.current` tells a process
-its rank. Each rank takes a contiguous run of whole batches of contexts (`Shard.span`), so
+``torchrun --nproc_per_node N -m setdpo evaluate ...`` (or ``accelerate launch --multi_gpu
+--num_processes N``, which sets the same ``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR``
+environment) starts N copies of the command. `launched` joins them in a process group
+(env://); `Shard.current` tells a process its rank. Each rank takes a contiguous run of whole batches of contexts (`Shard.span`), so
 every forward pass holds the contexts, and the padding, it holds in one process: the scores
 come out bit-identical. The ranks' per-context results are gathered on every rank in context
 order, and the summary (metrics, bootstrap) is computed from all of them as one process does.
