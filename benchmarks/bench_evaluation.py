@@ -8,13 +8,24 @@ both (equal up to that difference), then writes the section
 ``## Evaluation (bench_evaluation.py)`` of ``benchmarks/RESULTS.md``.
 
     .venv/bin/python benchmarks/bench_evaluation.py --contexts 24
+
+With ``--processes 1,2`` it measures sharded evaluation instead: the same ``setdpo evaluate``
+command as one process and under ``torchrun --nproc_per_node N`` (``--threads`` each), on
+``--model`` (default the lab model), reporting contexts/s of the ranking (all ranks
+together), the command's wall time (model loading included) and whether the results files
+are equal; its section is ``## Sharded evaluation (bench_evaluation.py --processes)``.
+
+    .venv/bin/python benchmarks/bench_evaluation.py --processes 1,2 --contexts 100
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +42,7 @@ from setdpo.model import EMBEDDED_DEFAULT, load
 from setdpo.scoring import ScoringOptions
 
 SECTION = "## Evaluation (bench_evaluation.py)"
+SHARDED_SECTION = "## Sharded evaluation (bench_evaluation.py --processes)"
 
 
 def prepared_data(folder: Path, contexts: int) -> Path:
@@ -103,6 +115,69 @@ def markdown(rows: list[dict], setup: str, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def evaluate_command(processes: int, model: str, data: Path, batch_size: int, threads: int):
+    """`setdpo evaluate` as one process (1) or under torchrun (N > 1), as a user runs it."""
+    launch = [sys.executable]
+    if processes > 1:
+        launch += [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(processes),
+        ]
+    argv = ["-m", "setdpo", "evaluate", "--model", model, "--data", str(data), "--no-progress"]
+    return launch + argv + ["--batch-size", str(batch_size), "--threads", str(threads)]
+
+
+def run_processes(
+    processes: list[int], model: str, contexts: int, batch_size: int, threads: int
+) -> tuple[list[dict], str]:
+    """One `setdpo evaluate` per process count on the same contexts: throughput, wall time,
+    and whether its results (per-context scores, metrics) equal the first count's."""
+    rows, first, loads = [], None, [os.getloadavg()[0]]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = prepared_data(Path(tmp) / "ml100k", contexts)
+        for n in processes:
+            out = Path(tmp) / f"processes-{n}.json"
+            command = evaluate_command(n, model, data, batch_size, threads) + ["--out", str(out)]
+            start = time.perf_counter()
+            subprocess.run(command, env=env, check=True, capture_output=True)
+            wall = time.perf_counter() - start
+            results = json.loads(out.read_text())
+            first = first or results
+            same = (results["contexts"], results["metrics"]) == (
+                first["contexts"],
+                first["metrics"],
+            )
+            timing = results["timing"]
+            rows.append({"processes": n, "wall_s": wall, "same": same, **timing})
+            loads.append(os.getloadavg()[0])
+    setup = (
+        f"{contexts} ML-100K test contexts (`next` mode, 20 candidates, listing prompt), "
+        f"model `{model}`, batch {batch_size} contexts, {threads} thread(s) per process; torch "
+        f"{torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} "
+        f"cores, 1-minute load average {min(loads):.1f}-{max(loads):.1f} during the runs."
+    )
+    return rows, setup
+
+
+def markdown_processes(rows: list[dict], setup: str, command: str) -> str:
+    lines = [SHARDED_SECTION, "", f"Command: `{command}`", "", setup, ""]
+    lines += [
+        "| processes | ranking s | contexts/s | speed-up | wall s (with loading) | results equal |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        speedup = row["contexts_per_s"] / rows[0]["contexts_per_s"]
+        lines.append(
+            f"| {row['processes']} | {row['ranking_s']:.2f} | {row['contexts_per_s']:.3g} | "
+            f"{speedup:.2f}x | {row['wall_s']:.1f} | {'yes' if row['same'] else 'NO'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", type=int, default=24)
@@ -110,8 +185,27 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--processes", help="comma-separated process counts (e.g. 1,2): sharded evaluation"
+    )
+    parser.add_argument("--model", default="lab", help="with --processes: the model evaluated")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.processes:
+        counts = [int(n) for n in args.processes.split(",")]
+        command = (
+            f".venv/bin/python benchmarks/bench_evaluation.py --processes {args.processes} "
+            f"--model {args.model} --contexts {args.contexts} --batch-size {args.batch_size} "
+            f"--threads {args.threads}"
+        )
+        rows, setup = run_processes(
+            counts, args.model, args.contexts, args.batch_size, args.threads
+        )
+        text = markdown_processes(rows, setup, command)
+        print(text)
+        if not args.no_write:
+            write_section(SHARDED_SECTION, text)
+        return
     command = (
         f".venv/bin/python benchmarks/bench_evaluation.py --contexts {args.contexts} "
         f"--batch-size {args.batch_size} --repeats {args.repeats} --threads {args.threads}"

@@ -90,7 +90,7 @@ def test_evaluate_with_a_limit_reads_only_those_examples(ml100k_next_dir, monkey
         Renderer, "example", lambda self, row: rendered.append(1) or real(self, row)
     )
     config = EvalConfig(model="popularity", data=str(ml100k_next_dir), split="train", limit=7)
-    examples = load_contexts(config)
+    examples = list(load_contexts(config))
     assert len(examples) == len(rendered) == 7
     chosen = np.sort(np.random.default_rng(0).choice(200, 7, replace=False))
     assert examples == [load_split(ml100k_next_dir, "train")[i] for i in chosen]

@@ -20,6 +20,7 @@ from setdpo.cli import main
 from setdpo.errors import InputError
 from setdpo.study import build_plan, load_study
 from setdpo.study.plan import StudyConfig
+from setdpo.study.runner import commands_text, record_path, run_stages
 from setdpo.study.stats import holm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +98,25 @@ def test_named_studies_share_the_equal_stages_of_one_directory(tmp_path: Path) -
     assert (first.home, second.home) == (tmp_path / "first", tmp_path / "second")
     with pytest.raises(InputError, match="plain folder name"):
         build_plan(smoke_config(), tmp_path, "../elsewhere")
+
+
+def test_evaluate_processes_launch_evaluations_under_torchrun_with_the_same_keys(
+    tmp_path: Path,
+) -> None:
+    one = build_plan(smoke_config(), tmp_path)
+    two = build_plan(smoke_config(evaluate_processes=2), tmp_path)
+    for name, stage in two.stages.items():
+        line = stage.command_line(1)
+        launcher = (
+            "torchrun --standalone --nproc_per_node 2 -m setdpo "
+            if stage.kind == "eval"
+            else "setdpo "
+        )
+        assert line == "OMP_NUM_THREADS=1 " + launcher + " ".join(stage.command), name
+        assert stage.key == one.stages[name].key  # the same results: nothing re-runs
+    assert commands_text(two).count("torchrun") == 8  # 2 seeds x 4 evaluations
+    with pytest.raises(InputError, match="evaluate_processes"):
+        smoke_config(evaluate_processes=0)
 
 
 @pytest.mark.parametrize(
@@ -177,6 +197,31 @@ def test_print_commands_lists_every_stage_in_dependency_order(
         model = config.get("model", "")
         assert "/runs/" not in model or model in seen, line
         seen |= {str(v) for k, v in config.items() if k in ("out", "output_dir")}
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("study")
+def test_an_evaluation_stage_under_torchrun_writes_the_one_process_results(
+    smoke_dir: Path, tmp_path: Path
+) -> None:
+    plan = build_plan(smoke_config(evaluate_processes=2), smoke_dir)
+    stage = plan.stages["eval/sft/seed=0"]
+    record = record_path(plan, stage)
+    saved = {path: tmp_path / f"{i}.json" for i, path in enumerate((stage.output, record))}
+    for path, copy in saved.items():
+        path.replace(copy)  # the one-process run's, put back below
+    try:
+        assert run_stages(plan, jobs=1)[stage.name] == "ran"
+        assert json.loads(record.read_text())["command"].startswith(
+            "OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 -m setdpo evaluate"
+        )
+        two, one = (json.loads(p.read_text()) for p in (stage.output, saved[stage.output]))
+        for part in ("contexts", "metrics", "protocol"):
+            assert two[part] == one[part], part
+        assert two["timing"]["processes"] == 2
+    finally:
+        for path, copy in saved.items():
+            copy.replace(path)
 
 
 def raw_metric(path: Path, metric: str) -> dict[str, float]:

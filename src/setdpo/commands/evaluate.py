@@ -24,7 +24,9 @@ def _add_evaluate(subparsers) -> None:
         description="Evaluate a model, a run directory, or the 'random'/'popularity'/'sasrec' baseline "
         "on a prepared split. Writes a results JSON with the protocol, every metric with its "
         "95% bootstrap interval, and per context the candidates' scores and positives' ranks. "
-        "Every EvalConfig field is an option (listed below).",
+        "Every EvalConfig field is an option (listed below). Launched on N processes "
+        "(torchrun --nproc_per_node N -m setdpo evaluate ...), each scores 1/N of the contexts "
+        "and rank 0 writes the results of all, equal to one process's.",
     )
     p.add_argument("--out", required=True, help="results JSON file to write")
     p.add_argument(
@@ -56,11 +58,15 @@ def _set_threads(threads: int | None) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from setdpo.evaluation.evaluate import evaluate
+    from setdpo.evaluation.sharding import launched
 
     _set_threads(args.threads)
     named = {"share_prefix": False if args.repeat_prompt else None, "n_resamples": args.resamples}
     config = build_config(args, named)
-    results = evaluate(config)
+    with launched(config.shard_timeout_s) as shard:  # under torchrun: this rank's shard
+        results = evaluate(config)
+    if not shard.is_main:  # rank 0 writes and prints for all
+        return 0
     results.write(args.out)
     p, t = results.protocol, results.timing
     print(f"{p['model']} on {p['split']} ({p['n_contexts']} contexts): {t['total_s']:.1f} s")

@@ -4,7 +4,9 @@
 gives per-candidate scores, `metrics.compute_metrics` turns each context into metric
 values, `results.summarize` adds bootstrap intervals, and the protocol is written next
 to the numbers. Generation (``generate``/``constrained``) and catalog ranking
-(``catalog``) add their own per-context values to the same contexts.
+(``catalog``) add their own per-context values to the same contexts. Launched on several
+processes (torchrun), each rank evaluates a shard of the contexts and the ranks' results are
+gathered before the summary (`setdpo.evaluation.sharding`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tqdm.auto import tqdm
 import setdpo
 from setdpo.data import load_items
 from setdpo.data.schema import PreferenceExample
-from setdpo.data.store import open_split
+from setdpo.data.store import SplitReader, open_split
 from setdpo.errors import InputError
 from setdpo.evaluation.catalog import ConsumedItems, catalog_example, catalog_exclusion
 from setdpo.evaluation.generation import generate_answers
@@ -38,6 +40,7 @@ from setdpo.evaluation.metrics import (
 from setdpo.evaluation.results import ContextResult, Results, summarize
 from setdpo.evaluation.sasrec import SASRecSettings
 from setdpo.evaluation.scorers import BASELINES, ModelScorer, Scorer, build_scorer
+from setdpo.evaluation.sharding import Shard
 from setdpo.scoring import ScoringOptions
 
 SPLITS = ("train", "valid", "test")
@@ -85,6 +88,11 @@ class EvalConfig:
     )
     device: str = _help("device for the model: auto, cpu, cuda", "auto")
     progress: bool = _help("show progress bars", True)
+    shard_timeout_s: int = _help(
+        "launched on several processes (torchrun): seconds a rank waits for the others before "
+        "failing (a rank that raises stops them at once)",
+        1800,
+    )
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -97,7 +105,14 @@ class EvalConfig:
         self.generate = self.generate or self.constrained
         if self.model in BASELINES and self.generate:
             raise InputError(f"--model {self.model} scores candidates but cannot generate")
-        for name in ("batch_size", "chunk_size", "n_resamples", "max_new_tokens", "sasrec_epochs"):
+        for name in (
+            "batch_size",
+            "chunk_size",
+            "n_resamples",
+            "max_new_tokens",
+            "sasrec_epochs",
+            "shard_timeout_s",
+        ):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
@@ -121,16 +136,17 @@ def context_max_level(levels: list[int]) -> int:
     return max(max(levels), 2)
 
 
-def load_contexts(config: EvalConfig) -> list[PreferenceExample]:
-    """The split's examples (a seeded subset under ``limit``, in file order). Only those are
-    read and rendered (`open_split`): ``limit`` 1000 of ten million reads 1000."""
+def load_contexts(config: EvalConfig) -> SplitReader:
+    """The split's examples (a seeded subset under ``limit``, in file order), read and
+    rendered only when indexed or iterated (`open_split`): ``limit`` 1000 of ten million
+    reads 1000, and a rank of a sharded evaluation reads only its shard."""
     examples = open_split(config.data, config.split)
     if not len(examples):
         raise InputError(f"{config.data}: split {config.split!r} has no examples")
     if config.limit is not None and config.limit < len(examples):
         keep = np.random.default_rng(config.seed).choice(len(examples), config.limit, replace=False)
         examples = examples.take(np.sort(keep))
-    return list(examples)
+    return examples
 
 
 def rank_contexts(
@@ -204,24 +220,46 @@ def _spread(values: list[int]) -> dict[str, float]:
     return {"min": int(min(values)), "max": int(max(values)), "mean": float(np.mean(values))}
 
 
-def protocol(config: EvalConfig, examples: list[PreferenceExample], scorer: Scorer) -> dict:
-    """Everything a reader needs to know to interpret (and reproduce) the numbers."""
+def describe_prompts(examples: list[PreferenceExample]) -> dict:
+    """What the protocol says of some examples' prompts: their templates, the first's mode and
+    source (None for no examples); `merge_prompts` joins those of several shards."""
+    first = examples[0].meta if examples else {}
+    return {
+        "template": sorted({str(ex.meta.get("template")) for ex in examples}),
+        "mode": first.get("mode"),
+        "source": first.get("source"),
+    }
+
+
+def merge_prompts(parts: list[dict]) -> dict:
+    """`describe_prompts` of the concatenated examples, from that of each part (in order)."""
+    filled = [part for part in parts if part["template"]]
+    return {
+        "template": sorted({t for part in filled for t in part["template"]}),
+        "mode": filled[0]["mode"],
+        "source": filled[0]["source"],
+    }
+
+
+def protocol(
+    config: EvalConfig, contexts: list[ContextResult], prompts: dict, scorer: Scorer
+) -> dict:
+    """Everything a reader needs to know to interpret (and reproduce) the numbers, from the
+    evaluated contexts and the `describe_prompts` of their examples."""
     prepare_config = Path(config.data) / "config.json"
-    metas = examples[0].meta
     return {
         "model": config.model,
         "data": str(config.data),
         "split": config.split,
-        "n_contexts": len(examples),
+        "n_contexts": len(contexts),
         "subset": "all contexts"
         if config.limit is None
         else f"seeded random subset (seed {config.seed}) of {config.limit}, in file order",
-        "candidates_per_context": _spread([len(ex.candidates) for ex in examples]),
-        "positives_per_context": _spread([ex.levels.count(1) for ex in examples]),
-        "levels_per_context": _spread([context_max_level(ex.levels) for ex in examples]),
-        "template": sorted({str(ex.meta.get("template")) for ex in examples}),
-        "mode": metas.get("mode"),
-        "source": metas.get("source"),
+        # Every candidate of an example is a context's level (padding is never stored).
+        "candidates_per_context": _spread([len(c.levels) for c in contexts]),
+        "positives_per_context": _spread([c.levels.count(1) for c in contexts]),
+        "levels_per_context": _spread([context_max_level(c.levels) for c in contexts]),
+        **prompts,
         # A baseline describes its own scores (popularity: its random tie-break).
         "scoring": getattr(scorer, "scoring", None)
         or ("length-averaged" if config.average else "summed") + " candidate log-probability",
@@ -252,45 +290,85 @@ def protocol(config: EvalConfig, examples: list[PreferenceExample], scorer: Scor
 def evaluate(config: EvalConfig, scorer: Scorer | None = None) -> Results:
     """Evaluate ``config.model`` (or the given ``scorer``) on ``config.split``.
 
-    See `setdpo.evaluation.results` for the layout.
+    Under a launcher (an initialised process group, `setdpo.evaluation.sharding`) each rank
+    scores its shard of the contexts and every rank returns the `Results` of all of them,
+    equal to one process's. See `setdpo.evaluation.results` for the layout.
     """
     start = time.perf_counter()
-    examples = load_contexts(config)
+    shard = Shard.current()
+    if not shard.is_main:  # one progress bar, rank 0's
+        config = replace(config, progress=False)
+    selected = load_contexts(config)
     if scorer is None:
-        scorer, _ = build_scorer(
-            config.model,
-            config.data,
-            seed=config.seed,
-            device=config.device,
-            options=config.scoring_options(),
-            batch_size=config.batch_size,
-            max_prompt_length=config.max_prompt_length,
-            chat_template=config.chat_template,
-            progress=config.progress,
-            sasrec=SASRecSettings(epochs=config.sasrec_epochs, seed=config.seed),
-        )
-    timing = {}
+        scorer = shard.main_first(lambda: _build_scorer(config, shard))
+    if config.generate and not isinstance(scorer, ModelScorer):
+        raise InputError(f"{scorer.name} cannot generate answers")
+    rows = shard.span(len(selected), unit=config.batch_size)
+    part = shard.together(lambda: _evaluate_shard(config, selected[rows.start : rows.stop], scorer))
+    contexts, timing, prompts = [], {}, []
+    for shard_contexts, shard_timing, shard_prompts in shard.gather(part):
+        contexts += shard_contexts
+        prompts.append(shard_prompts)
+        for key, seconds in shard_timing.items():  # a phase ends when its slowest rank does
+            timing[key] = max(timing.get(key, 0.0), seconds)
+    summary = summarize(
+        contexts, _metric_names(config), n_resamples=config.n_resamples, seed=config.seed
+    )
+    timing["total_s"] = time.perf_counter() - start
+    timing["contexts_per_s"] = len(contexts) / timing["ranking_s"] if timing["ranking_s"] else None
+    timing["processes"] = shard.world
+    return Results(
+        protocol(config, contexts, merge_prompts(prompts), scorer), summary, contexts, timing
+    )
+
+
+def _build_scorer(config: EvalConfig, shard: Shard) -> Scorer:
+    scorer, _ = build_scorer(
+        config.model,
+        config.data,
+        seed=config.seed,
+        device=shard.device(config.device),
+        options=config.scoring_options(),
+        batch_size=config.batch_size,
+        max_prompt_length=config.max_prompt_length,
+        chat_template=config.chat_template,
+        progress=config.progress,
+        sasrec=SASRecSettings(epochs=config.sasrec_epochs, seed=config.seed),
+    )
+    return scorer
+
+
+def _evaluate_shard(
+    config: EvalConfig, examples: list[PreferenceExample], scorer: Scorer
+) -> tuple[list[ContextResult], dict[str, float], dict]:
+    """The contexts of one shard, ranked (and answered, and catalog-ranked when asked), the
+    seconds each phase took and `describe_prompts` of its examples."""
+    timing = {"ranking_s": 0.0}
+    if not examples:  # more ranks than batches
+        return [], timing, describe_prompts(examples)
     t0 = time.perf_counter()
     contexts = rank_contexts(examples, scorer.score(examples), config.metrics)
     timing["ranking_s"] = time.perf_counter() - t0
-    names = list(config.metrics)
     if config.generate:
-        if not isinstance(scorer, ModelScorer):
-            raise InputError(f"{scorer.name} cannot generate answers")
         t0 = time.perf_counter()
         _merge(contexts, generation_values(scorer, examples, config), "generation")
         timing["generation_s"] = time.perf_counter() - t0
-        names += list(GENERATION_METRICS)
     if config.catalog:
         t0 = time.perf_counter()
         catalog_scorer = _catalog_scorer(scorer, config)
         _merge(contexts, catalog_values(catalog_scorer, examples, config), "catalog")
         timing["catalog_s"] = time.perf_counter() - t0
+    return contexts, timing, describe_prompts(examples)
+
+
+def _metric_names(config: EvalConfig) -> list[str]:
+    """The summarised metrics: the ranking ones, then generation's and the catalog's."""
+    names = list(config.metrics)
+    if config.generate:
+        names += list(GENERATION_METRICS)
+    if config.catalog:
         names += [CATALOG_PREFIX + m for m in CATALOG_METRICS]
-    summary = summarize(contexts, names, n_resamples=config.n_resamples, seed=config.seed)
-    timing["total_s"] = time.perf_counter() - start
-    timing["contexts_per_s"] = len(examples) / timing["ranking_s"] if timing["ranking_s"] else None
-    return Results(protocol(config, examples, scorer), summary, contexts, timing)
+    return names
 
 
 def _merge(contexts: list[ContextResult], extra: list[dict], key: str) -> None:

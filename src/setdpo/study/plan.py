@@ -87,7 +87,10 @@ class StudyConfig:
     metric: str = "NDCG@5"  # the metric of the paired statistics
     metrics: list[str] = field(default_factory=lambda: ["HR@1", "NDCG@5", "MRR"])
     compare_with: list[str] = field(default_factory=lambda: ["sft"])
-    threads: int = 1  # torch threads per stage
+    threads: int = 1  # torch threads per stage (per process)
+    # >1: evaluation stages run under `torchrun --standalone --nproc_per_node N`, each process
+    # scoring 1/N of the contexts (setdpo.evaluation.sharding); the results are the same
+    evaluate_processes: int = 1
     n_resamples: int = 2000
 
     def __post_init__(self) -> None:
@@ -96,8 +99,8 @@ class StudyConfig:
         unknown = set(self.baselines) - set(BASELINES)
         if unknown:
             raise InputError(f"baselines must be among {list(BASELINES)}, got {sorted(unknown)}")
-        if self.threads < 1 or self.n_resamples < 100:
-            raise InputError("threads must be >= 1 and n_resamples >= 100")
+        if self.threads < 1 or self.evaluate_processes < 1 or self.n_resamples < 100:
+            raise InputError("threads and evaluate_processes must be >= 1, n_resamples >= 100")
         if LOSS_AXIS not in self.grid:
             raise InputError(f"the grid needs the objective axis {LOSS_AXIS!r}: [names]")
         from setdpo.losses import canonical_name
@@ -223,9 +226,14 @@ class Stage:
     output: Path
     after: list[str]
     key: str = ""  # hash of the settings, the command and the upstream keys
+    # >1: launched on this many processes by torchrun; not in the key (the output is the same)
+    processes: int = 1
 
     def command_line(self, threads: int) -> str:
-        return f"OMP_NUM_THREADS={threads} setdpo " + " ".join(shlex.quote(a) for a in self.command)
+        setdpo = " ".join(["setdpo", *(shlex.quote(a) for a in self.command)])
+        if self.processes > 1:
+            setdpo = f"torchrun --standalone --nproc_per_node {self.processes} -m {setdpo}"
+        return f"OMP_NUM_THREADS={threads} {setdpo}"
 
 
 @dataclass(frozen=True)
@@ -368,7 +376,15 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
                 command += ["--threads", str(config.threads)]
                 settings = {**section("evaluate"), "data": str(data_dir), "model": model}
                 evals[model_name] = add(
-                    Stage(stage_name, "eval", command, settings, output, [upstream])
+                    Stage(
+                        stage_name,
+                        "eval",
+                        command,
+                        settings,
+                        output,
+                        [upstream],
+                        processes=config.evaluate_processes,
+                    )
                 )
             setting = tuple((a.name, v.label) for a, v in chosen.items() if a.key != LOSS_AXIS)
             cells.append(Cell(setting, seed, evals, {loss: pref}))

@@ -9,8 +9,11 @@ the key of its stage and of everything downstream; nothing else re-runs.
 Stages run in worker processes (``jobs`` of them, ``threads`` torch threads each) that call
 `setdpo.cli.main` with the stage's command, its output going to ``logs/<name>.log``: the
 same command a user would type, without paying the import of torch and transformers again
-for every stage. A worker whose study process dies stops too (it watches its parent), so a
-killed study leaves no stage running behind it.
+for every stage. An evaluation stage of a study with ``evaluate_processes`` N > 1 is instead
+launched from its worker as ``torchrun --standalone --nproc_per_node N -m setdpo ...`` (a
+free port of its own, so stages run side by side). A worker whose study process dies stops
+too (it watches its parent), ending the torchrun it launched, so a killed study leaves no
+stage running behind it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -79,9 +83,15 @@ def commands_text(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The torchrun this worker process launched and waits for (at most one), ended with it.
+_launched: list[subprocess.Popen] = []
+
+
 def _watch_parent(parent: int) -> None:
     while True:
         if os.getppid() != parent:
+            for child in _launched:
+                child.terminate()  # torchrun ends its ranks on SIGTERM
             os._exit(1)
         time.sleep(1.0)
 
@@ -93,16 +103,45 @@ def _init_worker(threads: int, parent: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 
-def _run_in_worker(command: list[str], log_path: str) -> tuple[int, float, float]:
-    """Run `setdpo <command>` here with stdout and stderr to ``log_path``: (exit code, wall
-    seconds, CPU seconds of this process: on a loaded machine the second says the work)."""
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that ended (a torchrun and its ranks)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _launch(command: list[str], processes: int, log_path: str) -> int:
+    """`setdpo <command>` on ``processes`` ranks (torchrun on a free port), output to the log;
+    each rank gets this worker's thread count."""
+    import torch
+
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    argv += ["--nproc_per_node", str(processes), "-m", "setdpo", *command]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    with open(log_path, "w", encoding="utf-8") as log:
+        child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _launched.append(child)
+        try:
+            return child.wait()
+        finally:
+            _launched.remove(child)
+
+
+def _run_in_worker(
+    command: list[str], log_path: str, processes: int = 1
+) -> tuple[int, float, float]:
+    """Run `setdpo <command>` here (on ``processes`` > 1: under torchrun) with stdout and
+    stderr to ``log_path``: (exit code, wall seconds, CPU seconds of this process and its
+    children: on a loaded machine the second says the work)."""
     import gc
     import traceback
 
     from setdpo.cli import main
 
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    start, cpu = time.perf_counter(), time.process_time()
+    start, cpu = time.perf_counter(), _cpu_seconds()
+    if processes > 1:
+        code = _launch(command, processes, log_path)
+        return code, time.perf_counter() - start, _cpu_seconds() - cpu
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -124,7 +163,7 @@ def _run_in_worker(command: list[str], log_path: str) -> tuple[int, float, float
             os.close(saved[0])
             os.close(saved[1])
     gc.collect()
-    return int(code or 0), time.perf_counter() - start, time.process_time() - cpu
+    return int(code or 0), time.perf_counter() - start, _cpu_seconds() - cpu
 
 
 def _log_tail(path: Path) -> str:
@@ -181,7 +220,9 @@ def run_stages(plan: Plan, jobs: int = 1, fresh: bool = False) -> dict[str, str]
                 stage.output.parent.mkdir(parents=True, exist_ok=True)
                 log = plan.out / "logs" / f"{stage.name}.log"
                 print(f"[study] run  {stage.name}", flush=True)
-                running[pool.submit(_run_in_worker, stage.command, str(log))] = stage
+                running[pool.submit(_run_in_worker, stage.command, str(log), stage.processes)] = (
+                    stage
+                )
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
