@@ -218,24 +218,35 @@ def candidate_sets(
 
 
 class Statistics:
-    """stats.json: sizes and per-split distributions, gathered range by range."""
+    """stats.json: sizes and per-split distributions, gathered range by range as count,
+    sum, min and max (integer sums: the mean equals numpy's over all rows at once)."""
+
+    QUANTITIES = ("positives", "candidates", "history_length")
 
     def __init__(self, source: SortedInteractions, planned: Plan) -> None:
         self.source, self.planned = source, planned
-        self.parts: dict[str, dict[str, list[np.ndarray]]] = {
-            name: {"positives": [], "candidates": [], "history_length": [], "levels": []}
-            for name in SPLIT_NAMES
+        self.totals = {
+            name: {q: [0, 0, None, None] for q in self.QUANTITIES} for name in SPLIT_NAMES
         }
+        self.levels = {name: np.zeros(128, dtype=np.int64) for name in SPLIT_NAMES}
 
     def add(self, built: Built) -> None:
         for name, part in built.bounds.items():
             levels = built.levels[part]
-            values = self.parts[name]
-            history = built.ctx.start[part] - built.ctx.hist_start[part]
-            values["positives"].append((levels == 1).sum(axis=1, dtype=np.int32))
-            values["candidates"].append((levels > 0).sum(axis=1, dtype=np.int32))
-            values["history_length"].append(history.astype(np.int32))
-            values["levels"].append(np.bincount(levels[levels > 0], minlength=128))
+            if not len(levels):
+                continue
+            values = {
+                "positives": (levels == 1).sum(axis=1),
+                "candidates": (levels > 0).sum(axis=1),
+                "history_length": built.ctx.start[part] - built.ctx.hist_start[part],
+            }
+            for quantity, value in values.items():
+                total = self.totals[name][quantity]
+                total[0] += len(value)
+                total[1] += int(value.sum())
+                total[2] = int(value.min()) if total[2] is None else min(total[2], int(value.min()))
+                total[3] = int(value.max()) if total[3] is None else max(total[3], int(value.max()))
+            self.levels[name] += np.bincount(levels[levels > 0], minlength=128)
 
     def result(self) -> dict[str, Any]:
         stats: dict[str, Any] = {
@@ -248,14 +259,22 @@ class Statistics:
             "splits": {},
         }
         for name in SPLIT_NAMES:
-            values = {
-                k: np.concatenate(v) if v else np.zeros(0, int) for k, v in self.parts[name].items()
-            }
-            levels = values.pop("levels").reshape(-1, 128).sum(axis=0)
+            summaries = {}
+            for quantity, (count, total, low, high) in self.totals[name].items():
+                summaries[quantity] = (
+                    {"count": 0}
+                    if not count
+                    else {
+                        "count": count,
+                        "mean": round(total / count, 4),
+                        "min": float(low),
+                        "max": float(high),
+                    }
+                )
             stats["splits"][name] = {
                 "examples": int(len(self.planned.rows[name])),
-                **{k: summary(v) for k, v in values.items()},
-                "levels": {str(g): int(c) for g, c in enumerate(levels) if c},
+                **summaries,
+                "levels": {str(g): int(c) for g, c in enumerate(self.levels[name]) if c},
                 "target_time": summary(self.planned.target_time[self.planned.rows[name]]),
             }
         return stats

@@ -44,7 +44,8 @@ from setdpo.data.sources import sort_source
 from setdpo.data.store import SPLITS, SplitWriter, finish_hf, split_schema
 
 STAGES = ("read", "split", "build", "merge", "timelines", "audit")
-MERGE_ROWS = 65536
+MERGE_ROWS = 65536  # rows of a split merged at once
+RUN_BATCH = 8192  # rows per record batch of a run file
 
 
 class Stages:
@@ -143,8 +144,10 @@ def _write_runs(
                 continue
             path = folder / f"{split}-{number:05d}.arrow"
             with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-                for batch in split_batches(built, split):
-                    writer.write_batch(batch)
+                for batch in split_batches(built, split):  # small batches: the merge
+                    writer.write_table(
+                        pa.Table.from_batches([batch]), RUN_BATCH
+                    )  # holds one per run
             runs[split][number] = path
     return runs
 
