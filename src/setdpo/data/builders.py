@@ -58,8 +58,9 @@ def build(data: Interactions, config: PrepareConfig) -> Built:
     seq = build_sequences(data)
     ctx, dropped = build_contexts(seq, config, data.has_ratings)
     if len(ctx) == 0:
+        source = config.interactions if config.source == "file" else data.name
         raise InputError(
-            f"{data.name}: no user has {config.min_history} history items before a target window "
+            f"{source}: no user has {config.min_history} history items before a target window "
             f"of {config.k if config.mode != 'next' else 1}; nothing to prepare"
         )
     split = split_contexts(seq, ctx, config)
