@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -151,3 +152,52 @@ def test_yaml_tags_are_not_executed(tmp_path: Path) -> None:
     path.write_text("seed: !!python/object/apply:os.getpid []\n", "utf-8")
     with pytest.raises(InputError, match="cannot read the configuration"):
         _build(["data", "prepare", "--config", str(path)])
+
+
+# What the fuzzing found, each as the input that raised something other than InputError.
+FOUND = {
+    "a null where a number belongs": (
+        ["evaluate", "--out", "r.json"],
+        "data: prepared\nmodel: random\nbatch_size: null\n",
+        "field 'batch_size' must be int, got None",
+    ),
+    "a list where a list of titles belongs": (
+        ["recommend"],
+        "model: m\nhistory: [Heat]\ncandidates: 0\n",
+        "field 'candidates' must be",
+    ),
+    "an int transformers opens as a file": (
+        ["train", "sft"],
+        "data: d\noutput_dir: o\naccelerator_config: 0\n",
+        "field 'accelerator_config' must be",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FOUND))
+def test_found_config_files(tmp_path: Path, case: str) -> None:
+    argv, text, message = FOUND[case]
+    path = tmp_path / "config.yaml"
+    path.write_text(text, "utf-8")
+    with pytest.raises(InputError, match=re.escape(message)) as err:
+        _build(argv + ["--config", str(path)])
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "sft", "--data", "d", "--out", "o", "--accelerator_config=0"], "No such file"),
+        (["quickstart", "--llm_losses=0"], "llm_losses: unknown loss '0'"),
+        (["evaluate", "--out", "r.json", "--data", "d", "--metrics=0"], "metrics: unknown metric"),
+    ],
+)
+def test_found_options(argv: list[str], message: str) -> None:
+    with pytest.raises(InputError, match=re.escape(message)):
+        _build(argv)
+
+
+def test_serve_model_option_before_other_options() -> None:
+    """`setdpo serve --model DIR`: the positional MODEL, absent, no longer resets it."""
+    assert _build(["serve", "--model", "runs/a", "--port=1"]).model == "runs/a"
+    assert _build(["serve", "runs/b"]).model == "runs/b"

@@ -326,3 +326,14 @@ def example_rows(draw: st.DrawFn) -> list[Any]:
 def test_data_import_of_damaged_example_lines(fuzz, rows, data) -> None:
     content = data.draw(damaged_bytes(_lines(rows)))
     _import(fuzz, "data import jsonl examples", "jsonl", content, "examples.jsonl")
+
+
+def test_no_context_names_the_interaction_file(tmp_path: Path) -> None:
+    """Found by the fuzzing: the error named the source ("file"), not the file."""
+    inter, items = tmp_path / "inter.csv", tmp_path / "items.csv"
+    _write("csv", ["user_id", "item_id", "timestamp"], [["u0", "i0", 1], ["u1", "i1", 2]], inter)
+    _write("csv", ["item_id", "title"], [["i0", "A"], ["i1", "B"]], items)
+    argv = ["data", "prepare", "--source", "file", "--interactions", str(inter), "--items",
+            str(items), "--candidates", "2", "--out", str(tmp_path / "out")]  # fmt: skip
+    code, err = _cli(argv)
+    assert code == 2 and f"{inter}: no user has 3 history items" in err
