@@ -242,15 +242,16 @@ def llara_records(draw: st.DrawFn) -> Any:
             "itemList": candidates,
             "trueSelection": draw(st.sampled_from(candidates)),
         }
-        records.append(draw(damaged_record(record)))
+        records.append(record)
+    records = _damage_one(draw, records)
     return draw(st.sampled_from([records] * 6 + [records[0], "records", None, 3, {}, []]))
 
 
 @st.composite
 def damaged_record(draw: st.DrawFn, record: dict[str, Any]) -> Any:
-    """A record with 0..2 fields replaced by any JSON, removed or added; or not an object."""
+    """A record with 1..2 fields replaced by any JSON, removed or added; or not an object."""
     record = dict(record)
-    for _ in range(draw(st.integers(0, 2))):
+    for _ in range(draw(st.integers(1, 2))):
         key = draw(st.sampled_from(sorted(record) or ["x"]) | st.text(max_size=4))
         op = draw(st.sampled_from(["replace", "replace", "remove", "empty list", "empty text"]))
         if op == "remove":
@@ -258,6 +259,14 @@ def damaged_record(draw: st.DrawFn, record: dict[str, Any]) -> Any:
         else:
             record[key] = {"replace": draw(JSON), "empty list": [], "empty text": ""}[op]
     return draw(st.sampled_from([record] * 8 + [[record], "row", 1, None]))
+
+
+def _damage_one(draw: st.DrawFn, records: list[Any]) -> list[Any]:
+    """`records` with one of them damaged, or none."""
+    bad = draw(st.integers(0, len(records)))
+    if bad < len(records):
+        records[bad] = draw(damaged_record(records[bad]))
+    return records
 
 
 def _import(fuzz: Any, target: str, fmt: str, content: bytes, name: str) -> None:
@@ -293,8 +302,8 @@ def trl_rows(draw: st.DrawFn) -> list[Any]:
                     "user": "u0", "history": ["Jaws (1975)"], "target_time": 12.0,
                     "meta": {"source": "trl"}}  # fmt: skip
             row["levels"] = row["levels"][: len(titles)]
-        rows.append(draw(damaged_record(row)))
-    return rows
+        rows.append(row)
+    return _damage_one(draw, rows)
 
 
 def _lines(rows: list[Any]) -> bytes:
@@ -317,8 +326,8 @@ def example_rows(draw: st.DrawFn) -> list[Any]:
                "prompt": "Pick one:", "candidates": titles,
                "levels": [1] + [2] * (len(titles) - 1), "target_time": 3.5,
                "meta": {"source": "file"}}  # fmt: skip
-        rows.append(draw(damaged_record(row)))
-    return rows
+        rows.append(row)
+    return _damage_one(draw, rows)
 
 
 @FUZZ
@@ -337,3 +346,15 @@ def test_no_context_names_the_interaction_file(tmp_path: Path) -> None:
             str(items), "--candidates", "2", "--out", str(tmp_path / "out")]  # fmt: skip
     code, err = _cli(argv)
     assert code == 2 and f"{inter}: no user has 3 history items" in err
+
+
+def test_a_repeated_column_is_refused(tmp_path: Path) -> None:
+    """Found by the fuzzing: `user_id,item_id,timestamp,timestamp` read the first timestamp."""
+    inter, items = tmp_path / "inter.csv", tmp_path / "items.csv"
+    rows = [["u0", f"i{i}", i, 9 - i] for i in range(6)]
+    _write("csv", ["user_id", "item_id", "timestamp", "timestamp"], rows, inter)
+    _write("csv", ["item_id", "title"], [[f"i{i}", f"T{i}"] for i in range(6)], items)
+    argv = ["data", "prepare", "--source", "file", "--interactions", str(inter), "--items",
+            str(items), "--candidates", "2", "--min-history", "1", "--out", str(tmp_path / "o")]  # fmt: skip
+    code, err = _cli(argv)
+    assert code == 2 and f"{inter}: the header repeats the columns ['timestamp']" in err
