@@ -201,3 +201,54 @@ def test_serve_model_option_before_other_options() -> None:
     """`setdpo serve --model DIR`: the positional MODEL, absent, no longer resets it."""
     assert _build(["serve", "--model", "runs/a", "--port=1"]).model == "runs/a"
     assert _build(["serve", "runs/b"]).model == "runs/b"
+
+
+STUDY = yaml.safe_load(Path(__file__).parents[1].joinpath("configs/studies/smoke.yaml").read_text())
+STUDY_KEYS = sorted(STUDY) + ["exclude", "metric", "metrics", "compare_with", "threads", "notes"]
+
+
+@st.composite
+def study_files(draw: st.DrawFn) -> str:
+    """The smoke study with 1..3 keys (or grid axes, or section fields) set to any value."""
+    study = json.loads(json.dumps(STUDY))
+    for _ in range(draw(st.integers(1, 3))):
+        where = draw(st.sampled_from(["top", "top", "grid", "section"]))
+        if where == "top":
+            study[draw(st.sampled_from(STUDY_KEYS))] = draw(VALUES)
+        elif where == "grid" and isinstance(study.get("grid"), dict):
+            axis = draw(st.sampled_from(["pref.loss", "prepare.k", "sft.max_steps", "tier", "x.y"]))
+            study["grid"][axis] = draw(VALUES | st.lists(VALUES, max_size=3))
+        elif where == "section":
+            section = draw(st.sampled_from(["prepare", "sft", "pref", "evaluate"]))
+            if isinstance(study.get(section), dict):
+                study[section][draw(st.sampled_from(["k", "max_steps", "loss", "out", "seed"]))] = (
+                    draw(VALUES)
+                )
+    return yaml.safe_dump(study, allow_unicode=True)
+
+
+@FUZZ
+@given(text=study_files())
+def test_study_files(fuzz, text) -> None:
+    from setdpo.cli import main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "study.yaml")
+        path.write_text(text, "utf-8")
+        argv = ["study", "--config", str(path), "--out", f"{tmp}/out", "--print-commands"]
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(argv)
+        assert code == 0 or (code == 2 and str(path) in err.getvalue()), err.getvalue()
+        fuzz.count("study file", accepted=code == 0)
+
+
+@pytest.mark.parametrize("key", ["exclude", "baselines", "evaluate"])
+def test_found_study_files(tmp_path: Path, key: str) -> None:
+    """Found by the fuzzing: `exclude: 0` (or `baselines: 0`, a section `0`) was a TypeError."""
+    from setdpo.study import load_study
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(STUDY | {key: 0}), "utf-8")
+    with pytest.raises(InputError, match=re.escape(f"{path}: StudyConfig field {key!r} must be")):
+        load_study(path)

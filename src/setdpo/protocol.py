@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -83,15 +84,7 @@ def load_config(
     unknown = sorted(set(values) - known)
     if unknown:
         raise InputError(f"{config_file or 'overrides'}: unknown {cls.__name__} fields {unknown}")
-    hints = typing.get_type_hints(cls)
-    for name, value in values.items():
-        if not _fits(hints.get(name, Any), value):
-            where = "option" if name in (overrides or {}) else config_file
-            raise InputError(
-                f"{where}: {cls.__name__} field {name!r} must be {_spell(hints[name])}, got "
-                f"{value!r}"
-                + (" (YAML reads 1e-4 as text: write 1.0e-4)" if _numeric(value) else "")
-            )
+    check_types(cls, values, lambda name: "option" if name in (overrides or {}) else config_file)
     try:
         return cls(**values)
     except InputError:
@@ -99,6 +92,19 @@ def load_config(
     except (TypeError, ValueError, OSError) as err:  # the checks of a base class (transformers')
         given = sorted(values)
         raise InputError(f"{config_file or 'options'}: {cls.__name__} of {given}: {err}") from err
+
+
+def check_types(cls: type, values: dict[str, Any], where: Callable[[str], object]) -> None:
+    """Raise `InputError` naming `where(field)` and the field for the first value whose type
+    the field's type hint refuses (`_fits`)."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if not _fits(hints.get(name, Any), value):
+            raise InputError(
+                f"{where(name)}: {cls.__name__} field {name!r} must be {_spell(hints[name])}, "
+                f"got {value!r}"
+                + (" (YAML reads 1e-4 as text: write 1.0e-4)" if _numeric(value) else "")
+            )
 
 
 def _fits(hint: Any, value: Any) -> bool:
