@@ -69,8 +69,12 @@ ITEM = st.one_of(
 def bodies(draw: st.DrawFn, route: str) -> Any:
     """A request body for `route` with 0..2 damages, sometimes not an object."""
     body: dict[str, Any] = {"history": draw(st.lists(ITEM, min_size=1, max_size=4))}
-    if route == "/v1/rank":
-        body["candidates"] = draw(st.lists(ITEM, min_size=1, max_size=6))
+    if route == "/v1/rank":  # distinct titles, one of them perhaps anything
+        candidates = draw(st.lists(st.sampled_from(TITLES), min_size=1, max_size=6, unique=True))
+        at = draw(st.integers(0, 2 * len(candidates)))
+        if at < len(candidates):
+            candidates[at] = draw(ITEM)
+        body["candidates"] = candidates
     if draw(st.booleans()):
         body["top"] = draw(st.integers(1, 10) | st.sampled_from([0, -1, 10**30, "3", 2.5, None]))
     for _ in range(draw(st.integers(0, 2))):
