@@ -198,9 +198,12 @@ def test_found_options(argv: list[str], message: str) -> None:
 
 
 def test_serve_model_option_before_other_options() -> None:
-    """`setdpo serve --model DIR`: the positional MODEL, absent, no longer resets it."""
+    """Found by the fuzzing: `setdpo serve --model DIR` and `serve --port 8001 DIR` exited 2,
+    the positional MODEL taking the option's value."""
     assert _build(["serve", "--model", "runs/a", "--port=1"]).model == "runs/a"
     assert _build(["serve", "runs/b"]).model == "runs/b"
+    config = _build(["serve", "--port", "8001", "runs/c"])
+    assert (config.model, config.port) == ("runs/c", 8001)
 
 
 STUDY = yaml.safe_load(Path(__file__).parents[1].joinpath("configs/studies/smoke.yaml").read_text())

@@ -73,11 +73,7 @@ def _add_serve(subparsers) -> None:
         "Concurrent requests are scored in batches. Every ServeConfig field is an option "
         "(listed below).",
     )
-    # The positional and `--model` set one field; without SUPPRESS an absent positional would
-    # reset a `--model DIR` given before it to None.
-    p.add_argument("model", nargs="?", default=argparse.SUPPRESS,
-                   help="run directory or export folder (= --model)")  # fmt: skip
-    p.add_argument("--model", dest="model", help="run directory or export folder")
+    p.add_argument("model", nargs="?", help="run directory or export folder (= --model)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=run_serve)
 
