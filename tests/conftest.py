@@ -1,10 +1,87 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, the hypothesis profiles and the fuzzing tally."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import settings
+
+from setdpo.errors import InputError
+
+# CI (`CI=true`, as .ci/run sets it) draws the same examples every run; elsewhere hypothesis
+# draws new ones each run (and remembers failures in .hypothesis/).
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
+
+
+class FuzzTally:
+    """How many fuzzed inputs each target was given, and how many it accepted or refused.
+
+    `check` runs one input: it must succeed or raise `InputError` whose message names one of
+    `where` (the file, line or field); any other exception fails the test.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[str, list[int]] = {}  # target -> [accepted, refused]
+
+    def count(self, target: str, accepted: bool) -> None:
+        self.counts.setdefault(target, [0, 0])[0 if accepted else 1] += 1
+
+    def check(self, target: str, run: Callable[[], Any], *where: object) -> Any:
+        try:
+            result = run()
+        except InputError as err:
+            assert any(str(w) in str(err) for w in where), f"{err} names none of {where}"
+            self.count(target, accepted=False)
+            return None
+        self.count(target, accepted=True)
+        return result
+
+    def merge(self, counts: dict[str, list[int]]) -> None:
+        for target, (accepted, refused) in counts.items():
+            mine = self.counts.setdefault(target, [0, 0])
+            mine[0] += accepted
+            mine[1] += refused
+
+
+FUZZ_TALLY = pytest.StashKey[FuzzTally]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[FUZZ_TALLY] = FuzzTally()
+
+
+@pytest.fixture(scope="session")
+def fuzz(pytestconfig: pytest.Config) -> FuzzTally:
+    """The session's `FuzzTally` (printed in the terminal summary)."""
+    return pytestconfig.stash[FUZZ_TALLY]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker sends its tally to the controller, which prints the sum."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["fuzz"] = session.config.stash[FUZZ_TALLY].counts
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    node.config.stash[FUZZ_TALLY].merge(getattr(node, "workeroutput", {}).get("fuzz", {}))
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    counts = config.stash[FUZZ_TALLY].counts
+    if not counts:
+        return
+    terminalreporter.section("fuzz")
+    for target, (accepted, refused) in sorted(counts.items()):
+        terminalreporter.write_line(
+            f"fuzz: {target} {accepted + refused} inputs ({accepted} accepted, {refused} refused)"
+        )
 
 
 @pytest.fixture(scope="session")

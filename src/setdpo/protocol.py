@@ -9,6 +9,9 @@ its own section (`load_config`), and the command line's `--field value` options 
 
 from __future__ import annotations
 
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -81,4 +84,68 @@ def load_config(
     unknown = sorted(set(values) - known)
     if unknown:
         raise InputError(f"{config_file or 'overrides'}: unknown {cls.__name__} fields {unknown}")
-    return cls(**values)
+    check_types(cls, values, lambda name: "option" if name in (overrides or {}) else config_file)
+    try:
+        return cls(**values)
+    except InputError:
+        raise
+    except (TypeError, ValueError, OSError) as err:  # the checks of a base class (transformers')
+        given = sorted(values)
+        raise InputError(f"{config_file or 'options'}: {cls.__name__} of {given}: {err}") from err
+
+
+def check_types(cls: type, values: dict[str, Any], where: Callable[[str], object]) -> None:
+    """Raise `InputError` naming `where(field)` and the field for the first value whose type
+    the field's type hint refuses (`_fits`)."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if not _fits(hints.get(name, Any), value):
+            raise InputError(
+                f"{where(name)}: {cls.__name__} field {name!r} must be {_spell(hints[name])}, "
+                f"got {value!r}"
+                + (" (YAML reads 1e-4 as text: write 1.0e-4)" if _numeric(value) else "")
+            )
+
+
+def _fits(hint: Any, value: Any) -> bool:
+    """Whether `value` (from YAML, JSON or the command line) has the type `hint` names;
+    hints other than plain types, unions, literals and containers of them accept anything
+    (the class's `__post_init__` checks those)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(arg, value) for arg in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint in (list, tuple) or origin in (list, tuple):
+        kinds = [a for a in args if a is not Ellipsis] or [Any]
+        return isinstance(value, list | tuple) and all(
+            any(_fits(kind, item) for kind in kinds) for item in value
+        )
+    if hint is dict or origin is dict:
+        key, item = args or (Any, Any)
+        return isinstance(value, dict) and all(
+            _fits(key, k) and _fits(item, v) for k, v in value.items()
+        )
+    return True
+
+
+def _spell(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _numeric(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(value, str)

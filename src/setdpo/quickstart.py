@@ -227,12 +227,11 @@ class QuickstartConfig:
             raise InputError(f"tiers must be distinct names from {list(TIERS)}, got {self.tiers}")
         if self.jobs < 1:
             raise InputError(f"jobs must be >= 1, got {self.jobs}")
-        try:
-            self.losses = _objectives(self.losses, self.mode)
-            self.llm_losses = _objectives(self.llm_losses, self.mode)
-        except ValueError as err:
-            raise InputError(str(err)) from err
         for name in ("losses", "llm_losses"):
+            try:
+                setattr(self, name, _objectives(getattr(self, name), self.mode))
+            except ValueError as err:
+                raise InputError(f"{name}: {err}") from err
             names = getattr(self, name)
             if len(set(names)) != len(names) or not names:
                 raise InputError(f"{name} must be distinct and non-empty, got {names}")

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
+import sys
 import types
 import typing
 from typing import Any
 
 HELP_TITLE = "configuration fields (override --config; --field_name also accepted)"
+_NUMBER = re.compile(r"-\d+|-\d*\.\d+(e[-+]?\d+)?|-inf|-nan", re.IGNORECASE)
 
 
 def config_class(path: str) -> type:
@@ -84,11 +87,33 @@ class ConfigParser(argparse.ArgumentParser):
     config_class: str | None = None
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
-        namespace, extras = super().parse_known_args(args, namespace)
         if self.config_class is None:
-            return namespace, extras
-        namespace.overrides = extras
+            return super().parse_known_args(args, namespace)
+        fields, rest = self._field_options(list(sys.argv[1:] if args is None else args))
+        namespace, extras = super().parse_known_args(rest, namespace)
+        namespace.overrides = fields + extras
         return namespace, []
+
+    def _field_options(self, args: list[str]) -> tuple[list[str], list[str]]:
+        """The field options (with their values) out of `args`, and the rest: parsed first,
+        a field option's value could be taken for the command's positional argument
+        (`serve --port 8001 DIR` would read 8001 as the model)."""
+        actions = field_parser(config_class(self.config_class))._option_string_actions
+        fields, rest, i = [], [], 0
+        while i < len(args):
+            name = args[i].split("=", 1)[0]
+            action = None if name in self._option_string_actions else actions.get(name)
+            target = rest if action is None else fields
+            target.append(args[i])
+            i += 1
+            if action is None or "=" in target[-1] or action.nargs == 0:
+                continue
+            while i < len(args) and (not args[i].startswith("-") or _NUMBER.fullmatch(args[i])):
+                fields.append(args[i])
+                i += 1
+                if action.nargs in (None, "?"):
+                    break
+        return fields, rest
 
     def format_help(self) -> str:
         text = super().format_help()

@@ -287,7 +287,13 @@ def _header(table: Table) -> list[str]:
             if line.strip():
                 delimiter = "," if table.kind == "csv" else "\t"
                 quoting = csv.QUOTE_MINIMAL if table.kind == "csv" else csv.QUOTE_NONE
-                return next(csv.reader([line.rstrip("\r\n")], delimiter=delimiter, quoting=quoting))
+                names = next(
+                    csv.reader([line.rstrip("\r\n")], delimiter=delimiter, quoting=quoting)
+                )
+                repeated = sorted({name for name in names if names.count(name) > 1})
+                if repeated:  # which of the two was meant?
+                    raise InputError(f"{table.path}: the header repeats the columns {repeated}")
+                return names
     raise InputError(f"{table.path}: the file is empty")
 
 

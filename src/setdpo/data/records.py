@@ -197,6 +197,12 @@ def _read_delimited(path: Path, text: str, sep: str) -> RecordFile:
         raise InputError(f"{path}: malformed table ({err})") from err
     if frame.empty:
         raise InputError(f"{path}: the file has a header but no rows")
+    # pandas renames a repeated column "name.1" and reads the first: which one was meant?
+    header = next(row for row in csv.reader(io.StringIO(text), delimiter=sep, quoting=quoting)
+                  if row)  # fmt: skip
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise InputError(f"{path}: the header repeats the columns {repeated}")
     # Line 1 is the header; blank lines are skipped by the parser, so count them out.
     lines = np.asarray([i for i, s in enumerate(text.splitlines(), start=1) if s.strip()][1:])
     if len(lines) != len(frame):  # quoted fields spanning lines: fall back to record numbers

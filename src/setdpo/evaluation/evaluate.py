@@ -101,7 +101,7 @@ class EvalConfig:
             try:
                 parse_metric_name(name)
             except ValueError as err:
-                raise InputError(str(err)) from err
+                raise InputError(f"metrics: {err}") from err
         self.generate = self.generate or self.constrained
         if self.model in BASELINES and self.generate:
             raise InputError(f"--model {self.model} scores candidates but cannot generate")

@@ -173,7 +173,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, "", str(exc.detail))
+        # 400: FastAPI could not read the body (not UTF-8, say); 404, 405: the route.
+        field = "body" if exc.status_code == 400 else ""
+        return error_response(exc.status_code, field, str(exc.detail))
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:

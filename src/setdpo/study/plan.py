@@ -202,13 +202,14 @@ def _check_fields(config: StudyConfig) -> None:
 
 
 def load_study(path: str | Path) -> StudyConfig:
-    from setdpo.protocol import read_config_file
+    from setdpo.protocol import check_types, read_config_file
 
     raw = read_config_file(path)
     known = {f.name for f in fields(StudyConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise InputError(f"{path}: unknown study keys {unknown}; known: {sorted(known)}")
+    check_types(StudyConfig, raw, lambda _: path)
     try:
         return StudyConfig(**raw)
     except InputError as err:
