@@ -109,14 +109,17 @@ def test_config_validation():
     assert PrepareConfig(max_examples=10, max_examples_per_split={"test": 3}).split_cap("test") == 3
 
 
-def test_dense_and_sorted_lookups_agree(monkeypatch):
+def test_dense_ever_and_sorted_lookups_agree(monkeypatch):
     rng = np.random.default_rng(3)
     user, item = rng.integers(0, 50, 2000), rng.integers(0, 80, 2000)
     time = rng.integers(0, 100, 2000).astype(float)
     dense = SeenIndex(user, item, time, n_items=80)
     monkeypatch.setattr("setdpo.data.negatives.DENSE_CELLS", 0)
+    ever = SeenIndex(user, item, time, n_items=80)
+    monkeypatch.setattr("setdpo.data.negatives.EVER_CELLS", 0)
     keyed = SeenIndex(user, item, time, n_items=80)
-    assert dense.dense is not None and keyed.dense is None
+    assert dense.dense is not None and keyed.dense is None and keyed.ever is None
+    assert ever.dense is None and ever.ever is not None
     queries, cutoff = rng.integers(0, 80, (500, 30)), rng.uniform(-5, 105, 500)
     rows = rng.integers(0, 50, 500)
     expected = np.zeros((500, 30), dtype=bool)  # by hand: any interaction at or before cutoff
@@ -124,4 +127,5 @@ def test_dense_and_sorted_lookups_agree(monkeypatch):
         mine = item[(user == rows[r]) & (time <= cutoff[r])]
         expected[r] = np.isin(queries[r], mine)
     assert (dense.seen_by(rows, queries, cutoff) == expected).all()
+    assert (ever.seen_by(rows, queries, cutoff) == expected).all()
     assert (keyed.seen_by(rows, queries, cutoff) == expected).all()

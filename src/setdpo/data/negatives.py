@@ -10,6 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 DENSE_CELLS = 40_000_000  # users x items up to which lookups use a dense int32 table
+EVER_CELLS = 200_000_000  # ... and a dense "ever seen" bool table (1 byte a cell)
 
 
 class SeenIndex:
@@ -17,7 +18,9 @@ class SeenIndex:
 
     Sorted keys (user * n_items + item) with their first time; for catalogs small enough
     (ML-1M: 6,040 x 3,706) also a dense [users, items] table of the first time's rank
-    among all distinct times, which answers lookups by plain indexing (no binary search).
+    among all distinct times, which answers lookups by plain indexing (no binary search);
+    up to `EVER_CELLS` a table of whether the user ever saw the item, so that only those
+    few lookups search the keys (a range of the ML-10M-shaped file: 7k users x 10k items).
     """
 
     def __init__(self, user: np.ndarray, item: np.ndarray, time: np.ndarray, n_items: int):
@@ -27,8 +30,11 @@ class SeenIndex:
         key, time = key[order], time[order]
         first = np.r_[True, key[1:] != key[:-1]]
         self.keys, self.first_time = key[first], time[first]
-        self.times, self.dense = np.unique(time), None
+        self.times, self.dense, self.ever = np.unique(time), None, None
         n_users = int(user.max(initial=-1)) + 1
+        if DENSE_CELLS < n_users * n_items <= EVER_CELLS:
+            self.ever = np.zeros((n_users, n_items), dtype=bool)
+            self.ever[self.keys // n_items, self.keys % n_items] = True
         if n_users * n_items <= DENSE_CELLS:
             self.dense = np.full((n_users, n_items), np.iinfo(np.int32).max, dtype=np.int32)
             ranks = np.searchsorted(self.times, self.first_time).astype(np.int32)
@@ -39,10 +45,17 @@ class SeenIndex:
         if self.dense is not None:
             last = np.searchsorted(self.times, cutoff, side="right") - 1  # rank of cutoff
             return self.dense[user[:, None], item] <= last[:, None]
-        key = user.astype(np.int64)[:, None] * self.n_items + item
+        if self.ever is not None:
+            seen = np.zeros(item.shape, dtype=bool)
+            rows, cols = np.nonzero(self.ever[user[:, None], item])
+            seen[rows, cols] = self._search(user[rows], item[rows, cols], cutoff[rows])
+            return seen
+        return self._search(user[:, None], item, cutoff[:, None])
+
+    def _search(self, user: np.ndarray, item: np.ndarray, cutoff: np.ndarray) -> np.ndarray:
+        key = user.astype(np.int64) * self.n_items + item
         at = np.minimum(np.searchsorted(self.keys, key), len(self.keys) - 1)
-        found = self.keys[at] == key
-        return found & (self.first_time[at] <= cutoff[:, None])
+        return (self.keys[at] == key) & (self.first_time[at] <= cutoff)
 
     def unseen_items(self, user: int, cutoff: float) -> np.ndarray:
         """Items `user` had not interacted with by `cutoff` (sorted)."""

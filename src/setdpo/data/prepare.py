@@ -96,6 +96,7 @@ def prepare(config: PrepareConfig) -> Path:
         stages.next("build")
         stats = Statistics(source, planned)
         runs = _write_runs(source, config, planned, stats, work)
+        temporary_mb = round(sum(f.stat().st_size for f in work.rglob("*") if f.is_file()) / 1e6)
         stages.next("merge")
         ratings = config.mode in ("rated", "levels")
         for split in SPLITS:
@@ -118,7 +119,11 @@ def prepare(config: PrepareConfig) -> Path:
         if findings(checks):  # prepare's own rules exclude every finding: a bug, never output
             raise AuditError(f"the prepared data fails its audit:\n{format_table(checks)}")
         stages.close()
-        run = {"stage_seconds": stages.seconds, "peak_rss_mb": peak_rss_mb()}
+        run = {
+            "stage_seconds": stages.seconds,
+            "peak_rss_mb": peak_rss_mb(),
+            "temporary_mb": temporary_mb,
+        }
         write_json(
             tmp / "stats.json", stats | {"audit": {c.name: c.found for c in checks}, "run": run}
         )
