@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from accelerate.utils import broadcast_object_list
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from setdpo import faults
 from setdpo import model as models
 from setdpo.atomic import atomic_write_with
 from setdpo.data.schema import PreferenceExample
@@ -71,20 +76,70 @@ def write_trainer_state(trainer: Trainer, run_dir: Path) -> None:
     atomic_write_with(run_dir / TRAINER_STATE, trainer.state.save_to_json)
 
 
-def train_and_close(trainer: Trainer, config: Any, resume: bool, **run_model: Any) -> Path:
-    """Train (`resume`: from the last checkpoint), evaluate on the valid split if there is one,
-    then close the run directory on the main process: the model with
-    `setdpo.model.save_run_model(..., **run_model)`, the resolved config and the trainer state.
+class RunTrainer(Trainer):
+    """transformers' Trainer with the fault-injection sites of a training run (`setdpo.faults`):
+    after each training step, and inside a checkpoint (the model written, the rest not)."""
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        loss = super().training_step(*args, **kwargs)
+        faults.reached("train.step")
+        return loss
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        faults.reached("checkpoint.save")
+        super()._save_optimizer_and_scheduler(output_dir)
+
+
+def _complete(checkpoint: Path) -> bool:
+    """A checkpoint is complete once its `trainer_state.json` reads: the Trainer writes that
+    file last (`Trainer._save_checkpoint`), in place and not atomically."""
+    try:
+        json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(run_dir: str | Path) -> Path | None:
+    """The highest-numbered complete `checkpoint-*` of `run_dir`, after removing the
+    incomplete ones above it (a run killed while saving): a resumed run neither starts from
+    them nor writes its next checkpoint over their leftovers. None if no checkpoint is complete.
     """
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    found = [
+        (int(path.name.split("-")[1]), path)
+        for path in Path(run_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if path.is_dir() and path.name.split("-")[1].isdigit()
+    ]
+    for _, path in sorted(found, reverse=True):
+        if _complete(path):
+            return path
+        logger.warning("%s is incomplete (killed while saving?): removed", path)
+        shutil.rmtree(path)
+    return None
+
+
+def train_and_close(trainer: Trainer, config: Any, resume: bool, **run_model: Any) -> Path:
+    """Train (`resume`: from the last complete checkpoint, from the start if there is none),
+    evaluate on the valid split if there is one, then close the run directory on the main
+    process: the resolved config, the trainer state and the model with
+    `setdpo.model.save_run_model(..., **run_model)`, whose `setdpo_model.json` comes last, so
+    a folder that has it is a finished run.
+    """
+    checkpoint = None
+    if resume and trainer.is_world_process_zero():
+        checkpoint = last_complete_checkpoint(config.output_dir)
+    if resume and trainer.accelerator.num_processes > 1:
+        checkpoint = broadcast_object_list([checkpoint])[0]  # rank 0 decided (and cleaned up)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if trainer.eval_dataset is not None:
         trainer.evaluate()
     log_truncation(trainer)
     run_dir = Path(config.output_dir)
     if trainer.is_world_process_zero():
         run_dir.mkdir(parents=True, exist_ok=True)
-        models.save_run_model(trainer.model, trainer.processing_class, run_dir, **run_model)
+        (run_dir / models.RUN_MODEL_FILE).unlink(missing_ok=True)  # a finished run trained again
         write_resolved_config(config, run_dir)
         write_trainer_state(trainer, run_dir)
+        models.save_run_model(trainer.model, trainer.processing_class, run_dir, **run_model)
     trainer.accelerator.wait_for_everyone()
     return run_dir
