@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 from accelerate.utils import broadcast_object_list
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from setdpo import faults
@@ -76,9 +77,60 @@ def write_trainer_state(trainer: Trainer, run_dir: Path) -> None:
     atomic_write_with(run_dir / TRAINER_STATE, trainer.state.save_to_json)
 
 
+class LossBeforeResume(TrainerCallback, ExportableState):
+    """The training loss summed over the steps before this session, kept in checkpoints:
+    transformers' `train_loss` averages only the steps of the current `train()` call, so a
+    resumed run would log another value than the uninterrupted one."""
+
+    def __init__(self, total: float = 0.0) -> None:
+        self.before = self.total = total  # restored; as of the checkpoint being written
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {"total": self.total}, "attributes": {}}
+
+
 class RunTrainer(Trainer):
-    """transformers' Trainer with the fault-injection sites of a training run (`setdpo.faults`):
-    after each training step, and inside a checkpoint (the model written, the rest not)."""
+    """transformers' Trainer with what both stages add so that a resumed run logs what an
+    uninterrupted one does (`train_loss` over every step: `LossBeforeResume`; `eval_on_start`
+    once), and the fault-injection sites of a training run
+    (`setdpo.faults`): after each training step, and inside a checkpoint (the model written,
+    the rest not)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_callback(LossBeforeResume())
+        self._resuming = False
+
+    def _loss_before(self) -> LossBeforeResume:
+        (carried,) = [c for c in self.callback_handler.callbacks if isinstance(c, LossBeforeResume)]
+        return carried
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        session = self._total_loss_scalar + self._tr_loss.item()  # logged + not yet logged
+        self._loss_before().total = self._loss_before().before + session
+        super()._save_checkpoint(model, trial)
+
+    def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any) -> Any:
+        before = 0.0
+        if resume_from_checkpoint:
+            state = json.loads((Path(resume_from_checkpoint) / TRAINER_STATE).read_text())
+            stored = state.get("stateful_callbacks", {}).get(LossBeforeResume.__name__, {})
+            before = stored.get("args", {}).get("total", 0.0)
+        self._loss_before().before = before
+        self._resuming = bool(resume_from_checkpoint)
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        if before:  # resumed: the mean over every step, as an uninterrupted run logs it
+            session = output.training_loss * (self.state.global_step - self._initial_global_step)
+            logged = next(e for e in reversed(self.state.log_history) if "train_loss" in e)
+            logged["train_loss"] = (before + session) / self.state.global_step
+        return output
+
+    def _evaluate(self, trial: Any, ignore_keys_for_eval: Any, skip_scheduler: bool = False) -> Any:
+        # `eval_on_start` (the one call with `skip_scheduler`) is in a resumed run's history
+        # already, at step 0: transformers would evaluate and log it again
+        if skip_scheduler and self._resuming:
+            return {}
+        return super()._evaluate(trial, ignore_keys_for_eval, skip_scheduler)
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         loss = super().training_step(*args, **kwargs)
