@@ -111,15 +111,15 @@ class RunTrainer(Trainer):
         super()._save_checkpoint(model, trial)
 
     def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any) -> Any:
-        before = 0.0
+        before = None  # the checkpoint's sum (None: not resumed, or a checkpoint without it)
         if resume_from_checkpoint:
             state = json.loads((Path(resume_from_checkpoint) / TRAINER_STATE).read_text())
             stored = state.get("stateful_callbacks", {}).get(LossBeforeResume.__name__, {})
-            before = stored.get("args", {}).get("total", 0.0)
-        self._loss_before().before = before
+            before = stored.get("args", {}).get("total")
+        self._loss_before().before = before or 0.0
         self._resuming = bool(resume_from_checkpoint)
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
-        if before:  # resumed: the mean over every step, as an uninterrupted run logs it
+        if before is not None:  # the mean over every step, as an uninterrupted run logs it
             session = output.training_loss * (self.state.global_step - self._initial_global_step)
             logged = next(e for e in reversed(self.state.log_history) if "train_loss" in e)
             logged["train_loss"] = (before + session) / self.state.global_step
