@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from setdpo import faults
 from setdpo.data.audit import AuditError, audit, findings, format_table
 from setdpo.data.builders import build, catalog_rows, statistics
 from setdpo.data.config import PrepareConfig
@@ -40,6 +41,7 @@ class Stages:
 
     def next(self, name: str) -> None:
         """End the current stage (if any) and start `name`."""
+        faults.reached("prepare.stage")
         self._end()
         self.bar.set_postfix_str(name)
         self._name, self._start = name, time.perf_counter()
