@@ -23,6 +23,7 @@ import setdpo.model
 from setdpo import cli
 from setdpo.model import load
 from setdpo.training.reference import MEMO_DIR, ReferenceModel
+from setdpo.training.run import last_complete_checkpoint
 
 pytestmark = [
     pytest.mark.slow,
@@ -230,3 +231,17 @@ def test_killed_run_resumes_to_the_uninterrupted_result(
     _assert_same_adapter(killed, straight, atol=1e-5)
     state = json.loads((killed / "trainer_state.json").read_text())
     assert state["global_step"] == 16
+
+
+def test_resume_takes_the_last_complete_checkpoint_and_removes_the_others(tmp_path: Path) -> None:
+    # transformers writes trainer_state.json last: a folder without it (or with it cut short)
+    # is a checkpoint killed while saving
+    for step, state in [(2, '{"global_step": 2}'), (4, None), (6, '{"global_st')]:
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
+    assert last_complete_checkpoint(tmp_path / "checkpoint-2") is None  # none: a fresh start

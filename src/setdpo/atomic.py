@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from setdpo import faults
+
 
 def atomic_write_with(
     path: str | Path, write: Callable[[str], object], suffix: str = ".tmp"
@@ -27,16 +29,17 @@ def atomic_write_with(
     os.close(fd)
     try:
         write(tmp)
-        _fsync(tmp)
+        fsync(tmp)
+        faults.reached("atomic.replace")
         os.replace(tmp, path)
-        _fsync(path.parent, directory=True)
+        fsync(path.parent, directory=True)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
 
-def _fsync(path: str | Path, directory: bool = False) -> None:
+def fsync(path: str | Path, directory: bool = False) -> None:
     """Flush `path` (a file, or a folder's entries) to disk; folders where the platform
     cannot open them (Windows) are skipped."""
     try:

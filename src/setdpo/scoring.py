@@ -61,6 +61,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from setdpo import faults
 from setdpo.tokenization import (
     CandidateCollator,
     TokenizedExample,
@@ -501,6 +502,7 @@ def score_all(
     try:
         starts = range(0, len(tokenized), batch_size)
         for start in tqdm(starts, desc=desc, disable=not progress):
+            faults.reached("score.batch")
             group = tokenized[start : start + batch_size]
             logps = options.score(model, collate(list(group))).logps.float().cpu()
             out.extend(logps[i, : len(t.candidate_ids)] for i, t in enumerate(group))

@@ -52,7 +52,11 @@ def add_parser(subparsers: Any) -> None:
         sub.add_argument("--out", dest="output_dir", help="Run directory.")
         if stage == "pref":
             sub.add_argument("--loss", help="Objective (listed below).")
-        sub.add_argument("--resume", action="store_true", help="Continue from the last checkpoint.")
+        sub.add_argument(
+            "--resume",
+            action="store_true",
+            help="Continue from the last complete checkpoint (from the start if there is none).",
+        )
         sub.add_argument(
             "--help-config", action="store_true", help="List every configuration field."
         )

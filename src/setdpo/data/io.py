@@ -24,6 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from setdpo import faults
+from setdpo.atomic import fsync
 from setdpo.data.schema import PreferenceExample
 from setdpo.data.store import SPLITS, finish_hf, open_split, save_split, split_schema
 from setdpo.errors import InputError
@@ -49,11 +51,16 @@ def check_target(out: str | Path, overwrite: bool) -> Path:
 
 @contextmanager
 def atomic_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary directory that replaces `out` only if the block succeeds."""
+    """Yield a fresh temporary directory that replaces `out` only if the block succeeds.
+
+    Its files and folders are `fsync`ed before the rename and the parent after it, so the
+    renamed directory is complete after a power loss too (`setdpo.atomic`)."""
     out = check_target(out, overwrite)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         yield tmp
+        _fsync_tree(tmp)
+        faults.reached("directory.replace")
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             os.replace(out, old / "dir")
@@ -61,9 +68,18 @@ def atomic_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]
             shutil.rmtree(old)
         else:
             os.replace(tmp, out)
+        fsync(out.parent, directory=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file under `root`, then every folder's entries (deepest first)."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            fsync(Path(folder) / name)
+        fsync(folder, directory=True)
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from setdpo import faults
 from setdpo.data.audit import AuditError, audit, findings, format_table
 from setdpo.data.builders import (
     CHUNK_INTERACTIONS,
@@ -59,6 +60,7 @@ class Stages:
 
     def next(self, name: str) -> None:
         """End the current stage (if any) and start `name`."""
+        faults.reached("prepare.stage")
         self._end()
         self.bar.set_postfix_str(name)
         self._name, self._start = name, time.perf_counter()

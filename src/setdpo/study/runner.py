@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from setdpo import faults
 from setdpo.atomic import atomic_write_json, atomic_write_text
 from setdpo.errors import InputError
 from setdpo.study.plan import Plan, Stage
@@ -241,6 +242,7 @@ def run_stages(plan: Plan, jobs: int = 1, fresh: bool = False) -> dict[str, str]
                     "finished": time.time(),
                     "settings": stage.settings,
                 }
+                faults.reached("study.record")
                 atomic_write_json(record_path(plan, stage), record)
                 status[stage.name] = "ran"
                 ran = sum(v == "ran" for v in status.values())

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, set_seed
+from transformers import set_seed
 
 from setdpo import losses
 from setdpo import model as models
@@ -43,7 +43,7 @@ from setdpo.training.reference import (
     eval_mode,
     memo_key,
 )
-from setdpo.training.run import load_examples, tokenize_lazily, train_and_close
+from setdpo.training.run import RunTrainer, load_examples, tokenize_lazily, train_and_close
 
 
 def positive_nll(scores: CandidateScores, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -119,7 +119,7 @@ class HardNegatives:
         return subset_batch(batch, keep)
 
 
-class PreferenceTrainer(Trainer):
+class PreferenceTrainer(RunTrainer):
     """`compute_loss` = candidate log-probs -> `losses.compute` (+ `sft_weight` x NLL).
 
     Logs, averaged since the last log: the loss's reward metrics (reward_accuracy, margins,

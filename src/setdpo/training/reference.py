@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from setdpo import faults
 from setdpo.atomic import atomic_write_text
 from setdpo.model import is_run_dir, read_run_model
 from setdpo.scoring import ScoringOptions
@@ -192,6 +193,7 @@ class ReferenceMemo:
                 self._merge(merged, example, row)
         path = self.folder / f"part-{uuid.uuid4().hex}.json"
         atomic_write_text(path, json.dumps({"fingerprint": self.key, "logps": merged}))
+        faults.reached("memo.merge")
         for shard in shards:
             shard.unlink(missing_ok=True)
 

@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, set_seed
+from transformers import set_seed
 
 from setdpo import model as models
 from setdpo.training.callbacks import EpochCallback, check_finite
 from setdpo.training.config import SFTConfig
 from setdpo.training.data import SFTCollator, SFTDataset
-from setdpo.training.run import load_examples, tokenize_lazily, train_and_close
+from setdpo.training.run import RunTrainer, load_examples, tokenize_lazily, train_and_close
 
 
-class SFTTrainer(Trainer):
+class SFTTrainer(RunTrainer):
     """transformers' Trainer with the non-finite loss guard; the model computes the loss."""
 
     def compute_loss(
