@@ -152,3 +152,31 @@ def test_ml100k_catalog_excludes_exactly_the_raw_past(ml100k_open):
         assert set(ex.positives) <= set(big.candidates)
         beyond_history.append(len(past) - len(ex.history))
     assert sum(beyond_history) > 0  # the old rule (history only) left these ranked
+
+
+def test_consumed_items_read_row_group_by_row_group(tmp_path, monkeypatch):
+    """ML-100K's timelines in 7 row groups (ranges of 15,000 interactions), read lazily with
+    at most 4 kept: every test and valid context's consumed items equal the positions before
+    its target in the whole file read at once."""
+    import pyarrow.parquet as pq
+
+    import setdpo.data.builders as builders
+
+    monkeypatch.setattr(builders, "CHUNK_INTERACTIONS", 15_000)
+    out = prepare(PrepareConfig(out=str(tmp_path / "p"), max_examples_per_split={"train": 10}))
+    assert pq.ParquetFile(out / "timelines.parquet").num_row_groups == 7
+    ids = [item["item_id"] for item in load_items(out)]
+    whole = pq.read_table(out / "timelines.parquet").to_pylist()
+    expected = {row["user"]: [ids[i] for i in row["items"]] for row in whole}
+    consumed = ConsumedItems.of(out)
+    for split in ("valid", "test"):
+        for ex in load_split(out, split):
+            at = int(ex.context_id.rpartition(":")[2])
+            assert consumed.before(ex) == expected[ex.user][:at]
+            assert len(consumed.groups) <= ConsumedItems.CACHED_GROUPS
+    stranger = load_split(out, "test")[0]
+    stranger = PreferenceExample(
+        **(stranger.to_dict() | {"user": "nobody", "context_id": "nobody:3"})
+    )
+    with pytest.raises(InputError, match="has no timeline"):
+        consumed.before(stranger)

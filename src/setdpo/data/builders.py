@@ -103,6 +103,15 @@ def chunks(source: SortedInteractions, config: PrepareConfig) -> Iterator[Chunk]
         first += len(ctx)
 
 
+def timeline_parts(
+    source: SortedInteractions,
+) -> Iterator[tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]]:
+    """`io.write_timelines`'s parts: each range's users, offsets, items and times."""
+    for lo, hi, rows in user_ranges(source, CHUNK_INTERACTIONS):
+        offsets = source.offsets[lo : hi + 1] - source.offsets[lo]
+        yield source.users.slice(lo, hi - lo), offsets, rows["item"], rows["time"]
+
+
 def plan(source: SortedInteractions, config: PrepareConfig) -> Plan:
     """The split, sample and training counts of all contexts (their times only in memory)."""
     firsts, lasts, labels, starts = [], [], [], [0]

@@ -209,23 +209,6 @@ def read_timelines(folder: str | Path) -> pa.Table | None:
     return table
 
 
-def load_timelines(folder: str | Path) -> list[dict[str, Any]] | None:
-    """Each user's ``{"user", "items", "times"}`` (item ids), all their interactions in time
-    order (None: the directory has none, e.g. an imported example set)."""
-    table = read_timelines(folder)
-    if table is None:
-        return None
-    ids = pa.array([str(item["item_id"]) for item in load_items(folder)], pa.string())
-    lengths = pc.list_value_length(table["items"]).to_numpy()
-    flat_ids = ids.take(pc.list_flatten(table["items"])).to_pylist()
-    flat_times = pc.list_flatten(table["times"]).to_numpy().tolist()
-    bounds = np.concatenate([[0], np.cumsum(lengths)]).tolist()
-    return [
-        {"user": user, "items": flat_ids[lo:hi], "times": flat_times[lo:hi]}
-        for user, lo, hi in zip(table["user"].to_pylist(), bounds[:-1], bounds[1:], strict=True)
-    ]
-
-
 def load_json(folder: str | Path, name: str) -> dict[str, Any]:
     """`stats.json` or `config.json` of a prepared directory."""
     return json.loads(_prepared_file(folder, name).read_text("utf-8"))

@@ -23,15 +23,15 @@ from tqdm.auto import tqdm
 from setdpo import faults
 from setdpo.data.audit import AuditError, audit, findings, format_table
 from setdpo.data.builders import (
-    CHUNK_INTERACTIONS,
     Plan,
     Statistics,
     built_chunks,
     catalog_rows,
     plan,
+    timeline_parts,
 )
 from setdpo.data.config import PrepareConfig
-from setdpo.data.engine import SortedInteractions, user_ranges
+from setdpo.data.engine import SortedInteractions
 from setdpo.data.examples import split_batches
 from setdpo.data.io import (
     TIMELINES,
@@ -111,7 +111,7 @@ def prepare(config: PrepareConfig) -> Path:
         finish_hf(tmp)
         write_json(tmp / "items.json", catalog_rows(source, planned.train_count))
         stages.next("timelines")
-        write_timelines(tmp / TIMELINES, _timeline_parts(source))
+        write_timelines(tmp / TIMELINES, timeline_parts(source))
         write_json(tmp / "config.json", asdict(config))
         stats = stats.result()
         write_json(tmp / "stats.json", stats)  # the audit reads the cuts
@@ -189,12 +189,6 @@ class _Run:
             self.table = pa.concat_tables([self.table, batch])
         head, self.table = self.table.slice(0, n), self.table.slice(n)
         return head
-
-
-def _timeline_parts(source: SortedInteractions):
-    for lo, hi, rows in user_ranges(source, CHUNK_INTERACTIONS):
-        offsets = source.offsets[lo : hi + 1] - source.offsets[lo]
-        yield source.users.slice(lo, hi - lo), offsets, rows["item"], rows["time"]
 
 
 def peak_rss_mb() -> float:

@@ -13,11 +13,15 @@ including the context's sampled negatives, gets the worst level: it is unobserve
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from setdpo.data.io import has_timelines, load_timelines
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from setdpo.data.io import TIMELINES, has_timelines, load_items
 from setdpo.data.schema import PreferenceExample
 from setdpo.errors import InputError
 
@@ -36,31 +40,59 @@ def catalog_exclusion(folder: str | Path) -> str:
     return EXCLUDED_CONSUMED if has_timelines(folder) else EXCLUDED_HISTORY
 
 
-@dataclass
 class ConsumedItems:
-    """Each user's time-ordered item ids and times, from `timelines.parquet` (None: absent)."""
+    """Each user's time-ordered item ids and times, from `timelines.parquet`, read one row
+    group at a time when a user is asked for (the ML-10M-shaped file's 10M interactions are
+    never all in memory; a few row groups are kept); none without the file."""
 
-    timelines: dict[str, tuple[list[str], list[float]]] | None
+    CACHED_GROUPS = 8  # of 2^20 interactions each at most: about 100 MB
+
+    def __init__(self, folder: str | Path | None) -> None:
+        self.file = None
+        if folder is None or not has_timelines(folder):
+            return
+        self.file = pq.ParquetFile(Path(folder) / TIMELINES)
+        self.ids = np.asarray([str(item["item_id"]) for item in load_items(folder)], dtype=object)
+        users = self.file.read(columns=["user"])["user"].to_numpy(zero_copy_only=False)
+        self.order = None if bool(np.all(users[1:] > users[:-1])) else np.argsort(users)
+        self.users = users if self.order is None else users[self.order]
+        sizes = [self.file.metadata.row_group(g).num_rows for g in range(self.file.num_row_groups)]
+        self.group_starts = np.cumsum([0, *sizes])
+        self.groups: OrderedDict[int, pa.Table] = OrderedDict()
 
     @classmethod
     def of(cls, folder: str | Path) -> ConsumedItems:
-        rows = load_timelines(folder)
-        if rows is None:
-            return cls(None)
-        return cls({str(r["user"]): (r["items"], r["times"]) for r in rows})
+        return cls(folder)
+
+    def _timeline(self, user: str) -> tuple[list[str], list[float]] | None:
+        at = int(np.searchsorted(self.users, user))
+        if at >= len(self.users) or self.users[at] != user:
+            return None
+        row = at if self.order is None else int(self.order[at])
+        group = int(np.searchsorted(self.group_starts, row, side="right")) - 1
+        if group not in self.groups:
+            self.groups[group] = self.file.read_row_group(group, columns=["items", "times"])
+            if len(self.groups) > self.CACHED_GROUPS:
+                self.groups.popitem(last=False)
+        self.groups.move_to_end(group)
+        table = self.groups[group]
+        index = row - int(self.group_starts[group])
+        items = table["items"][index].values.to_numpy()
+        return self.ids[items].tolist(), table["times"][index].values.to_numpy().tolist()
 
     def before(self, example: PreferenceExample) -> list[str]:
         """Ids of the items the user consumed before the example's first target: the
         positions before the one its context id names ("<user>:<position>")."""
-        if self.timelines is None:
+        if self.file is None:
             return []
         where = f"example {example.context_id!r}"
         user, _, position = example.context_id.rpartition(":")
         if user != example.user or not position.isdigit():
             raise InputError(f"{where}: the context id is not '<user>:<position>'")
-        if user not in self.timelines:
+        timeline = self._timeline(user)
+        if timeline is None:
             raise InputError(f"{where}: user {user!r} has no timeline in timelines.parquet")
-        items, times = self.timelines[user]
+        items, times = timeline
         at = int(position)
         if at >= len(items) or (
             example.target_time is not None and times[at] != example.target_time
