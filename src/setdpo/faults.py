@@ -9,7 +9,8 @@ A no-op unless one of two environment variables is set (`tests/faults.py` sets t
 
 Sites (docs/guarantees.md lists them): ``atomic.replace`` (an atomic write, between the
 fsync and the rename), ``directory.replace`` (a prepared directory, before its rename),
-``prepare.stage`` (each stage of `data prepare`), ``train.step`` (each training step),
+``prepare.stage`` (each stage of `data prepare`), ``prepare.run`` (a run file of a split
+written), ``prepare.merge`` (a merged table of a split written), ``train.step`` (each training step),
 ``checkpoint.save`` (inside a Trainer checkpoint: the model written, the optimiser, RNG and
 trainer state not yet), ``memo.merge`` (the reference memo's merged shard written, the shards
 it replaces not yet deleted), ``score.batch`` (each batch of `score_all`: evaluation) and

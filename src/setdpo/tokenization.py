@@ -34,6 +34,7 @@ from setdpo.data.schema import PreferenceExample
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class TokenizedExample:
     """Token ids of one context.

@@ -151,11 +151,10 @@ def _write_runs(
                 continue
             path = folder / f"{split}-{number:05d}.arrow"
             with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-                for batch in split_batches(built, split):  # small batches: the merge
-                    writer.write_table(
-                        pa.Table.from_batches([batch]), RUN_BATCH
-                    )  # holds one per run
-            runs[split][number] = path
+                for batch in split_batches(built, split):  # small record batches:
+                    writer.write_table(pa.Table.from_batches([batch]), RUN_BATCH)  # the merge
+            runs[split][number] = path  # holds one of each run at a time
+            faults.reached("prepare.run")
     return runs
 
 
@@ -173,6 +172,7 @@ def _merge(runs: dict[int, Path], planned: Plan, split: str, writer: SplitWriter
         place = np.empty(len(own), dtype=np.int64)
         place[order] = np.arange(len(own))
         writer.write(pa.concat_tables(pieces).take(pa.array(place)))
+        faults.reached("prepare.merge")
     writer.close()
 
 
