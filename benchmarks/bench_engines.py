@@ -54,10 +54,10 @@ def polars_sort(ratings: str, out: str) -> None:
         ratings, separator=":", has_header=False, infer_schema=False, quote_char=None
     )
     frame = frame.select(
-        pl.col("column_1").alias("user"),
-        pl.col("column_3").alias("item"),
-        pl.col("column_5").cast(pl.Float64).alias("rating"),
-        pl.col("column_7").cast(pl.Float64).alias("time"),
+        pl.col("column_0").alias("user"),
+        pl.col("column_2").alias("item"),
+        pl.col("column_4").cast(pl.Float64).alias("rating"),
+        pl.col("column_6").cast(pl.Float64).alias("time"),
     ).with_row_index("position")
     frame.sort(["user", "time", "position"]).sink_parquet(out, engine="streaming")
 

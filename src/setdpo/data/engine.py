@@ -3,17 +3,16 @@
 `sort_interactions` turns the interaction file of any source into one Parquet file
 of integer codes sorted by user, then time, then file order, under a memory limit
 (`PrepareConfig.memory_limit_mb`; DuckDB spills its sorts to `work`). Nothing here holds
-the data in Python: the ML-10M-shaped file (10M ratings) sorts in about 30 s at a 1 GB
-limit, and a 100M-interaction file on a 23 GB machine (benchmarks/RESULTS.md). DuckDB
-rather than Polars' streaming engine: on the 10M file Polars sorted faster (15.5 s against
-30 s, one thread) but has no memory limit (1.43 GB peak, growing with the data), while
-DuckDB kept to its limit (1.08 GB peak at 1 GB, 0.62 GB at 500 MB).
+the data in Python. DuckDB rather than Polars' streaming engine (`benchmarks/bench_engines.py`,
+the 10M file read and sorted, one thread): Polars was a little faster (9.9 s against 11.8 s)
+but has no setting that bounds its memory (1.16 GB peak), while DuckDB keeps to its limit
+(1.06 GB peak at 1 GB, 0.58 GB at 500 MB, 17.0 s) and spills the rest to disk.
 
-The rules are those of the in-memory readers (`setdpo.data.records`): every value read as
-text and stripped; user and item ids non-empty; timestamps and ratings finite numbers;
-every item in the items file; an error names the file and the line (row, for Parquet) of
-the first offending record. User codes follow the sorted user ids, item codes the items
-file's order among the items interacted with (`Interactions` of `setdpo.data.sources`).
+The rules are those `setdpo.data.records` applies to items files: every value read as text
+and stripped; user and item ids non-empty; timestamps and ratings finite numbers; every
+item in the items file; an error names the file and the line (row, for Parquet) of the
+first offending record. User codes follow the sorted user ids, item codes the items file's
+order among the items interacted with.
 """
 
 from __future__ import annotations
