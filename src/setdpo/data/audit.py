@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -96,7 +97,9 @@ class Timelines:
 @dataclass
 class Codes:
     """The integer codes shared by the splits and the timelines: users, and item ids when
-    the examples carry their own (imported sets, from ``meta``; else item rows)."""
+    the examples carry their own (imported sets, from ``meta``; else item rows). Each
+    vocabulary's hash table is built once (`pd.Index`), not per block: 15M users would
+    otherwise be hashed again for every block."""
 
     users: pa.Array
     ids: pa.Array | None
@@ -104,14 +107,18 @@ class Codes:
     titles: pa.Array
     item_ids: pa.Array
 
+    def __post_init__(self) -> None:
+        self._users = pd.Index(self.users.to_numpy(zero_copy_only=False))
+        self._ids = None if self.ids is None else pd.Index(self.ids.to_numpy(zero_copy_only=False))
+
     def user_codes(self, names: pa.Array) -> np.ndarray:
-        codes = pc.index_in(names, value_set=self.users).to_numpy(zero_copy_only=False)
-        codes = codes.astype(np.int64)
-        codes[pc.equal(names, "").to_numpy(zero_copy_only=False)] = -1
+        values = names.to_numpy(zero_copy_only=False)
+        codes = self._users.get_indexer(values).astype(np.int64)
+        codes[values == ""] = -1
         return codes
 
     def id_codes(self, ids: pa.Array) -> np.ndarray:
-        return pc.index_in(ids, value_set=self.ids).to_numpy(zero_copy_only=False).astype(np.int32)
+        return self._ids.get_indexer(ids.to_numpy(zero_copy_only=False)).astype(np.int32)
 
 
 def audit(folder: str | Path) -> list[Check]:
