@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from setdpo.data.config import MODES
 from setdpo.data.io import TIMELINES, load_items, load_json, read_timelines
 from setdpo.data.store import SPLITS, read_table, table_blocks
+from setdpo.errors import InputError
 
 CHECKS = {
     "window_crosses_split": "a target window lies past its split's cut or in a later split",
@@ -230,9 +231,12 @@ def _codes_of(folder: Path, timelines: pa.Table | None) -> Codes:
     titles = pa.array([str(item["title"]) for item in items], pa.string())
     item_ids = pa.array([str(item["item_id"]) for item in items], pa.string())
     names = [pc.unique(b["user"]) for _, b in _split_blocks(folder, ["user"])]
-    if timelines is not None:
-        names.append(timelines["user"].combine_chunks())
     users = pc.unique(pa.chunked_array(names, pa.string()).combine_chunks())
+    if timelines is not None:  # the timelines' users first, in row order: code = row
+        listed = timelines["user"].combine_chunks()
+        if pc.count_distinct(listed).as_py() != len(listed):
+            raise InputError(f"{folder / TIMELINES}: a user has more than one row")
+        users = pa.concat_arrays([listed, users.filter(pc.invert(pc.is_in(users, listed)))])
     if not any("meta" in read_table(folder, split).column_names for split in SPLITS):
         return Codes(users, None, len(items), titles, item_ids)
     ids = [pc.unique(_meta_ids(b, titles)) for _, b in _split_blocks(folder)]
@@ -297,24 +301,29 @@ def _across_rows(
 
 
 def _timelines(table: pa.Table, codes: Codes) -> Timelines:
-    users = codes.user_codes(table["user"].combine_chunks())
+    """The timelines as flat arrays: the user of row r has code r (`_codes_of`), so they
+    are in user order already; users without a row (in no timeline) get empty ranges."""
+    lengths = pc.list_value_length(table["items"]).to_numpy()
+    offsets = np.zeros(len(codes.users) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1 : len(lengths) + 1])
+    offsets[len(lengths) + 1 :] = offsets[len(lengths)]
+    n = int(offsets[-1])
     items = pc.list_flatten(table["items"]).to_numpy()
     if codes.ids is not None:
         items = codes.id_codes(codes.item_ids.take(pa.array(items)))
-    n_users = len(codes.users)
-    lengths = pc.list_value_length(table["items"]).to_numpy()
-    owner = np.repeat(users, lengths)
-    order = np.argsort(owner, kind="stable")  # by user code, each user's items in time order
-    times = pc.list_flatten(table["times"]).to_numpy()
-    offsets = np.searchsorted(owner[order], np.arange(n_users + 1))
     # one sentinel slot (item -1) past the end: rows whose window is not in the timeline
-    return Timelines(offsets, np.append(items[order], -1), np.append(times[order], np.nan))
+    flat_items, flat_times = np.empty(n + 1, dtype=np.int64), np.empty(n + 1)
+    flat_items[:n], flat_items[n] = items, -1
+    flat_times[:n], flat_times[n] = pc.list_flatten(table["times"]).to_numpy(), np.nan
+    return Timelines(offsets, flat_items, flat_times)
 
 
 def _reconsumed(timelines: Timelines, n_ids: int) -> np.ndarray:
     """Keys (user * n_ids + item) the user's timeline holds more than once."""
-    user = np.repeat(np.arange(len(timelines.offsets) - 1), np.diff(timelines.offsets))
-    keys = np.sort(user * n_ids + timelines.items[:-1])
+    users = len(timelines.offsets) - 1
+    keys = np.repeat(np.arange(users, dtype=np.int64) * n_ids, np.diff(timelines.offsets))
+    keys += timelines.items[:-1]
+    keys.sort()
     return _sorted_unique(keys[1:][keys[1:] == keys[:-1]])
 
 
