@@ -132,6 +132,28 @@ def test_a_request_past_its_timeout_raises_and_is_not_scored() -> None:
     assert work.batches == [[0]]  # the timed-out request was dropped, never scored
 
 
+def test_a_request_that_timed_out_in_the_queue_gives_its_place_back() -> None:
+    """A one-place queue behind a slow batch: once the queued request times out, the next one
+    is queued (not refused), although the worker has not reached the dead one yet."""
+    work = Doubler(seconds=0.5)
+
+    async def main():
+        batcher = Batcher(work, max_batch=1, window_s=0.0, max_queue=1)
+        await batcher.start()
+        busy = asyncio.create_task(batcher.submit(0, 5))
+        await asyncio.sleep(0.05)  # the worker is scoring 0 for 0.5 s
+        with pytest.raises(TimeoutError):
+            await batcher.submit(1, 0.1)
+        with pytest.raises(Overloaded):  # the place is taken while 2 waits
+            await asyncio.gather(batcher.submit(2, 5), batcher.submit(3, 5))
+        await asyncio.sleep(1.5)
+        await busy
+        await batcher.stop()
+
+    _run(main())
+    assert work.batches == [[0], [2]]  # 1 timed out, 3 was refused
+
+
 def test_an_error_in_the_batch_reaches_its_requests_and_the_worker_goes_on() -> None:
     def flaky(payloads: list[int]) -> list[int]:
         if 13 in payloads:

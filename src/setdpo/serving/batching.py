@@ -6,7 +6,8 @@ yet submitted; a lone request does not wait, see benchmarks/RESULTS.md, "Serving
 ``max_batch`` requests, then runs ``run_batch`` on all of them
 in one thread (the model is used by one thread at a time) and answers each. A full queue
 raises `Overloaded` at once (the server answers 503 with ``Retry-After``); a request that waits
-longer than its timeout raises `TimeoutError` and is dropped from the batch it would join.
+longer than its timeout raises `TimeoutError`, gives its place in the queue back at once and is
+dropped from the batch it would join.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Overloaded(Exception):
         self.retry_after = retry_after
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: a set holds the waiting ones
 class _Job:
     payload: Any
     future: asyncio.Future
@@ -65,6 +66,9 @@ class Batcher:
         self.max_queue = max_queue
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Job] | None = None
+        # Jobs queued and still awaited: the bound counts these, so a request that timed out
+        # while queued does not hold a place until the worker reaches it.
+        self._waiting: set[_Job] = set()
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._arriving = 0
@@ -80,7 +84,7 @@ class Batcher:
             self._arriving -= 1
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue(self.max_queue)
+        self._queue = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="setdpo-scoring")
         self._task = asyncio.create_task(self._loop())
 
@@ -98,28 +102,33 @@ class Batcher:
 
     async def submit(self, payload: Any, timeout_s: float) -> Any:
         assert self._queue is not None, "Batcher.start() was not called"
+        if len(self._waiting) >= self.max_queue:
+            raise Overloaded(self.retry_after())
         job = _Job(payload, asyncio.get_running_loop().create_future())
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
-            raise Overloaded(self.retry_after()) from None
+        self._waiting.add(job)
+        job.future.add_done_callback(lambda _: self._waiting.discard(job))
+        self._queue.put_nowait(job)
         # On timeout wait_for cancels the future: the worker skips or ignores the job.
         return await asyncio.wait_for(job.future, timeout_s)
 
+    def _take(self, job: _Job) -> _Job:
+        self._waiting.discard(job)  # taken by the worker: no longer in the queue
+        return job
+
     async def _collect(self) -> list[_Job]:
         assert self._queue is not None
-        jobs = [await self._queue.get()]
+        jobs = [self._take(await self._queue.get())]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.window_s
         while len(jobs) < self.max_batch:
             if not self._queue.empty():
-                jobs.append(self._queue.get_nowait())
+                jobs.append(self._take(self._queue.get_nowait()))
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0 or not self._arriving:
                 break
             try:
-                jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
+                jobs.append(self._take(await asyncio.wait_for(self._queue.get(), remaining)))
             except TimeoutError:
                 break
         return [job for job in jobs if not job.future.done()]  # timed out while queued
