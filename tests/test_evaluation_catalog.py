@@ -180,3 +180,41 @@ def test_consumed_items_read_row_group_by_row_group(tmp_path, monkeypatch):
     )
     with pytest.raises(InputError, match="has no timeline"):
         consumed.before(stranger)
+
+
+def test_catalog_ranking_reads_each_row_group_once(tmp_path, monkeypatch):
+    """Test contexts come in time order, their users spread over the timelines' row groups:
+    catalog ranking takes them group by group, so with one group kept each is read once, and
+    writes the results in the contexts' order, equal to those with every group kept."""
+    import pyarrow.parquet as pq
+
+    import setdpo.data.builders as builders
+
+    monkeypatch.setattr(builders, "CHUNK_INTERACTIONS", 15_000)
+    config = PrepareConfig(template="open", out=str(tmp_path / "p"),
+                           max_examples_per_split={"train": 10, "valid": 5, "test": 300})  # fmt: skip
+    out = prepare(config)
+    assert pq.ParquetFile(out / "timelines.parquet").num_row_groups == 7
+    reads: list[int] = []
+    read_row_group = pq.ParquetFile.read_row_group
+
+    def counted(self, group, *args, **kwargs):
+        if kwargs.get("columns") == ["items", "times"]:
+            reads.append(group)
+        return read_row_group(self, group, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counted)
+    contexts = {}
+    for kept in (1, 100):
+        monkeypatch.setattr(ConsumedItems, "CACHED_GROUPS", kept)
+        reads.clear()
+        path = tmp_path / f"kept-{kept}.json"
+        args = ["evaluate", "--model", "popularity", "--data", str(out), "--catalog",
+                "--no-progress", "--resamples", "10", "--out", str(path)]  # fmt: skip
+        assert main(args) == 0
+        assert len(reads) == len(set(reads)) <= 7, reads
+        contexts[kept] = json.loads(path.read_text())["contexts"]
+    assert len(contexts[1]) == 300
+    in_file_order = [ex.context_id for ex in load_split(out, "test")]
+    assert [c["context_id"] for c in contexts[1]] == in_file_order
+    assert contexts[1] == contexts[100]

@@ -43,7 +43,8 @@ def catalog_exclusion(folder: str | Path) -> str:
 class ConsumedItems:
     """Each user's time-ordered item ids and times, from `timelines.parquet`, read one row
     group at a time when a user is asked for (the ML-10M-shaped file's 10M interactions are
-    never all in memory; a few row groups are kept); none without the file."""
+    never all in memory; a few row groups are kept, and `read_order` reads each once); none
+    without the file."""
 
     CACHED_GROUPS = 8  # of 2^20 interactions each at most: about 100 MB
 
@@ -79,6 +80,18 @@ class ConsumedItems:
         index = row - int(self.group_starts[group])
         items = table["items"][index].values.to_numpy()
         return self.ids[items].tolist(), table["times"][index].values.to_numpy().tolist()
+
+    def read_order(self, examples: Sequence[PreferenceExample]) -> list[int]:
+        """Positions of `examples` ordered by the row group holding their user's timeline
+        (stable): taken in this order, each row group is read once, however the examples'
+        users are spread over the file (contexts come in time order, users at random)."""
+        if self.file is None or not examples:
+            return list(range(len(examples)))
+        users = np.asarray([ex.user for ex in examples], dtype=object)
+        at = np.minimum(np.searchsorted(self.users, users), len(self.users) - 1)
+        rows = at if self.order is None else self.order[at]
+        groups = np.searchsorted(self.group_starts, rows, side="right")  # unknown users: any
+        return np.argsort(groups, kind="stable").tolist()
 
     def before(self, example: PreferenceExample) -> list[str]:
         """Ids of the items the user consumed before the example's first target: the

@@ -200,19 +200,19 @@ def catalog_values(
 ) -> list[dict]:
     """Per context: the catalog ranks of its positives and the catalog metric values."""
     items, consumed = load_items(config.data), ConsumedItems.of(config.data)
-    out = []
-    for ex in tqdm(examples, desc="catalog ranking", disable=not config.progress):
+    out: list[dict] = [{}] * len(examples)
+    order = consumed.read_order(examples)  # results stay in the examples' order
+    for i in tqdm(order, desc="catalog ranking", disable=not config.progress):
+        ex = examples[i]
         max_level = context_max_level(ex.levels)
         big = catalog_example(ex, items, max_level, consumed.before(ex))
         (scores,) = scorer.score([big])
         values = compute_metrics(scores, big.levels, CATALOG_METRICS, max_level)
-        out.append(
-            {
-                "n_items": len(big.candidates),
-                "positive_ranks": positive_ranks(scores, big.levels),
-                "values": {CATALOG_PREFIX + k: v for k, v in values.items()},
-            }
-        )
+        out[i] = {
+            "n_items": len(big.candidates),
+            "positive_ranks": positive_ranks(scores, big.levels),
+            "values": {CATALOG_PREFIX + k: v for k, v in values.items()},
+        }
     return out
 
 
