@@ -18,7 +18,7 @@ from setdpo.data import PrepareConfig, load_split, prepare
 from setdpo.data.io import dumps
 from setdpo.data.prompts import render
 from setdpo.data.schema import PreferenceExample
-from setdpo.data.store import Renderer, open_split
+from setdpo.data.store import Renderer, open_split, read_table, split_columns
 from setdpo.errors import InputError
 from setdpo.evaluation.evaluate import EvalConfig, load_contexts
 from setdpo.model import build_tiny
@@ -107,6 +107,10 @@ def test_jsonl_export_round_trips_through_import(ml100k_next_dir, tmp_path, caps
     for split in ("train", "test"):
         assert load_split(out, split) == load_split(ml100k_next_dir, split)
     assert load_split(out, "valid") == []
+    for folder in (ml100k_next_dir, out):  # prepared, imported (meta), an empty split
+        for split in ("train", "valid", "test"):
+            assert split_columns(folder, split) == read_table(folder, split).column_names
+    assert "meta" in split_columns(out, "train")
     trl = tmp_path / "trl.jsonl"
     assert main(["data", "export", str(out), "--split", "test", "--out", str(trl)]) == 0
     assert len(trl.read_text().splitlines()) == 50

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from setdpo.data.config import MODES
 from setdpo.data.io import TIMELINES, load_items, load_json, read_timelines
-from setdpo.data.store import SPLITS, read_table, table_blocks
+from setdpo.data.store import SPLITS, split_columns, table_blocks
 from setdpo.errors import InputError
 
 CHECKS = {
@@ -237,7 +237,7 @@ def _codes_of(folder: Path, timelines: pa.Table | None) -> Codes:
         if pc.count_distinct(listed).as_py() != len(listed):
             raise InputError(f"{folder / TIMELINES}: a user has more than one row")
         users = pa.concat_arrays([listed, users.filter(pc.invert(pc.is_in(users, listed)))])
-    if not any("meta" in read_table(folder, split).column_names for split in SPLITS):
+    if not any("meta" in split_columns(folder, split) for split in SPLITS):
         return Codes(users, None, len(items), titles, item_ids)
     ids = [pc.unique(_meta_ids(b, titles)) for _, b in _split_blocks(folder)]
     if timelines is not None:

@@ -137,6 +137,14 @@ def read_table(folder: str | Path, split: str) -> pa.Table:
     return datasets.load_from_disk(str(path)).data.table
 
 
+def split_columns(folder: str | Path, split: str) -> list[str]:
+    """The split's column names, from its saved features: opening the table to ask would
+    page in the whole memory-mapped split (5.5 GB of peak RSS for a 53M-row train split)."""
+    import datasets
+
+    return list(datasets.DatasetInfo.from_directory(str(split_path(folder, split))).features)
+
+
 def table_blocks(
     folder: str | Path, split: str, rows: int, columns: list[str] | None = None
 ) -> Iterator[pa.Table]:
