@@ -85,7 +85,7 @@ class ConsumedItems:
         """Positions of `examples` ordered by the row group holding their user's timeline
         (stable): taken in this order, each row group is read once, however the examples'
         users are spread over the file (contexts come in time order, users at random)."""
-        if self.file is None or not examples:
+        if self.file is None or not examples or not len(self.users):
             return list(range(len(examples)))
         users = np.asarray([ex.user for ex in examples], dtype=object)
         at = np.minimum(np.searchsorted(self.users, users), len(self.users) - 1)
