@@ -126,7 +126,9 @@ def split_path(folder: str | Path, split: str) -> Path:
 
 
 def read_table(folder: str | Path, split: str) -> pa.Table:
-    """The split's table, memory-mapped (reading it costs nothing until columns are used)."""
+    """The split's table, memory-mapped. Opening it visits every record batch (of about
+    1,000 rows), which pages in the whole file: evictable file pages, but counted in RSS
+    (6.0 GiB for the 53M-row train split of benchmarks/RESULTS.md's 100M file)."""
     import datasets
 
     path = split_path(folder, split)
