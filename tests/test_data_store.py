@@ -117,6 +117,23 @@ def test_jsonl_export_round_trips_through_import(ml100k_next_dir, tmp_path, caps
     assert "wrote 50 rows" in capsys.readouterr().out
 
 
+def test_split_files_hold_large_record_batches(tmp_path):
+    """Opening a split walks its batch headers and readahead pages in around each: with
+    1,000-row batches that was the whole file (the 100M file's train split: 5.4 GiB of RSS)."""
+    import pyarrow as pa
+
+    from setdpo.data.store import WRITER_BATCH_ROWS, save_split, split_path
+
+    rows = 3 * 1000 + 7
+    table = pa.table({"context_id": [f"u:{i}" for i in range(rows)], "n": list(range(rows))})
+    save_split(tmp_path, "train", table, "test")
+    data = split_path(tmp_path, "train") / "data-00000-of-00001.arrow"
+    with pa.memory_map(str(data)) as source:
+        sizes = [batch.num_rows for batch in pa.ipc.open_stream(source)]
+    assert sizes == [rows] and rows < WRITER_BATCH_ROWS
+    assert read_table(tmp_path, "train").equals(table)
+
+
 def test_lazy_tokenization_keeps_a_bounded_cache(ml100k_next_dir):
     examples = open_split(ml100k_next_dir, "valid")
     _, tokenizer = build_tiny()

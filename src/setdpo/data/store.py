@@ -58,6 +58,12 @@ def split_schema(ratings: bool = False, prompts: bool = False, meta: bool = Fals
     return pa.schema(fields)
 
 
+# Rows per Arrow record batch of a split file. Opening a split walks every batch header of
+# the stream, and the kernel's readahead pages in what lies around each: with datasets'
+# default 1,000-row batches that is the whole file.
+WRITER_BATCH_ROWS = 65_536
+
+
 class SplitWriter:
     """One split under ``folder/hf/<split>``, written table by table in the layout of
     `datasets.Dataset.save_to_disk` (one data file; none for an empty split, as there), so
@@ -73,7 +79,11 @@ class SplitWriter:
         self.info = DatasetInfo(features=Features.from_arrow_schema(schema))
         self.fingerprint = f"{fingerprint}-{split}"
         self.rows = 0
-        self.writer = ArrowWriter(features=self.info.features, path=str(self.path / DATA_FILE))
+        self.writer = ArrowWriter(
+            features=self.info.features,
+            path=str(self.path / DATA_FILE),
+            writer_batch_size=WRITER_BATCH_ROWS,
+        )
 
     def write(self, table: pa.Table | pa.RecordBatch) -> None:
         if isinstance(table, pa.RecordBatch):
@@ -126,9 +136,10 @@ def split_path(folder: str | Path, split: str) -> Path:
 
 
 def read_table(folder: str | Path, split: str) -> pa.Table:
-    """The split's table, memory-mapped. Opening it visits every record batch (of about
-    1,000 rows), which pages in the whole file: evictable file pages, but counted in RSS
-    (6.0 GiB for the 53M-row train split of benchmarks/RESULTS.md's 100M file)."""
+    """The split's table, memory-mapped. Opening it visits every record batch header: with
+    `WRITER_BATCH_ROWS` a batch that touches little, but a split written in 1,000-row batches
+    (before that constant) is paged in whole (6.0 GiB of RSS, file pages, for the 100M
+    file's 53M-row train split)."""
     import datasets
 
     path = split_path(folder, split)
