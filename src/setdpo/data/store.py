@@ -136,10 +136,10 @@ def split_path(folder: str | Path, split: str) -> Path:
 
 
 def read_table(folder: str | Path, split: str) -> pa.Table:
-    """The split's table, memory-mapped. Opening it visits every record batch header: with
-    `WRITER_BATCH_ROWS` a batch that touches little, but a split written in 1,000-row batches
-    (before that constant) is paged in whole (6.0 GiB of RSS, file pages, for the 100M
-    file's 53M-row train split)."""
+    """The split's table, memory-mapped. Opening it visits every record batch header: cheap
+    with `WRITER_BATCH_ROWS`-row batches, but a split written in 1,000-row batches (before
+    that constant) is paged in whole (6.0 GiB of RSS, file pages, for the 100M file's
+    53M-row train split)."""
     import datasets
 
     path = split_path(folder, split)
@@ -151,8 +151,8 @@ def read_table(folder: str | Path, split: str) -> pa.Table:
 
 
 def split_columns(folder: str | Path, split: str) -> list[str]:
-    """The split's column names, from its saved features: opening the table to ask would
-    page in the whole memory-mapped split (5.5 GB of peak RSS for a 53M-row train split)."""
+    """The split's column names, from its saved features, without opening the table (which
+    pages in a split of 1,000-row batches whole: 5.5 GiB for a 53M-row train split)."""
     import datasets
 
     return list(datasets.DatasetInfo.from_directory(str(split_path(folder, split))).features)
