@@ -523,9 +523,11 @@ def score_texts(
     *,
     chat_template: bool = False,
     batch_size: int = 4,
+    eos: bool = True,
 ) -> list[list[float]]:
-    """Summed (``options.average``: length-averaged) log-prob of each candidate title (+ EOS)
-    given its prompt: ``[prompt][candidate]`` (each title tokenized as it follows its prompt,
+    """Summed (``options.average``: length-averaged) log-prob of each candidate title (+ EOS
+    unless ``eos`` is False: lone item tokens, `setdpo.items`) given its prompt:
+    ``[prompt][candidate]`` (each title tokenized as it follows its prompt,
     `setdpo.tokenization.tokenize_candidates`).
 
     Prompts are tokenized as `setdpo.tokenization` does (no truncation); scored by `score_all`.
@@ -538,7 +540,7 @@ def score_texts(
     tokenized = [
         TokenizedExample(
             prompt_ids=tokenize_prompt(tokenizer, prompt, chat_template),
-            candidate_ids=tokenize_candidates(tokenizer, prompt, titles, chat_template),
+            candidate_ids=tokenize_candidates(tokenizer, prompt, titles, chat_template, eos),
             levels=[1] * len(titles),
         )
         for prompt, titles in zip(prompts, candidates, strict=True)

@@ -2,7 +2,8 @@
 
 A prompt is tokenized as the model will read it (optionally through the tokenizer's chat
 template: one user message, then the assistant's generation prompt); each candidate is its
-title's ids as they follow that prompt in running text, then EOS, without BOS.
+title's ids as they follow that prompt in running text, then EOS, without BOS (a candidate that
+is one item token has no EOS: `setdpo.items`, ``meta["items_as"]``).
 
 "As they follow the prompt": templates end in ``Answer:``, and a title tokenized on its own
 starts a text, which BPE tokenizers split differently from the same title after a space
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 
 from setdpo.data.schema import PreferenceExample
+from setdpo.items import ItemRepresentation
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +113,14 @@ def tokenize_prompt(tokenizer: Any, prompt: str, chat_template: bool = False) ->
 
 
 def tokenize_candidates(
-    tokenizer: Any, prompt: str, titles: Sequence[str], chat_template: bool = False
+    tokenizer: Any,
+    prompt: str,
+    titles: Sequence[str],
+    chat_template: bool = False,
+    eos: bool = True,
 ) -> list[list[int]]:
-    """Each title's ids as it follows ``prompt`` (see the module docstring), then EOS.
+    """Each title's ids as it follows ``prompt`` (see the module docstring), then EOS unless
+    ``eos`` is False (a lone item token ends its candidate: `setdpo.items`).
 
     Raises ValueError naming the title when tokenizing it after the prompt changes the
     prompt's own ids (a merge across the boundary).
@@ -130,8 +137,14 @@ def tokenize_candidates(
                 f"candidate {title!r} tokenized after its prompt (...{body[-30:]!r}) changes the "
                 f"prompt's last tokens or is empty, so its ids cannot follow the prompt's ids"
             )
-        out.append(list(ids[len(prompt_ids) :]) + [tokenizer.eos_token_id])
+        out.append(list(ids[len(prompt_ids) :]) + ([tokenizer.eos_token_id] if eos else []))
     return out
+
+
+def candidate_eos(example: PreferenceExample) -> bool:
+    """Whether ``example``'s candidates end with EOS: all but lone item tokens
+    (``meta["items_as"]``, `setdpo.items`)."""
+    return ItemRepresentation(example.meta.get("items_as", "titles")).candidate_eos
 
 
 def truncate_tokens(ids: list[int], max_length: int, bos_token_id: int | None) -> list[int]:
@@ -161,7 +174,9 @@ def tokenize_example(
     return TokenizedExample(
         prompt_ids=prompt_ids,
         # a token-wise cut keeps the prompt's end, which is all the candidates' ids depend on
-        candidate_ids=tokenize_candidates(tokenizer, prompt, example.candidates, chat_template),
+        candidate_ids=tokenize_candidates(
+            tokenizer, prompt, example.candidates, chat_template, candidate_eos(example)
+        ),
         levels=list(example.levels),
         dropped_history=dropped,
         dropped_tokens=before - len(prompt_ids),

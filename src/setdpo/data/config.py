@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from setdpo.errors import InputError
+from setdpo.items import REPRESENTATIONS
 
 SOURCES = ("ml-100k", "ml-1m", "ml-10m", "file")
 MODES = ("next", "next-k", "rated", "levels")
@@ -46,6 +47,11 @@ class PrepareConfig:
     )
     template: str = _help("prompt template: listing | open", "listing")
     domain: str = _help("prompt wording: movie | music | book | generic", "movie")
+    items_as: str = _help(
+        "how items are written in prompts and as candidates: titles | tokens (one new token "
+        "per catalog item) | hybrid (the title, then its token); setdpo.items",
+        "titles",
+    )
     seed: int = _help("seed of the example selection, negatives and shuffling", 0)
     max_examples: int | None = _help("keep a seeded sample of at most this many per split", None)
     max_examples_per_split: dict[str, int] | None = _help(
@@ -80,6 +86,7 @@ class PrepareConfig:
             ("split", SPLITS),
             ("template", TEMPLATES),
             ("domain", DOMAINS),
+            ("items_as", REPRESENTATIONS),
             ("file_format", FILE_FORMATS),
         ):
             if getattr(self, name) not in allowed:

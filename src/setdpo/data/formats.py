@@ -44,6 +44,7 @@ from setdpo.data.records import decode_utf8, json_objects
 from setdpo.data.schema import PreferenceExample
 from setdpo.data.store import open_split
 from setdpo.errors import InputError
+from setdpo.items import REPRESENTATIONS
 
 FORMATS = ("llara", "trl", "llamafactory", "jsonl")
 EXPORTS = ("trl", "jsonl")
@@ -72,6 +73,13 @@ class ImportConfig:
     domain: str | None = field(
         default=None, metadata={"help": "llara prompts: wording (None: from the file names)"}
     )
+    items_as: str = field(
+        default="titles",
+        metadata={
+            "help": "llara: how items are written: titles | tokens | hybrid (setdpo.items); the "
+            "other formats keep their own prompt text, hence titles"
+        },
+    )
     on_conflict: str = field(
         default="error",
         metadata={
@@ -94,6 +102,13 @@ class ImportConfig:
             self.domain = infer_domain(list(self.files.values()))
         if self.template not in TEMPLATES or self.domain not in (*DOMAINS, None):
             raise InputError(f"template/domain must be in {list(TEMPLATES)} / {list(DOMAINS)}")
+        if self.items_as not in REPRESENTATIONS:
+            raise InputError(f"items_as {self.items_as!r} is not one of {list(REPRESENTATIONS)}")
+        if self.items_as != "titles" and self.format != "llara":
+            raise InputError(
+                f"items_as {self.items_as!r} needs prompts setdpo renders (format llara); "
+                f"{self.format} rows bring their own prompt text, written with titles"
+            )
 
 
 def infer_domain(files: list[str]) -> str:

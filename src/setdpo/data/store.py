@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 from setdpo.data.prompts import render
 from setdpo.data.schema import PreferenceExample
 from setdpo.errors import InputError
+from setdpo.items import ItemRepresentation
 
 SPLITS = ("train", "valid", "test")
 META_KEYS = ("domain", "mode", "source", "template")  # from config.json, for prepared sets
@@ -204,6 +205,24 @@ def title_columns(folder: str | Path, split: str) -> pa.Table:
     )
 
 
+def items_as(config: dict[str, Any]) -> str:
+    """The item representation a directory's ``config.json`` names (older ones: titles)."""
+    return str(config.get("items_as") or "titles")
+
+
+def item_representation(folder: str | Path) -> ItemRepresentation:
+    """How the prepared directory ``folder`` writes its items (`setdpo.items`)."""
+    return ItemRepresentation(items_as(_json(folder, "config.json")))
+
+
+def token_catalog(folder: str | Path) -> list[str] | None:
+    """The catalog's titles when ``folder`` writes items as tokens (a model then needs one
+    token per title: `setdpo.items.extend_model`), else None."""
+    if not item_representation(folder).uses_tokens:
+        return None
+    return [str(item["title"]) for item in _json(folder, "items.json")]
+
+
 def _json(folder: str | Path, name: str) -> Any:
     path = Path(folder) / name
     if not path.is_file():
@@ -221,6 +240,7 @@ class Renderer:
     template: str | None
     domain: str | None
     meta: dict[str, Any]
+    items: ItemRepresentation = ItemRepresentation()
 
     @classmethod
     def of(cls, folder: str | Path) -> Renderer:
@@ -231,19 +251,31 @@ class Renderer:
             template=config.get("template"),
             domain=config.get("domain"),
             meta={key: config.get(key) for key in META_KEYS},
+            items=ItemRepresentation(items_as(config)),
         )
 
+    @property
+    def _items_meta(self) -> dict[str, str]:
+        """``items_as`` in an example's meta, where items are not titles (tokenization reads
+        it: a lone item token ends its candidate)."""
+        return {"items_as": self.items.kind} if self.items.uses_tokens else {}
+
     def example(self, row: dict[str, Any]) -> PreferenceExample:
-        """The example of one stored row (a dict of the columns)."""
-        history = [self.titles[i] for i in row["history_items"]]
-        candidates = [self.titles[i] for i in row["candidate_items"]]
+        """The example of one stored row (a dict of the columns); items written as the
+        directory's ``items_as`` says (`setdpo.items`)."""
+        history = self.items.write_all(row["history_items"], self.titles)
+        candidates = self.items.write_all(row["candidate_items"], self.titles)
         prompt = row.get("prompt")
         if prompt is None:
             prompt = render(self.template, self.domain, history, candidates)
         if row.get("meta") is not None:
-            meta = json.loads(row["meta"])
+            meta = json.loads(row["meta"]) | self._items_meta
         else:
-            meta = {"candidate_ids": [self.ids[i] for i in row["candidate_items"]], **self.meta}
+            meta = {
+                "candidate_ids": [self.ids[i] for i in row["candidate_items"]],
+                **self.meta,
+                **self._items_meta,
+            }
             if "candidate_ratings" in row:
                 meta["candidate_ratings"] = row["candidate_ratings"]
         return PreferenceExample(

@@ -121,6 +121,7 @@ def catalog_example(
     catalog: Sequence[dict],
     max_level: int,
     consumed: Collection[str] = (),
+    written: Sequence[str] | None = None,
 ) -> PreferenceExample:
     """``example`` with the catalog (minus its history and consumed items) as candidates.
 
@@ -129,6 +130,7 @@ def catalog_example(
         max_level: the level given to catalog items that are not graded candidates.
         consumed: ids of the items the user consumed before the target
             (`ConsumedItems.before`); the history titles are excluded in any case.
+        written: each catalog item as the data writes it (`setdpo.items`; None: titles).
     """
     if example.meta.get("template", "open") != "open":
         raise InputError(
@@ -140,8 +142,8 @@ def catalog_example(
     }
     history, consumed = set(example.history), set(consumed)
     titles, ids, listed = [], [], set()
-    for item in catalog:
-        title = str(item["title"])
+    for row, item in enumerate(catalog):
+        title = str(item["title"]) if written is None else written[row]
         earlier = title in history or str(item["item_id"]) in consumed
         if title not in listed and (title in graded or not earlier):
             listed.add(title)

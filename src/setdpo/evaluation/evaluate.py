@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 import setdpo
 from setdpo.data import load_items
 from setdpo.data.schema import PreferenceExample
-from setdpo.data.store import SplitReader, open_split
+from setdpo.data.store import SplitReader, item_representation, open_split
 from setdpo.errors import InputError
 from setdpo.evaluation.catalog import ConsumedItems, catalog_example, catalog_exclusion
 from setdpo.evaluation.generation import generate_answers
@@ -42,6 +42,7 @@ from setdpo.evaluation.sasrec import SASRecSettings
 from setdpo.evaluation.scorers import BASELINES, ModelScorer, Scorer, build_scorer
 from setdpo.evaluation.sharding import Shard
 from setdpo.scoring import ScoringOptions
+from setdpo.tokenization import candidate_eos
 
 SPLITS = ("train", "valid", "test")
 CATALOG_PREFIX = "catalog/"
@@ -172,13 +173,15 @@ def generation_values(
     tok = scorer.tokenizer
     tokenized = scorer.tokenize(examples)
     cands = [[list(c) for c in t.candidate_ids] for t in tokenized]
+    # a lone item token is a whole answer (no EOS follows it: setdpo.items)
+    eos = not examples or candidate_eos(examples[0])
     answers = generate_answers(
         scorer.model,
         [list(t.prompt_ids) for t in tokenized],
         eos_id=tok.eos_token_id,
         pad_id=tok.pad_token_id,
         candidates=cands if config.constrained else None,
-        max_new_tokens=config.max_new_tokens,
+        max_new_tokens=config.max_new_tokens if eos else 1,
         batch_size=config.batch_size,
         progress=config.progress,
     )
@@ -187,7 +190,7 @@ def generation_values(
         # candidates follow the prompt after a space (setdpo.tokenization); the answer is the title
         text = tok.decode(ids, skip_special_tokens=True).strip()
         if config.constrained:  # the answer is one whole candidate sequence by construction
-            matched = seqs.index(ids + [tok.eos_token_id])
+            matched = seqs.index(ids + [tok.eos_token_id] * eos)
         else:
             matched = match_answer(text, ex.candidates)
         level = None if matched is None else ex.levels[matched]
@@ -200,12 +203,14 @@ def catalog_values(
 ) -> list[dict]:
     """Per context: the catalog ranks of its positives and the catalog metric values."""
     items, consumed = load_items(config.data), ConsumedItems.of(config.data)
+    titles = [str(item["title"]) for item in items]
+    written = item_representation(config.data).write_all(range(len(items)), titles)
     out: list[dict] = [{}] * len(examples)
     order = consumed.read_order(examples)  # results stay in the examples' order
     for i in tqdm(order, desc="catalog ranking", disable=not config.progress):
         ex = examples[i]
         max_level = context_max_level(ex.levels)
-        big = catalog_example(ex, items, max_level, consumed.before(ex))
+        big = catalog_example(ex, items, max_level, consumed.before(ex), written)
         (scores,) = scorer.score([big])
         values = compute_metrics(scores, big.levels, CATALOG_METRICS, max_level)
         out[i] = {

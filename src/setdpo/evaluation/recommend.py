@@ -15,8 +15,10 @@ from typing import Any
 
 from setdpo.data import load_items, prompts
 from setdpo.data.io import load_json
+from setdpo.data.store import item_representation
 from setdpo.errors import InputError
 from setdpo.evaluation.metrics import rank_order
+from setdpo.items import ItemRepresentation, write_titles
 from setdpo.model import load
 from setdpo.scoring import ScoringOptions, score_texts
 
@@ -80,9 +82,15 @@ def catalog_titles(items: Sequence[dict], history: Sequence[str]) -> list[str]:
 
 
 def rank_titles(
-    model, tokenizer, prompt: str, titles: Sequence[str], config: RecommendConfig
+    model,
+    tokenizer,
+    prompt: str,
+    titles: Sequence[str],
+    config: RecommendConfig,
+    eos: bool = True,
 ) -> list[dict]:
-    """``[{"rank", "title", "score"}]`` best first (ties: earlier title first), top ``config.top``."""
+    """``[{"rank", "title", "score"}]`` best first (ties: earlier title first), top ``config.top``;
+    ``eos``: whether a candidate ends with EOS (not a lone item token: `setdpo.items`)."""
     (scores,) = score_texts(
         model,
         tokenizer,
@@ -91,6 +99,7 @@ def rank_titles(
         config.scoring_options(),
         chat_template=config.chat_template,
         batch_size=1,
+        eos=eos,
     )
     order = rank_order(scores, [1] * len(titles))[: config.top]
     return [
@@ -103,9 +112,17 @@ def recommend(config: RecommendConfig) -> list[dict]:
     titles, template, domain = _candidate_titles(config)
     if not titles:
         raise InputError("nothing to rank: every catalog title is in the history")
+    items, catalog = ItemRepresentation(), []
+    if config.catalog is not None:  # the catalog's data says how its items are written
+        items = item_representation(config.catalog)
+        catalog = [str(item["title"]) for item in load_items(config.catalog)]
     try:
-        prompt = prompts.render(template, domain, config.history, titles)
+        written = write_titles(items, titles, catalog)
+        history = write_titles(items, config.history, catalog)
+        prompt = prompts.render(template, domain, history, written)
     except ValueError as err:
         raise InputError(str(err)) from err
     model, tokenizer = load(config.model, device=config.device)
-    return rank_titles(model, tokenizer, prompt, titles, config)
+    ranked = rank_titles(model, tokenizer, prompt, written, config, items.candidate_eos)
+    by_text = dict(zip(written, titles, strict=True))
+    return [{**row, "title": by_text[row["title"]]} for row in ranked]

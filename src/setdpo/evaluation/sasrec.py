@@ -56,6 +56,7 @@ from setdpo.data.schema import PreferenceExample
 from setdpo.data.store import open_split, title_columns
 from setdpo.errors import InputError
 from setdpo.evaluation.metrics import positive_ranks
+from setdpo.items import item_row
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,12 @@ class ItemIndex:
         return len(self.titles)
 
     def lookup(self, titles: Sequence[str], where: str) -> np.ndarray:
-        """Indices (1-based) of ``titles``; an unknown title is an error naming ``where``."""
+        """Indices (1-based) of ``titles`` (or of items written with their token,
+        `setdpo.items`); an unknown title is an error naming ``where``."""
         found = self.titles.get_indexer(list(titles))
+        for i in np.flatnonzero(found < 0):
+            row = item_row(titles[i])
+            found[i] = row if row is not None and row < len(self.titles) else -1
         if (found < 0).any():
             missing = list(titles)[int(np.argmax(found < 0))]
             raise InputError(f"{where}: title {missing!r} is not in items.json")

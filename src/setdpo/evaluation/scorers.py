@@ -18,6 +18,7 @@ import numpy as np
 
 from setdpo.data import load_items
 from setdpo.data.schema import PreferenceExample
+from setdpo.data.store import token_catalog
 from setdpo.evaluation.baselines import PopularityScorer, RandomScorer
 from setdpo.evaluation.sasrec import SASRecSettings, load_or_train
 from setdpo.model import load
@@ -103,5 +104,6 @@ def build_scorer(
     if model == "sasrec":
         settings = sasrec or SASRecSettings(seed=seed)
         return load_or_train(data_dir, settings, model_options.get("progress", True)), None
-    lm, tokenizer = load(model, device=device, lab_data=data_dir)
+    titles = token_catalog(data_dir) if data_dir is not None else None
+    lm, tokenizer = load(model, device=device, lab_data=data_dir, item_titles=titles)
     return ModelScorer(lm, tokenizer, name=str(model), **model_options), tokenizer

@@ -10,6 +10,7 @@ it with full fine-tuning: LoRA on random weights learns little.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from tokenizers.models import BPE
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from setdpo.data import load_items, load_split
+from setdpo.items import without_item_tokens
 from setdpo.model.tiny import fit_bpe_tokenizer
 
 LAB = "lab"
@@ -53,6 +55,23 @@ class LabSettings:
             raise ValueError(f"vocab_size must be >= 259, got {self.vocab_size}")
 
 
+def lab_settings(name: str) -> LabSettings | None:
+    """The settings a lab model name asks for, None for any other name: ``lab`` (the
+    defaults) or ``lab:`` with `LabSettings` fields, e.g. ``lab:layers=2,hidden=192,mlp=576``."""
+    if name != LAB and not name.startswith(LAB + ":"):
+        return None
+    fields = {f.name for f in dataclasses.fields(LabSettings)}
+    values: dict[str, int] = {}
+    for part in filter(None, name[len(LAB) + 1 :].split(",")):
+        key, _, value = part.partition("=")
+        if key.strip() not in fields or not value.strip().isdigit():
+            raise ValueError(
+                f"lab model {name!r}: {part!r} is not field=integer with a field of {sorted(fields)}"
+            )
+        values[key.strip()] = int(value)
+    return LabSettings(**values)
+
+
 def fit_lab_tokenizer(
     texts: Iterable[str],
     vocab_size: int = LabSettings.vocab_size,
@@ -79,8 +98,9 @@ def fit_lab_tokenizer(
 
 def lab_texts(data_dir: str | os.PathLike) -> list[str]:
     """The texts the lab tokenizer is fitted to: every training prompt (as the data's template
-    rendered it) and every catalog title. Nothing from the valid or test split."""
-    prompts = [example.prompt for example in load_split(data_dir, "train")]
+    rendered it, item tokens left out: they are added whole, `setdpo.items`) and every catalog
+    title. Nothing from the valid or test split."""
+    prompts = [without_item_tokens(example.prompt) for example in load_split(data_dir, "train")]
     return prompts + [item["title"] for item in load_items(data_dir)]
 
 

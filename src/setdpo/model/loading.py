@@ -16,8 +16,9 @@ from transformers import (
 )
 
 from setdpo.errors import InputError
+from setdpo.items import extend_model
 from setdpo.model.embedded import EMBEDDED_DEFAULT, embedded_model_folder
-from setdpo.model.lab import LAB, build_lab_model
+from setdpo.model.lab import LabSettings, build_lab_model, lab_settings
 from setdpo.model.runs import is_run_dir, read_run_model
 from setdpo.model.tiny import TINY, build_tiny
 
@@ -55,14 +56,20 @@ def load(
     merge_all: bool = False,
     tiny_texts: Sequence[str] | None = None,
     lab_data: str | os.PathLike | None = None,
+    item_titles: Sequence[str] | None = None,
 ) -> tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase]:
     """Load a model and its tokenizer; `setdpo.model` lists the names accepted.
+
+    ``item_titles``: the catalog of a data directory that writes items as tokens
+    (`setdpo.items`): a base model gets one new token per title (`items.extend_model`); a run
+    trained with them has them already.
 
     Adapters (a run directory's list, then ``adapter``) are applied in order: each but the
     last is merged into the weights; the last stays a peft adapter unless ``merge_all``.
     The tokenizer gets a padding token when it lacks one (EOS, else UNK) and
     ``model.config.pad_token_id`` matches it. The model is returned in eval mode.
-    ``"lab"`` is built from the prepared data directory ``lab_data``.
+    ``"lab"`` (or ``"lab:layers=2,..."``, `setdpo.model.lab.lab_settings`) is built from the
+    prepared data directory ``lab_data``.
     """
     target_device = resolve_device(device)
     target_dtype = resolve_dtype(dtype, target_device)
@@ -79,12 +86,21 @@ def load(
         name, adapters = spec.base_model, list(spec.adapters)
         if (Path(name_or_path) / "tokenizer_config.json").is_file():
             run_tokenizer = Path(name_or_path)
-    if name == LAB:
-        model, tokenizer = _build_lab(lab_data)
+    try:
+        lab = lab_settings(name)
+    except ValueError as error:
+        raise InputError(str(error)) from error
+    if lab is not None:
+        model, tokenizer = _build_lab(lab_data, lab)
     else:
         model, tokenizer = _load_base(name, target_dtype, trust_remote_code, tiny_texts)
     if run_tokenizer is not None:
         tokenizer = AutoTokenizer.from_pretrained(run_tokenizer)
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            # a LoRA run's item tokens: their rows come with its adapters
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    elif item_titles is not None:
+        extend_model(model, tokenizer, item_titles)
     if adapter is not None:
         adapters.append(Path(adapter))
     model = _apply_adapters(model.to(target_dtype), adapters, merge_all)
@@ -103,7 +119,7 @@ def _load_base(
 
 
 def _build_lab(
-    data_dir: str | os.PathLike | None,
+    data_dir: str | os.PathLike | None, settings: LabSettings
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if data_dir is None:
         raise InputError(
@@ -111,7 +127,7 @@ def _build_lab(
             "(`setdpo train sft --model lab` passes its --data); a trained lab model is "
             "loaded from its run directory"
         )
-    return build_lab_model(data_dir)
+    return build_lab_model(data_dir, settings)
 
 
 def _load_pretrained(

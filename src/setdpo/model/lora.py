@@ -33,6 +33,8 @@ class LoraSettings:
     alpha: float = 16
     dropout: float = 0.05
     target_modules: tuple[str, ...] | None = None
+    # embedding rows trained beside the adapter (peft's trainable tokens): the item tokens
+    trainable_tokens: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -66,5 +68,7 @@ def add_lora(model: PreTrainedModel, settings: LoraSettings | None = None) -> Pe
         fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()),
         bias="none",
         task_type="CAUSAL_LM",
+        # the input embedding's rows (and a tied output's): new item tokens learn under LoRA
+        trainable_token_indices=list(settings.trainable_tokens) or None,
     )
     return get_peft_model(model, config)

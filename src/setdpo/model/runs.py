@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from setdpo.atomic import atomic_write_json
 from setdpo.errors import InputError
-from setdpo.model.lab import LAB
+from setdpo.model.lab import lab_settings
 from setdpo.model.tiny import TINY
 
 RUN_MODEL_FILE = "setdpo_model.json"
@@ -124,7 +124,7 @@ def _record_base(
     run_dir: Path, model: PeftModel, tokenizer: PreTrainedTokenizerBase, base: str, merged: bool
 ) -> str:
     """The ``base_model`` entry for a peft model, saving or copying weights where needed."""
-    if base in (TINY, LAB):
+    if base == TINY or lab_settings(base) is not None:
         if merged:  # merged adapters changed the weights: the base cannot be recovered
             raise ValueError(f"a {base} base with merged adapters must come from its init run")
         _save_unwrapped_base(model, run_dir / "base")
@@ -144,12 +144,13 @@ def _record_base(
 
 def _save_unwrapped_base(model: PeftModel, folder: Path) -> None:
     """Save the frozen base weights under a peft model: peft renames each wrapped layer's
-    weight to ``*.base_layer.*`` and adds ``lora_*`` tensors, which are dropped here."""
+    weight to ``*.base_layer.*`` (an embedding with trainable tokens: ``*.token_adapter.*``)
+    and adds ``lora_*`` and ``trainable_tokens_*`` tensors, which are dropped here."""
     wrapped = model.get_base_model()
     state = {
-        key.replace(".base_layer.", "."): value
+        key.replace(".base_layer.", ".").replace(".token_adapter.", "."): value
         for key, value in wrapped.state_dict().items()
-        if "lora_" not in key
+        if "lora_" not in key and "trainable_tokens_" not in key
     }
     with torch.device("meta"):  # no random init: every weight comes from `state`
         base = AutoModelForCausalLM.from_config(wrapped.config)

@@ -7,7 +7,8 @@ data directory it names) or from an export (`setdpo.json`, written by `setdpo ex
     {"setdpo_export": 1, "template": "listing" | "open", "domain": "movie" | ...,
      "catalog": "items.json" | null, "max_prompt_length": int | null, "chat_template": bool,
      "average": bool, "base_model": str, "objective": "sft" | "<loss>", "data": str | null,
-     "mode": str | null, "source": str | null, "run": str}
+     "mode": str | null, "source": str | null, "run": str, "items_as": "titles" | "tokens" |
+     "hybrid"}
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class ModelInfo:
     mode: str | None
     source: str | None
     run: str
+    items_as: str = "titles"  # how prompts write items (setdpo.items); older exports: titles
 
     def to_export(self, catalog_name: str | None) -> dict[str, Any]:
         """The `setdpo.json` record of an export whose catalog is ``catalog_name`` in it."""
@@ -128,6 +130,7 @@ def run_info(run: str | os.PathLike) -> ModelInfo:
         mode=prepared.get("mode"),
         source=prepared.get("source"),
         run=str(run),
+        items_as=prepared.get("items_as") or "titles",
     )
 
 

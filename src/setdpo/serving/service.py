@@ -20,6 +20,7 @@ from setdpo.data import prompts
 from setdpo.errors import InputError
 from setdpo.evaluation.metrics import rank_order
 from setdpo.evaluation.recommend import catalog_titles
+from setdpo.items import ItemRepresentation, write_titles
 from setdpo.scoring import ScoringOptions, score_all
 from setdpo.serving.info import ModelInfo, load_served, read_info
 from setdpo.tokenization import TokenizedExample, tokenize_candidates, tokenize_prompt
@@ -97,6 +98,8 @@ class RankingService:
         self.model, self.tokenizer = load_served(config.model, config.device)
         self.catalog: list[dict] = _read_catalog(self.info.catalog)
         self.by_id = {str(item["item_id"]): str(item["title"]) for item in self.catalog}
+        self.items = ItemRepresentation(self.info.items_as)
+        self.catalog_titles = [str(item["title"]) for item in self.catalog]
         self.id_of = {str(item["title"]): str(item["item_id"]) for item in self.catalog}
         positions = getattr(self.model.config, "max_position_embeddings", None) or 2048
         self.max_prompt_tokens = (
@@ -165,8 +168,11 @@ class RankingService:
             if title in seen:
                 raise RequestError(f"candidates[{i}]", f"repeats candidates[{seen[title]}]")
             seen[title] = i
-        prompt = prompts.render(self.info.template, self.info.domain, history, candidates)
-        return self._job(prompt, candidates, catalog=False)
+        written = self.write("candidates", candidates)
+        prompt = prompts.render(
+            self.info.template, self.info.domain, self.write("history", history), written
+        )
+        return self._job(prompt, written, candidates, catalog=False)
 
     def recommend_job(self, history: list[str]) -> Job:
         if not self.catalog:
@@ -174,10 +180,18 @@ class RankingService:
         titles = catalog_titles(self.catalog, history)
         if not titles:
             raise RequestError("history", "every catalog title is in the history")
-        prompt = prompts.render("open", self.info.domain, history, titles)
-        return self._job(prompt, titles, catalog=True)
+        written = self.write("candidates", titles)
+        prompt = prompts.render("open", self.info.domain, self.write("history", history), written)
+        return self._job(prompt, written, titles, catalog=True)
 
-    def _job(self, prompt: str, titles: list[str], catalog: bool) -> Job:
+    def write(self, name: str, titles: list[str]) -> list[str]:
+        """``titles`` as the model's prompts write items (`setdpo.items`)."""
+        try:
+            return write_titles(self.items, titles, self.catalog_titles)
+        except ValueError as error:
+            raise RequestError(name + str(error).split(":")[0], str(error)) from error
+
+    def _job(self, prompt: str, written: list[str], titles: list[str], catalog: bool) -> Job:
         chat = self.info.chat_template
         prompt_ids = tokenize_prompt(self.tokenizer, prompt, chat)
         if len(prompt_ids) > self.max_prompt_tokens:
@@ -187,7 +201,9 @@ class RankingService:
                 "send fewer history items",
             )
         try:
-            candidate_ids = tokenize_candidates(self.tokenizer, prompt, titles, chat)
+            candidate_ids = tokenize_candidates(
+                self.tokenizer, prompt, written, chat, self.items.candidate_eos
+            )
         except ValueError as error:
             raise RequestError("candidates", str(error)) from error
         tokenized = TokenizedExample(prompt_ids, candidate_ids, [1] * len(titles))

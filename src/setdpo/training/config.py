@@ -128,8 +128,9 @@ class _SetdpoArguments(TrainingArguments):
             self.use_cpu = True
         super().__post_init__()
 
-    def lora_settings(self) -> Any:
-        """The `setdpo.model.LoraSettings` these fields describe; None for full fine-tuning."""
+    def lora_settings(self, trainable_tokens: list[int] | None = None) -> Any:
+        """The `setdpo.model.LoraSettings` these fields describe (``trainable_tokens``: the
+        embedding rows that train beside it, the item tokens); None for full fine-tuning."""
         from setdpo.model import LoraSettings
 
         if self.peft == "none":
@@ -140,17 +141,28 @@ class _SetdpoArguments(TrainingArguments):
             alpha=self.lora_alpha,
             dropout=self.lora_dropout,
             target_modules=list(self.lora_target_modules),
+            trainable_tokens=tuple(trainable_tokens or ()),
         )
 
 
 @dataclass
 class SFTConfig(_SetdpoArguments):
-    """Supervised fine-tuning on the positive titles, loss on the answer tokens only."""
+    """Supervised fine-tuning on the positives: the loss on the answer tokens, or with
+    ``targets: sequence`` on every token of the prompt and the answer."""
 
     model: str = field(
         default="embedded:smollm2-135m",
         metadata={
             "help": "Base model: `tiny`, `embedded:smollm2-135m`, a hub id or a local folder."
+        },
+    )
+    targets: Literal["answer", "sequence"] = field(
+        default="answer",
+        metadata={
+            "help": "`answer`: the loss on the answer tokens only (completion-only); "
+            "`sequence`: on every token of prompt and answer, so each history item is a "
+            "next-item target with only the items before it in its context, as SASRec learns "
+            "(the same forward and backward pass per row: no extra cost)."
         },
     )
     positives: Literal["each", "one"] = field(

@@ -201,7 +201,9 @@ class SFTDataset(EpochDataset):
 
 @dataclass
 class SFTCollator:
-    """Pads prompt + answer rows; labels cover only the answer (completion-only loss).
+    """Pads prompt + answer rows; labels cover the answer (completion-only loss), or with
+    ``prompt_loss`` every token (the model shifts labels, so the first token is never one:
+    each history item is then a next-item target, read after the items before it only).
 
     >>> batch = SFTCollator(pad_token_id=0)([
     ...     {"prompt_ids": [5, 6, 7], "answer_ids": [8, 2]},
@@ -214,10 +216,14 @@ class SFTCollator:
     >>> batch["labels"].tolist()
     [[-100, -100, -100, 8, 2], [-100, 9, 9, 2, -100]]
 
+    >>> SFTCollator(0, prompt_loss=True)([{"prompt_ids": [5, 6], "answer_ids": [8, 2]}])["labels"]
+    tensor([[5, 6, 8, 2]])
+
     Shapes: input_ids, attention_mask, labels [B, L], right-padded; the model shifts labels.
     """
 
     pad_token_id: int
+    prompt_loss: bool = False
 
     def __call__(self, rows: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         length = max(len(r["prompt_ids"]) + len(r["answer_ids"]) for r in rows)
@@ -228,7 +234,8 @@ class SFTCollator:
             p, a = len(row["prompt_ids"]), len(row["answer_ids"])
             ids[b, : p + a] = torch.tensor(row["prompt_ids"] + row["answer_ids"])
             mask[b, : p + a] = 1
-            labels[b, p : p + a] = torch.tensor(row["answer_ids"])
+            start = 0 if self.prompt_loss else p
+            labels[b, start : p + a] = ids[b, start : p + a]
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

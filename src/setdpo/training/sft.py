@@ -1,7 +1,8 @@
 """Supervised fine-tuning: the model learns to answer a prompt with a positive title and EOS.
 
-The loss is the usual token-averaged cross-entropy, on the answer tokens only: prompt and
-padding carry label -100 (`SFTCollator`). With several positives per context, `positives`
+The loss is the usual token-averaged cross-entropy, on the answer tokens only (prompt and
+padding carry label -100), or with ``targets: sequence`` on the prompt's tokens too, so that
+every history item is a next-item target (`SFTCollator`). With several positives per context, `positives`
 picks one row per positive (`each`) or one positive per context and epoch (`one`).
 """
 
@@ -14,6 +15,8 @@ import torch
 from transformers import set_seed
 
 from setdpo import model as models
+from setdpo.data.store import token_catalog
+from setdpo.items import item_tokens, without_item_tokens
 from setdpo.training.callbacks import EpochCallback, check_finite
 from setdpo.training.config import SFTConfig
 from setdpo.training.data import SFTCollator, SFTDataset
@@ -39,7 +42,8 @@ class SFTTrainer(RunTrainer):
 
 def _tiny_texts(examples: list[Any]) -> list[str]:
     """Texts that decide the tiny tokenizer's merges: prompts and candidate titles."""
-    return [ex.prompt for ex in examples] + [t for ex in examples for t in ex.candidates]
+    texts = [ex.prompt for ex in examples] + [t for ex in examples for t in ex.candidates]
+    return [without_item_tokens(text) for text in texts]
 
 
 def build_sft_trainer(config: SFTConfig) -> SFTTrainer:
@@ -53,9 +57,10 @@ def build_sft_trainer(config: SFTConfig) -> SFTTrainer:
         dtype=torch.float32,
         tiny_texts=_tiny_texts([*train_examples, *eval_examples]),
         lab_data=config.data,
+        item_titles=token_catalog(config.data),
     )
     set_seed(config.seed)  # LoRA's A matrices draw from the global generator
-    lora = config.lora_settings()
+    lora = config.lora_settings(item_tokens(tokenizer))
     model = models.add_lora(model, lora) if lora else model.requires_grad_(True)
     train = SFTDataset(
         tokenize_lazily(train_examples, tokenizer, config), config.seed, config.positives
@@ -66,7 +71,7 @@ def build_sft_trainer(config: SFTConfig) -> SFTTrainer:
         args=config,
         train_dataset=train,
         eval_dataset=valid if len(valid) else None,
-        data_collator=SFTCollator(tokenizer.pad_token_id),
+        data_collator=SFTCollator(tokenizer.pad_token_id, config.targets == "sequence"),
         processing_class=tokenizer,
         callbacks=[EpochCallback([train])],
     )
