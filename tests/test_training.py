@@ -90,6 +90,40 @@ def test_sft_run_reloads_and_moved_away_from_the_base(sft_run: Path, ml100k_next
     assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
 
 
+def test_a_refused_configuration_leaves_no_global_state_behind(
+    ml100k_next_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the fuzzing: `--deepspeed FILE` without deepspeed set transformers' global
+    DeepSpeed configuration before failing, and the next `from_pretrained` in the process
+    failed on it (`'HfTrainerDeepSpeedConfig' object has no attribute 'is_zero3'`). Every
+    refused field leaves the environment and transformers' globals as they were: a model
+    then trains and loads."""
+    import os
+
+    from transformers.integrations import deepspeed
+
+    from setdpo.errors import InputError
+    from setdpo.training import optional
+
+    monkeypatch.setattr(optional, "installed", lambda module: False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    environment = dict(os.environ)
+    deepspeed_file = Path(__file__).parents[1] / "configs/accelerate/deepspeed_zero2.yaml"
+    refused = [{"deepspeed": str(deepspeed_file)}, {"fsdp": "full_shard"},
+               {"report_to": "wandb"}, {"optim": "adamw_bnb_8bit"},
+               {"torch_compile_backend": "onnxrt"}]  # fmt: skip
+    errors = []  # kept alive, as hypothesis keeps a failing example's exception
+    for values in refused:
+        with pytest.raises(InputError) as err:
+            sft_config(ml100k_next_dir, tmp_path / "refused", **values)
+        errors.append(err.value)
+    assert dict(os.environ) == environment
+    assert deepspeed.deepspeed_config() is None and not deepspeed.is_deepspeed_zero3_enabled()
+    run = train_sft(sft_config(ml100k_next_dir, tmp_path / "sft", max_steps=1))
+    model, _ = load(run)
+    assert model.peft_config and len(errors) == len(refused)
+
+
 @pytest.fixture
 def reference_counter(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Counts contexts scored by the reference network (= reference forward passes)."""

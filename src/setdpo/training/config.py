@@ -24,6 +24,7 @@ from setdpo.atomic import atomic_write_text
 from setdpo.errors import InputError
 from setdpo.losses import canonical_name, names_help
 from setdpo.scoring import ScoringOptions
+from setdpo.training.optional import check_optional_packages
 
 RESOLVED_CONFIG = "resolved_config.yaml"
 # TrainingArguments fields transformers renamed (the old name warns and goes in v6): setdpo's
@@ -135,6 +136,7 @@ class _SetdpoArguments(TrainingArguments):
             # Without use_cpu, accelerate does not treat a CPU-only torchrun launch as
             # distributed (every process would train alone on the same batches).
             self.use_cpu = True
+        check_optional_packages(self)  # before transformers sets any global state
         super().__post_init__()
 
     def lora_settings(self) -> Any:
