@@ -40,7 +40,7 @@ from setdpo.data.pairwise import (
     trl_fields,
 )
 from setdpo.data.prompts import render
-from setdpo.data.records import decode_utf8, json_objects
+from setdpo.data.records import DECODER, NotFiniteError, decode_utf8, json_objects
 from setdpo.data.schema import PreferenceExample
 from setdpo.data.store import open_split
 from setdpo.errors import InputError
@@ -193,9 +193,11 @@ def _titles(value: Any, where: str, key: str) -> list[str]:
 def _load_json_records(path: Path) -> list[dict[str, Any]]:
     text = decode_utf8(path)
     try:
-        records = json.loads(text)
+        records = DECODER.decode(text)
     except json.JSONDecodeError as err:
         raise InputError(f"{path}, line {err.lineno}: invalid JSON ({err.msg})") from err
+    except NotFiniteError as err:
+        raise InputError(f"{path}: {err}") from err
     if not isinstance(records, list):
         raise InputError(f"{path}: expected a JSON list of records, got a {type(records).__name__}")
     if not records:
