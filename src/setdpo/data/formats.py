@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from setdpo.atomic import temporary_file
 from setdpo.data.builders import summary
 from setdpo.data.config import DOMAINS, TEMPLATES
 from setdpo.data.io import SPLITS, dumps, write_examples
@@ -412,16 +412,16 @@ def export(
         raise InputError(f"export format {fmt!r} is not one of {list(EXPORTS)}")
     out = Path(out)
     rows = 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    tmp = temporary_file(out)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+        with tmp.open("w", encoding="utf-8", newline="\n") as handle:
             for example in open_split(folder, split):
                 lines = trl_rows(example, pairs) if fmt == "trl" else [example.to_dict()]
                 handle.writelines(dumps(row) + "\n" for row in lines)
                 rows += len(lines)
         os.replace(tmp, out)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return rows
 
