@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -50,6 +53,18 @@ def default_target_modules(model: PreTrainedModel) -> list[str] | str:
     return found or "all-linear"
 
 
+@contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Around peft wrapping a model: peft (0.21) reads `model.is_gradient_checkpointing`,
+    which transformers deprecates for `is_activation_checkpointing`, so every wrap printed a
+    FutureWarning that no setdpo call or user setting causes; this one is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning
+        )
+        yield
+
+
 def add_lora(model: PreTrainedModel, settings: LoraSettings | None = None) -> PeftModel:
     """Wrap ``model`` with a fresh trainable LoRA adapter; base weights are frozen. LoRA's B
     matrices start at zero, so the wrapped model computes exactly what ``model`` did."""
@@ -67,4 +82,5 @@ def add_lora(model: PreTrainedModel, settings: LoraSettings | None = None) -> Pe
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with peft_wrapping():
+        return get_peft_model(model, config)
