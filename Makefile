@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setdpo-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test fuzz lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,8 +25,14 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
+# `make test` draws the same fuzzing examples on every machine; `make fuzz` draws fresh ones
+# (SEED=N repeats a run) and prints each failing example with the blob that replays it.
+fuzz: $(STAMP)
+	SETDPO_FUZZ_EXPLORE=1 $(BIN)/python -m pytest -p no:xdist -q tests/test_fuzz_config.py \
+		tests/test_fuzz_data.py tests/test_fuzz_serving.py $(if $(SEED),--hypothesis-seed $(SEED))
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -274,9 +274,9 @@ def routes(
                 continue
             share, checkpointing = ROUTES[name]
             if checkpointing:
-                model.gradient_checkpointing_enable({"use_reentrant": False})
+                model.activation_checkpointing_enable({"use_reentrant": False})
             else:
-                model.gradient_checkpointing_disable()
+                model.activation_checkpointing_disable()
             model.train(not args.no_grad)
             times, peak = [], 0.0
             for _ in range(args.train_repeats):
@@ -310,7 +310,7 @@ def routes(
                 }
             )
             print(_route_row(rows[-1]), flush=True)
-    model.gradient_checkpointing_disable()
+    model.activation_checkpointing_disable()
     return rows
 
 

@@ -178,8 +178,8 @@ def main() -> None:
             flags = {"share_prefix": share, "precompute_ref": pre}
             if ckpt:
                 flags |= {
-                    "gradient_checkpointing": True,
-                    "gradient_checkpointing_kwargs": {"use_reentrant": False},
+                    "activation_checkpointing": True,
+                    "activation_checkpointing_kwargs": {"use_reentrant": False},
                 }
             results[share, pre, ckpt] = run_setting(data, init, out, args, **flags)
             print(share, pre, ckpt, results[share, pre, ckpt], flush=True)

@@ -12,11 +12,16 @@ from hypothesis import settings
 
 from setdpo.errors import InputError
 
-# CI (`CI=true`, as .ci/run sets it) draws the same examples every run; elsewhere hypothesis
-# draws new ones each run (and remembers failures in .hypothesis/).
+# Every run draws the same examples, in CI or not, and keeps no example database: a test's
+# verdict does not depend on the machine, on earlier runs or on `.hypothesis/`. Exploration
+# (fresh examples each run) is asked for: `SETDPO_FUZZ_EXPLORE=1` (`make fuzz`) or
+# `--hypothesis-seed N`; it keeps no database either, and prints each failing example with
+# the `@reproduce_failure` blob that replays it.
+EXPLORE = "SETDPO_FUZZ_EXPLORE"
 settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
-if os.environ.get("CI"):
-    settings.load_profile("ci")
+settings.register_profile("explore", derandomize=False, database=None, deadline=None,
+                          print_blob=True)  # fmt: skip
+settings.load_profile("ci")
 
 
 class FuzzTally:
@@ -54,6 +59,13 @@ FUZZ_TALLY = pytest.StashKey[FuzzTally]()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[FUZZ_TALLY] = FuzzTally()
+    if os.environ.get(EXPLORE) or config.getoption("hypothesis_seed", None) is not None:
+        settings.load_profile("explore")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    explore = settings.default.derandomize is False
+    return "hypothesis: " + ("exploring (fresh examples)" if explore else "derandomized")
 
 
 @pytest.fixture(scope="session")

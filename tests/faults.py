@@ -12,7 +12,9 @@ For each `Case` (a command, the rerun's extra arguments and a reader of its resu
 3. what a reader would take as the result at that moment (`Case.read`, None while there is
    none; a study's finished stages too) must equal the reference's;
 4. the command runs again (``--resume`` for training, ``--overwrite`` for data) and its result
-   must equal the reference within `TOLERANCE`.
+   must equal the reference within `TOLERANCE`; no temporary of the killed run is left
+   anywhere in the folder (`setdpo.atomic.remove_stale`), and one that a running process
+   holds beside the output (this one's, as a concurrent run's would be) is untouched.
 
 Commands run in a process forked from this one (imports paid once), in a session of their
 own; a killed command's children are waited for before the rerun. Every run uses the same
@@ -26,6 +28,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -40,12 +43,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from setdpo.atomic import is_temporary, temporary_prefix
 from setdpo.faults import KILL_AT, TRACE
 
 TOLERANCE = 1e-6
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-# Keys that time a run rather than describe its result.
-_TIMING = {"timing", "times", "run", "total_flos"}
+# Keys that time a run rather than describe its result, or say whether a shared cache
+# served it (SASRec's `cached`: a reference run on a cold cache trains and fills it).
+_TIMING = {"timing", "times", "run", "total_flos", "cached"}
 
 
 # --- processes ----------------------------------------------------------------------------
@@ -239,6 +244,7 @@ class Tally:
     not_landed: int = 0  # the point was past the end of the run
     partial_seen: int = 0  # kills after which a reader found a (complete, equal) result
     reruns_equal: int = 0
+    no_temporary: int = 0  # reruns after which no temporary was left
     max_difference: float = 0.0
     reference_s: float = 0.0
     seconds: float = 0.0
@@ -247,7 +253,8 @@ class Tally:
         sites = ", ".join(f"{site} {n}" for site, n in sorted(self.kills.items()))
         return (
             f"{self.case}: {self.points} points, kills [{sites}], {self.not_landed} not landed, "
-            f"{self.reruns_equal}/{self.points} reruns equal, max difference "
+            f"{self.reruns_equal}/{self.points} reruns equal, {self.no_temporary} left no "
+            f"temporary, max difference "
             f"{self.max_difference:.3g}; reference {self.reference_s:.1f} s, all {self.seconds:.0f} s"
         )
 
@@ -267,6 +274,17 @@ def choose_points(trace: list[tuple[str, int]], n: int, seed: int) -> list[tuple
             if by_site[site] and len(chosen) < n:
                 chosen.append((site, by_site[site].pop()))
     return chosen
+
+
+# A temporary beside its target as tempfile names it: `.<name>.<random 8><suffix>`, with
+# `<host>-<pid>-` before the random part since `setdpo.atomic` names the owner.
+_TEMPORARY = re.compile(r"\..+\.(\w+-\d+-)?[a-z0-9_]{8}\.[a-z0-9]+")
+
+
+def temporaries(folder: Path) -> list[Path]:
+    """Temporaries anywhere under `folder`, whoever named them."""
+    found = folder.rglob(".*")
+    return sorted(p for p in found if is_temporary(p.name) or _TEMPORARY.fullmatch(p.name))
 
 
 def _fresh(case: Case, work: Path) -> None:
@@ -320,10 +338,17 @@ def run_case(case: Case, work: Path, logs: Path, points: int, seed: int = 0) -> 
             tally.partial_seen += 1
             _check(case, label, "after the kill", reference, seen)
         if seen is None or case.rerun_when_done:
+            live = case.output.parent / f"{temporary_prefix(case.output)}running_.tmp"
+            live.write_text("a running process's temporary")
             code = run_setdpo(case.argv + case.rerun, log)
             assert code == 0, (
                 f"{case.name} rerun after {label}: exit {code}\n{log.read_text()[-3000:]}"
             )
+            assert live.is_file(), f"{case.name} rerun after {label} removed {live.name}"
+            live.unlink()
+            left = temporaries(work)
+            assert not left, f"{case.name} rerun after {label} left {left}"
+            tally.no_temporary += 1
         got = case.read(case.output)
         assert got is not None, f"{case.name} rerun after {label} wrote no result"
         tally.max_difference = max(

@@ -60,7 +60,7 @@ def _logps_and_grads(model, batch, params, **kwargs):
 def test_cuda_shared_routes_equal_repeated(ml100k_next_dir: Path, dtype, checkpointing) -> None:
     model, tokenizer = load("embedded:smollm2-135m", device="cuda", dtype=dtype)
     if checkpointing:
-        model.gradient_checkpointing_enable({"use_reentrant": False})
+        model.activation_checkpointing_enable({"use_reentrant": False})
     model = add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0))
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -107,8 +107,8 @@ def test_cuda_sft_then_mult_in_bf16(ml100k_next_dir: Path, tmp_path: Path) -> No
                 "per_device_train_batch_size": 2,
                 "max_train_examples": 4,
                 "max_eval_examples": 2,
-                "gradient_checkpointing": True,
-                "gradient_checkpointing_kwargs": {"use_reentrant": False},
+                "activation_checkpointing": True,
+                "activation_checkpointing_kwargs": {"use_reentrant": False},
             },
         )
     )

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -255,3 +256,15 @@ def test_found_study_files(tmp_path: Path, key: str) -> None:
     path.write_text(yaml.safe_dump(STUDY | {key: 0}), "utf-8")
     with pytest.raises(InputError, match=re.escape(f"{path}: StudyConfig field {key!r} must be")):
         load_study(path)
+
+
+def test_fuzzing_draws_the_same_examples_unless_exploring(pytestconfig) -> None:
+    """Found by a newcomer's `make test` without `CI`: hypothesis drew new examples each run
+    and replayed a failure from `.hypothesis/` ever after. Now every run draws the same ones
+    and no run reads or writes an example database, unless exploration is asked for."""
+    from conftest import EXPLORE
+
+    exploring = bool(os.environ.get(EXPLORE)) or pytestconfig.getoption("hypothesis_seed")
+    assert settings.default.database is None
+    assert settings.default.derandomize is not exploring
+    assert FUZZ.database is None and FUZZ.derandomize is not exploring

@@ -358,3 +358,26 @@ def test_a_repeated_column_is_refused(tmp_path: Path) -> None:
             str(items), "--candidates", "2", "--min-history", "1", "--out", str(tmp_path / "o")]  # fmt: skip
     code, err = _cli(argv)
     assert code == 2 and f"{inter}: the header repeats the columns ['timestamp']" in err
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name", "text", "where"),
+    [
+        ("trl", "rows.jsonl", '{"prompt": "p", "chosen": ["A"], "rejected": ["B"], '
+                              '"meta": {"": NaN}}\n', "line 1: NaN"),
+        ("jsonl", "examples.jsonl", '{"prompt": "p", "candidates": ["A", "B"], "levels": [1, 2],'
+                                    ' "target_time": Infinity}\n', "line 1: Infinity"),
+        ("llara", "train.json", '[{"x": -Infinity}]', "-Infinity"),
+    ],
+)  # fmt: skip
+def test_nan_and_infinity_in_json_are_refused_where_they_are(
+    tmp_path: Path, fmt: str, name: str, text: str, where: str
+) -> None:
+    """Found by the fuzzing (`make fuzz`, seed 2): `"meta": {"": NaN}` in a TRL row was read
+    (Python's JSON reader takes NaN and Infinity), then the import failed writing the
+    prepared directory with `ValueError: Out of range float values are not JSON compliant`."""
+    path = tmp_path / name
+    path.write_text(text, "utf-8")
+    argv = ["data", "import", "--format", fmt, "--train", str(path), "--out", str(tmp_path / "o")]
+    code, err = _cli(argv + (["--domain", "movie"] if fmt == "llara" else []))
+    assert code == 2 and f"{path}" in err and where in err and "not a JSON number" in err, err

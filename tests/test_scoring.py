@@ -277,7 +277,7 @@ def test_gradient_checkpointing_shares_the_prompt_in_packed_rows(checkpointing) 
     row; values and gradients equal the repeated path with checkpointing on and off."""
     model, tokenizer = build_tiny(TEXTS, seed=0)
     if checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     model.train()  # the tiny model has no dropout: train mode is deterministic
     batch = _random_batch(len(tokenizer), *MIXED)
     weights = torch.randn(batch["levels"].shape, generator=torch.Generator().manual_seed(2))
@@ -326,14 +326,14 @@ def test_route_rule(tiny_lora) -> None:
     """Packed only where the cache cannot run: training with gradient checkpointing."""
     model, _ = tiny_lora
     assert shared_route(model) == "cache"
-    model.base_model.model.gradient_checkpointing_enable()
+    model.base_model.model.activation_checkpointing_enable()
     try:
         assert shared_route(model) == "cache"  # eval mode: checkpointing is inactive
         model.train()
         assert shared_route(model) == "packed"
     finally:
         model.eval()
-        model.base_model.model.gradient_checkpointing_disable()
+        model.base_model.model.activation_checkpointing_disable()
     with pytest.raises(ValueError, match="share_prefix must be True, False, 'cache' or 'packed'"):
         candidate_logps(model, _random_batch(16, [3], [[2]]), share_prefix="kv")
 
@@ -452,7 +452,7 @@ def test_smollm2_checkpointed_training_shares_the_prompt(ml100k_next_dir: Path) 
     Mult-DPO loss within 1e-4 of the repeated path and LoRA gradients within 1e-4 relative."""
     start = time.perf_counter()
     model, tokenizer = load("embedded:smollm2-135m", device="cpu")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model = add_lora(
         model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj"))
     )

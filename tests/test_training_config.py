@@ -100,3 +100,58 @@ def test_unknown_yaml_key_names_the_file(tmp_path: Path) -> None:
     path.write_text("beta: 1.0\nbetta: 2.0\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"bad.yaml: unknown PrefConfig fields \['betta'\]"):
         load_config(PrefConfig, path, REQUIRED)
+
+
+# Fields that need a package setdpo does not install (or, FSDP, a distributed launch):
+# (values, the package or launch the message names, the install command)
+NEEDS_A_PACKAGE = {
+    "deepspeed": ({"deepspeed": str(CONFIGS / "accelerate/deepspeed_zero2.yaml")}, "deepspeed",
+                  "pip install deepspeed"),
+    "wandb": ({"report_to": "wandb"}, "wandb", "pip install wandb"),
+    "tensorboard": ({"report_to": ["none", "tensorboard"]}, "tensorboard",
+                    "pip install tensorboard"),
+    "mlflow": ({"report_to": ["mlflow"]}, "mlflow", "pip install mlflow"),
+    "bitsandbytes": ({"optim": "paged_adamw_8bit"}, "bitsandbytes", "pip install bitsandbytes"),
+    "onnxruntime": ({"torch_compile_backend": "onnxrt"}, "onnxruntime",
+                    "pip install onnxruntime"),
+    "fsdp": ({"fsdp": "full_shard"}, "distributed launch", "torchrun --nproc_per_node N"),
+}  # fmt: skip
+
+
+@pytest.fixture
+def nothing_optional_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a machine with none of the optional packages (wherever the suite runs)."""
+    from setdpo.training import optional
+
+    monkeypatch.setattr(optional, "installed", lambda module: False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+
+@pytest.mark.usefixtures("nothing_optional_installed")
+@pytest.mark.parametrize("cls", [SFTConfig, PrefConfig])
+@pytest.mark.parametrize("case", sorted(NEEDS_A_PACKAGE))
+def test_a_field_that_needs_a_missing_package_names_it_and_its_install(
+    case: str, cls: type
+) -> None:
+    """Found by the fuzzing: `--deepspeed FILE` without deepspeed was transformers'
+    `PackageNotFoundError`; `report_to: wandb`, a bitsandbytes optimizer or a compile
+    backend failed only once the model had loaded."""
+    values, package, install = NEEDS_A_PACKAGE[case]
+    with pytest.raises(InputError) as err:
+        load_config(cls, None, {**_required(cls), **values})
+    message = str(err.value)
+    assert package in message and install in message and "\n" not in message
+    assert next(iter(values)) in message  # the field
+
+
+def test_an_unknown_compile_backend_is_named() -> None:
+    with pytest.raises(InputError, match="'nosuch' is not a torch.compile backend; known: "):
+        load_config(SFTConfig, None, {**_required(SFTConfig), "torch_compile_backend": "nosuch"})
+
+
+def test_optional_packages_that_are_installed_or_absent_from_the_fields_pass() -> None:
+    from setdpo.training import optional
+
+    assert optional.installed("torch") and not optional.installed("no_such_package_27")
+    config = load_config(SFTConfig, None, {**_required(SFTConfig), "report_to": "none"})
+    assert config.report_to == [] and config.deepspeed is None

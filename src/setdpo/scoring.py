@@ -159,13 +159,14 @@ def candidate_logps(
 
 def shared_route(model: Any) -> str:
     """The shared-prompt route for a call: ``"packed"`` (one row per context, no cache) when
-    the model trains with gradient checkpointing, which turns the key/value cache off; else
-    ``"cache"``. Measured on SmolLM2-135M (benchmarks/RESULTS.md, "Scoring routes and
+    the model trains with activation (gradient) checkpointing, which turns the key/value cache
+    off (`is_activation_checkpointing`, not its deprecated alias `is_gradient_checkpointing`);
+    else ``"cache"``. Measured on SmolLM2-135M (benchmarks/RESULTS.md, "Scoring routes and
     memory"): with gradients the cache was as fast or faster and used less memory; without,
     in chunks (evaluation, catalog ranking) the packed row reruns the prompt per chunk (1.9x
     slower at 5 chunks), and unchunked the two were within 15%.
     """
-    if model.training and getattr(model, "is_gradient_checkpointing", False):
+    if model.training and getattr(model, "is_activation_checkpointing", False):
         return "packed"
     return "cache"
 

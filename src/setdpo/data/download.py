@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from setdpo.atomic import temporary_file, temporary_folder
 from setdpo.errors import InputError
 
 RELEASES: dict[str, tuple[str, str | None]] = {
@@ -66,16 +66,15 @@ def fetch_dataset(
     if target.is_dir() and not force:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, archive = tempfile.mkstemp(prefix=f".{name}.", suffix=".zip", dir=target.parent)
-    os.close(fd)
+    archive = temporary_file(target, ".zip")
     try:
-        digest = download(url, Path(archive))
+        digest = download(url, archive)
         print(f"{name}: sha256 {digest}")
         if sha256 is not None and digest != sha256.lower():
             raise InputError(f"{url}: checksum mismatch: expected sha256 {sha256}, got {digest}")
-        extract(Path(archive), target)
+        extract(archive, target)
     finally:
-        Path(archive).unlink(missing_ok=True)
+        archive.unlink(missing_ok=True)
     return target
 
 
@@ -98,7 +97,7 @@ def download(url: str, dest: Path, chunk: int = 1 << 20) -> str:
 
 def extract(archive: Path, target: Path) -> None:
     """Unzip into a temporary folder beside `target`, then rename it into place."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = temporary_folder(target)
     try:
         try:
             with zipfile.ZipFile(archive) as zf:

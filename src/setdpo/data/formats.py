@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from setdpo.atomic import temporary_file
 from setdpo.data.builders import summary
 from setdpo.data.config import DOMAINS, TEMPLATES
 from setdpo.data.io import SPLITS, dumps, write_examples
@@ -40,7 +40,7 @@ from setdpo.data.pairwise import (
     trl_fields,
 )
 from setdpo.data.prompts import render
-from setdpo.data.records import decode_utf8, json_objects
+from setdpo.data.records import DECODER, NotFiniteError, decode_utf8, json_objects
 from setdpo.data.schema import PreferenceExample
 from setdpo.data.store import open_split
 from setdpo.errors import InputError
@@ -208,9 +208,11 @@ def _titles(value: Any, where: str, key: str) -> list[str]:
 def _load_json_records(path: Path) -> list[dict[str, Any]]:
     text = decode_utf8(path)
     try:
-        records = json.loads(text)
+        records = DECODER.decode(text)
     except json.JSONDecodeError as err:
         raise InputError(f"{path}, line {err.lineno}: invalid JSON ({err.msg})") from err
+    except NotFiniteError as err:
+        raise InputError(f"{path}: {err}") from err
     if not isinstance(records, list):
         raise InputError(f"{path}: expected a JSON list of records, got a {type(records).__name__}")
     if not records:
@@ -425,16 +427,16 @@ def export(
         raise InputError(f"export format {fmt!r} is not one of {list(EXPORTS)}")
     out = Path(out)
     rows = 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    tmp = temporary_file(out)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+        with tmp.open("w", encoding="utf-8", newline="\n") as handle:
             for example in open_split(folder, split):
                 lines = trl_rows(example, pairs) if fmt == "trl" else [example.to_dict()]
                 handle.writelines(dumps(row) + "\n" for row in lines)
                 rows += len(lines)
         os.replace(tmp, out)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return rows
 

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from setdpo import faults
-from setdpo.atomic import fsync
+from setdpo.atomic import fsync, temporary_folder
 from setdpo.data.schema import PreferenceExample
 from setdpo.data.store import SPLITS, finish_hf, open_split, save_split, split_schema
 from setdpo.errors import InputError
@@ -56,13 +55,13 @@ def atomic_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]
     Its files and folders are `fsync`ed before the rename and the parent after it, so the
     renamed directory is complete after a power loss too (`setdpo.atomic`)."""
     out = check_target(out, overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = temporary_folder(out)
     try:
         yield tmp
         _fsync_tree(tmp)
         faults.reached("directory.replace")
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            old = temporary_folder(out, ".old")
             os.replace(out, old / "dir")
             os.replace(tmp, out)
             shutil.rmtree(old)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import resource
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +20,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from setdpo import faults
+from setdpo.atomic import scratch_folder
 from setdpo.data.audit import AuditError, audit, findings, format_table
 from setdpo.data.builders import (
     Plan,
@@ -87,7 +87,7 @@ def prepare(config: PrepareConfig) -> Path:
     stages = Stages()
     fingerprint = hashlib.sha256(dumps(asdict(config)).encode()).hexdigest()[:16]
     with (
-        tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".work", dir=out.parent) as work,
+        scratch_folder(out) as work,
         atomic_directory(out, config.overwrite) as tmp,
     ):
         work = Path(work)

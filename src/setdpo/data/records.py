@@ -129,6 +129,19 @@ def _read_jsonl(path: Path, text: str) -> RecordFile:
     return RecordFile(path, frame, np.asarray(lines))
 
 
+class NotFiniteError(ValueError):
+    """A JSON text with ``NaN`` or ``Infinity``: Python reads them, JSON has no such numbers,
+    and every file setdpo writes refuses them (so an import would fail half-way)."""
+
+
+def _not_finite(name: str) -> Any:
+    raise NotFiniteError(f"{name} is not a JSON number (numbers must be finite)")
+
+
+# Python's reader, refusing what its writer under `allow_nan=False` refuses.
+DECODER = json.JSONDecoder(parse_constant=_not_finite)
+
+
 def json_objects(path: Path) -> Iterator[tuple[dict[str, Any], int]]:
     """Each object of a JSON-lines file or of a JSON list (a text that starts with "["),
     with the line it starts on."""
@@ -151,15 +164,17 @@ def _json_lines(path: Path, text: str) -> Iterator[tuple[Any, int]]:
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = DECODER.decode(line)
         except json.JSONDecodeError as err:
             raise InputError(f"{path}, line {number}: invalid JSON ({err.msg})") from err
+        except NotFiniteError as err:
+            raise InputError(f"{path}, line {number}: {err}") from err
         yield value, number
 
 
 def _json_list(path: Path, text: str) -> Iterator[tuple[Any, int]]:
     """The items of a JSON list, each with the line it starts on."""
-    decoder, space = json.JSONDecoder(), re.compile(r"\s*")
+    space = re.compile(r"\s*")
     pos = space.match(text, text.index("[") + 1).end()
     line, counted = 1, 0  # the line number at offset `counted`
     if text.startswith("]", pos):
@@ -168,9 +183,11 @@ def _json_list(path: Path, text: str) -> Iterator[tuple[Any, int]]:
         while True:
             line, counted = line + text.count("\n", counted, pos), pos
             try:
-                value, pos = decoder.raw_decode(text, pos)
+                value, pos = DECODER.raw_decode(text, pos)
             except json.JSONDecodeError as err:
                 raise InputError(f"{path}, line {err.lineno}: invalid JSON ({err.msg})") from err
+            except NotFiniteError as err:
+                raise InputError(f"{path}, the item on line {line}: {err}") from err
             yield value, line
             pos = space.match(text, pos).end()
             if text.startswith(",", pos):

@@ -7,7 +7,6 @@ import copy
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -17,6 +16,7 @@ import torch
 from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from setdpo.atomic import temporary_folder
 from setdpo.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def _convert_gguf(spec: _EmbeddedModel, target: Path) -> None:
     logger.info("converting %s into %s (once)", source / spec.gguf_file, target)
     if target.exists():  # an incomplete folder not made by us: the rename needs the name free
         shutil.rmtree(target)
-    work = Path(tempfile.mkdtemp(prefix=f".{spec.folder}-", dir=target.parent))
+    work = temporary_folder(target)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=spec.gguf_file)
         quantized = AutoModelForCausalLM.from_pretrained(

@@ -19,6 +19,7 @@ from setdpo.errors import InputError
 from setdpo.items import extend_model
 from setdpo.model.embedded import EMBEDDED_DEFAULT, embedded_model_folder
 from setdpo.model.lab import LabSettings, build_lab_model, lab_settings
+from setdpo.model.lora import peft_wrapping
 from setdpo.model.runs import is_run_dir, read_run_model
 from setdpo.model.tiny import TINY, build_tiny
 
@@ -178,7 +179,8 @@ def _apply_adapters(
     for index, path in enumerate(adapters):
         if not (path / "adapter_config.json").is_file():
             raise InputError(f"adapter folder {path} has no adapter_config.json")
-        model = PeftModel.from_pretrained(model, path)
+        with peft_wrapping():
+            model = PeftModel.from_pretrained(model, path)
         if merge_all or index < len(adapters) - 1:
             model = model.merge_and_unload()
     return model

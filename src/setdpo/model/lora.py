@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -52,6 +55,18 @@ def default_target_modules(model: PreTrainedModel) -> list[str] | str:
     return found or "all-linear"
 
 
+@contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Around peft wrapping a model: peft (0.21) reads `model.is_gradient_checkpointing`,
+    which transformers deprecates for `is_activation_checkpointing`, so every wrap printed a
+    FutureWarning that no setdpo call or user setting causes; this one is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning
+        )
+        yield
+
+
 def add_lora(model: PreTrainedModel, settings: LoraSettings | None = None) -> PeftModel:
     """Wrap ``model`` with a fresh trainable LoRA adapter; base weights are frozen. LoRA's B
     matrices start at zero, so the wrapped model computes exactly what ``model`` did."""
@@ -71,4 +86,5 @@ def add_lora(model: PreTrainedModel, settings: LoraSettings | None = None) -> Pe
         # the input embedding's rows (and a tied output's): new item tokens learn under LoRA
         trainable_token_indices=list(settings.trainable_tokens) or None,
     )
-    return get_peft_model(model, config)
+    with peft_wrapping():
+        return get_peft_model(model, config)

@@ -24,8 +24,15 @@ from setdpo.atomic import atomic_write_text
 from setdpo.errors import InputError
 from setdpo.losses import canonical_name, names_help
 from setdpo.scoring import ScoringOptions
+from setdpo.training.optional import check_optional_packages
 
 RESOLVED_CONFIG = "resolved_config.yaml"
+# TrainingArguments fields transformers renamed (the old name warns and goes in v6): setdpo's
+# files and options may use either name.
+_RENAMED = [
+    ("gradient_checkpointing", "activation_checkpointing"),
+    ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+]
 
 
 @dataclass
@@ -122,10 +129,14 @@ class _SetdpoArguments(TrainingArguments):
                 f"lora_r must be >= 1 with target modules (0 = full fine-tuning), got "
                 f"r={self.lora_r}, target modules {self.lora_target_modules}"
             )
+        for old, new in _RENAMED:  # the older spelling, taken without transformers' warning
+            if getattr(self, new) is None and getattr(self, old) is not None:
+                setattr(self, new, getattr(self, old))
         if not self.use_cpu and not torch.accelerator.is_available():
             # Without use_cpu, accelerate does not treat a CPU-only torchrun launch as
             # distributed (every process would train alone on the same batches).
             self.use_cpu = True
+        check_optional_packages(self)  # before transformers sets any global state
         super().__post_init__()
 
     def lora_settings(self, trainable_tokens: list[int] | None = None) -> Any:
