@@ -198,6 +198,8 @@ def test_token_runs_evaluate_generate_rank_the_catalog_and_export(
                         n_resamples=10, progress=False, constrained=True, catalog=True)  # fmt: skip
     results = evaluate(config)
     assert results.metrics["ValidRatio"].value == 1.0  # constrained: one whole item token
+    titles = token_catalog(data["tokens"])
+    assert all(c.generation["answer"] in titles for c in results.contexts)  # shown as titles
     assert results.contexts[0].catalog["n_items"] > 1000
     assert 0 <= results.contexts[0].values["catalog/NDCG@5"] <= 1
     # the exported folder scores the candidates with transformers alone, within 1e-4

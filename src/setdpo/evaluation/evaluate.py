@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 import setdpo
 from setdpo.data import load_items
 from setdpo.data.schema import PreferenceExample
-from setdpo.data.store import SplitReader, item_representation, open_split
+from setdpo.data.store import SplitReader, item_representation, open_split, token_catalog
 from setdpo.errors import InputError
 from setdpo.evaluation.catalog import ConsumedItems, catalog_example, catalog_exclusion
 from setdpo.evaluation.generation import generate_answers
@@ -41,6 +41,7 @@ from setdpo.evaluation.results import ContextResult, Results, summarize
 from setdpo.evaluation.sasrec import SASRecSettings
 from setdpo.evaluation.scorers import BASELINES, ModelScorer, Scorer, build_scorer
 from setdpo.evaluation.sharding import Shard
+from setdpo.items import as_titles
 from setdpo.scoring import ScoringOptions
 from setdpo.tokenization import candidate_eos
 
@@ -175,6 +176,7 @@ def generation_values(
     cands = [[list(c) for c in t.candidate_ids] for t in tokenized]
     # a lone item token is a whole answer (no EOS follows it: setdpo.items)
     eos = not examples or candidate_eos(examples[0])
+    titles = token_catalog(config.data)
     answers = generate_answers(
         scorer.model,
         [list(t.prompt_ids) for t in tokenized],
@@ -194,7 +196,9 @@ def generation_values(
         else:
             matched = match_answer(text, ex.candidates)
         level = None if matched is None else ex.levels[matched]
-        out.append({"answer": text, "matched": matched, "values": answer_values(level)})
+        # an answer in item tokens is reported with their titles (setdpo.items)
+        answer = as_titles(text, titles) if titles else text
+        out.append({"answer": answer, "matched": matched, "values": answer_values(level)})
     return out
 
 
