@@ -16,6 +16,17 @@ together), the command's wall time (model loading included) and whether the resu
 are equal; its section is ``## Sharded evaluation (bench_evaluation.py --processes)``.
 
     .venv/bin/python benchmarks/bench_evaluation.py --processes 1,2 --contexts 100
+
+With ``--items-as titles,tokens`` it compares item representations (`setdpo.items`): the
+same contexts prepared once per representation (same seed: the same candidates, checked),
+scored with shared prompts by the same embedded model (with ``tokens``, the base model with
+one new token per catalog item: ``load(..., item_titles=token_catalog(data))``, untrained,
+so its HR@1 says nothing). It reports contexts/s, the tokens the shared pass reads per
+context (the prompt, then every candidate but its last token: none for one-token
+candidates) and both as a ratio to the first representation, measured in the same run; its
+section is ``## Item representations (bench_evaluation.py --items-as)``.
+
+    .venv/bin/python benchmarks/bench_evaluation.py --items-as titles,tokens --contexts 24
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ import torch
 from results_md import write_section
 
 from setdpo.data import PrepareConfig, load_split, prepare
+from setdpo.data.store import token_catalog
 from setdpo.evaluation.evaluate import rank_contexts
 from setdpo.evaluation.metrics import DEFAULT_METRICS
 from setdpo.evaluation.scorers import ModelScorer
@@ -43,18 +55,27 @@ from setdpo.scoring import ScoringOptions
 
 SECTION = "## Evaluation (bench_evaluation.py)"
 SHARDED_SECTION = "## Sharded evaluation (bench_evaluation.py --processes)"
+ITEMS_SECTION = "## Item representations (bench_evaluation.py --items-as)"
 
 
-def prepared_data(folder: Path, contexts: int) -> Path:
+def prepared_data(folder: Path, contexts: int, items_as: str = "titles") -> Path:
     config = PrepareConfig(
         source="ml-100k",
         mode="next",
         candidates=20,
         seed=0,
         out=str(folder),
+        items_as=items_as,
         max_examples_per_split={"train": 50, "valid": 10, "test": contexts},
     )
     return prepare(config)
+
+
+def machine() -> str:
+    return (
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    )
 
 
 def time_scoring(scorer: ModelScorer, examples, repeats: int) -> tuple[float, list[np.ndarray]]:
@@ -96,21 +117,80 @@ def run(contexts: int, batch_size: int, repeats: int) -> tuple[list[dict], str]:
     setup = (
         f"{len(examples)} ML-100K test contexts (`next` mode, 20 candidates, listing prompt, "
         f"{prompt_tokens:.0f} prompt tokens on average), SmolLM2-135M (embedded, float32), "
-        f"batch {batch_size} contexts, best of {repeats}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores. Max |log-prob difference| shared vs repeated: {max_diff:.2e}."
+        f"batch {batch_size} contexts, best of {repeats}; {machine()}. "
+        f"Max |log-prob difference| shared vs repeated: {max_diff:.2e}."
     )
     return rows, setup
 
 
+def heading(section: str, command: str, setup: str, columns: list[str]) -> list[str]:
+    """A section's first lines: heading, command, setup, then its table's header."""
+    header, rule = "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"
+    return [section, "", f"Command: `{command}`", "", setup, "", header, rule]
+
+
 def markdown(rows: list[dict], setup: str, command: str) -> str:
-    lines = [SECTION, "", f"Command: `{command}`", "", setup, ""]
-    lines += ["| prompt | seconds | contexts/s | speed-up | HR@1 |", "|---|---|---|---|---|"]
+    lines = heading(
+        SECTION, command, setup, ["prompt", "seconds", "contexts/s", "speed-up", "HR@1"]
+    )
     for row in rows:
         speedup = row["contexts_per_s"] / rows[-1]["contexts_per_s"]
         lines.append(
             f"| {row['prompt']} | {row['seconds']:.2f} | {row['contexts_per_s']:.3g} | "
             f"{speedup:.1f}x | {row['hr1']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_items(
+    representations: list[str], contexts: int, batch_size: int, repeats: int
+) -> tuple[list[dict], str]:
+    """The same contexts written as each of ``representations``, scored with shared prompts."""
+    rows, first = [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in representations:
+            data = prepared_data(Path(tmp) / kind, contexts, kind)
+            examples = load_split(data, "test")
+            model, tokenizer = load(EMBEDDED_DEFAULT, device="cpu", item_titles=token_catalog(data))
+            scorer = ModelScorer(model, tokenizer, batch_size=batch_size, progress=False)
+            seconds, scores = time_scoring(scorer, examples, repeats)
+            ranked = rank_contexts(examples, scores, DEFAULT_METRICS)
+            read = [
+                len(t.prompt_ids) + sum(len(c) - 1 for c in t.candidate_ids)
+                for t in scorer.tokenize(examples)
+            ]
+            candidates = [(e.meta["candidate_ids"], e.levels) for e in examples]
+            first = first or candidates
+            rows.append(
+                {
+                    "items_as": kind,
+                    "seconds": seconds,
+                    "contexts_per_s": len(examples) / seconds,
+                    "tokens_per_context": float(np.mean(read)),
+                    "hr1": float(np.mean([c.values["HR@1"] for c in ranked])),
+                    "same": candidates == first,
+                }
+            )
+    setup = (
+        f"{contexts} ML-100K test contexts (`next` mode, 20 candidates, listing prompt) per "
+        f"representation, SmolLM2-135M (embedded, float32; item tokens added untrained), shared "
+        f"prompts, batch {batch_size} contexts, best of {repeats}; {machine()}. Ratios: over "
+        "the first row, same run."
+    )
+    return rows, setup
+
+
+def markdown_items(rows: list[dict], setup: str, command: str) -> str:
+    columns = ["items as", "seconds", "contexts/s", "tokens read / context", "speed ratio"]
+    columns += ["tokens ratio", "HR@1", "same candidates"]
+    lines = heading(ITEMS_SECTION, command, setup, columns)
+    for row in rows:
+        speed = row["contexts_per_s"] / rows[0]["contexts_per_s"]
+        tokens = row["tokens_per_context"] / rows[0]["tokens_per_context"]
+        lines.append(
+            f"| {row['items_as']} | {row['seconds']:.2f} | {row['contexts_per_s']:.3g} | "
+            f"{row['tokens_per_context']:.0f} | {speed:.2f}x | {tokens:.2f}x | {row['hr1']:.3f} "
+            f"| {'yes' if row['same'] else 'NO'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -164,11 +244,8 @@ def run_processes(
 
 
 def markdown_processes(rows: list[dict], setup: str, command: str) -> str:
-    lines = [SHARDED_SECTION, "", f"Command: `{command}`", "", setup, ""]
-    lines += [
-        "| processes | ranking s | contexts/s | speed-up | wall s (with loading) | results equal |",
-        "|---|---|---|---|---|---|",
-    ]
+    columns = ["processes", "ranking s", "contexts/s", "speed-up", "wall s (with loading)"]
+    lines = heading(SHARDED_SECTION, command, setup, columns + ["results equal"])
     for row in rows:
         speedup = row["contexts_per_s"] / rows[0]["contexts_per_s"]
         lines.append(
@@ -189,6 +266,9 @@ def main() -> None:
         "--processes", help="comma-separated process counts (e.g. 1,2): sharded evaluation"
     )
     parser.add_argument("--model", default="lab", help="with --processes: the model evaluated")
+    parser.add_argument(
+        "--items-as", help="comma-separated item representations (e.g. titles,tokens) compared"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.processes:
@@ -205,6 +285,20 @@ def main() -> None:
         print(text)
         if not args.no_write:
             write_section(SHARDED_SECTION, text)
+        return
+    if args.items_as:
+        command = (
+            f".venv/bin/python benchmarks/bench_evaluation.py --items-as {args.items_as} "
+            f"--contexts {args.contexts} --batch-size {args.batch_size} --repeats {args.repeats} "
+            f"--threads {args.threads}"
+        )
+        rows, setup = run_items(
+            args.items_as.split(","), args.contexts, args.batch_size, args.repeats
+        )
+        text = markdown_items(rows, setup, command)
+        print(text)
+        if not args.no_write:
+            write_section(ITEMS_SECTION, text)
         return
     command = (
         f".venv/bin/python benchmarks/bench_evaluation.py --contexts {args.contexts} "
