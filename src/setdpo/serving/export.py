@@ -52,8 +52,9 @@ def export_run(
     bfloat16 halves the size)."""
     if not is_run_dir(run):
         raise InputError(f"{run}: not a run directory (no setdpo_model.json)")
+    info = run_info(run)  # refuses a run whose data is gone before anything is created
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     check_target(out, overwrite)
-    info = run_info(run)
     evaluations = [_read_results(p) for p in results] or _found_results(Path(run))
     with atomic_directory(out, overwrite) as tmp:
         if adapter_only:

@@ -23,6 +23,7 @@ import yaml
 
 from setdpo.errors import InputError
 from setdpo.model import is_run_dir, read_run_model
+from setdpo.paths import resolve_fields
 
 EXPORT_FILE = "setdpo.json"
 EXPORT_VERSION = 1
@@ -87,12 +88,13 @@ def _read_export(folder: Path) -> ModelInfo:
 
 
 def run_config(run: Path) -> dict[str, Any]:
-    """The run's `resolved_config.yaml` as a mapping ({} when absent)."""
+    """The run's `resolved_config.yaml` as a mapping ({} when absent), its paths absolute
+    (stored relative to the run: `setdpo.paths`)."""
     path = run / RESOLVED_CONFIG
     if not path.is_file():
         return {}
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return resolve_fields(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, run)
     except yaml.YAMLError as error:
         raise InputError(f"cannot read {path}: {error}") from error
 
