@@ -66,3 +66,21 @@ def _map(values: dict[str, Any], folder: str | os.PathLike, how: Any) -> dict[st
         if isinstance(out.get(name), str) and out[name]:
             out[name] = how(out[name], folder, always)
     return out
+
+
+def portable_name(value: Any, parts: int = 2) -> Any:
+    """An absolute path as its last ``parts`` components (``runs/sft``), for what is read on
+    other machines (an export's files, `/v1/model`): where it came from, without this
+    machine's folders. Anything else is returned as given."""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    return Path(*Path(value).parts[-parts:]).as_posix() if Path(value).parts[1:] else value
+
+
+def portable_values(values: Any) -> Any:
+    """``values`` (mappings and lists nested) with every absolute path a `portable_name`."""
+    if isinstance(values, dict):
+        return {k: portable_values(v) for k, v in values.items()}
+    if isinstance(values, list):
+        return [portable_values(v) for v in values]
+    return portable_name(values)

@@ -21,6 +21,7 @@ from setdpo.errors import InputError
 from setdpo.evaluation.metrics import rank_order
 from setdpo.evaluation.recommend import catalog_titles
 from setdpo.items import ItemRepresentation, write_titles
+from setdpo.paths import portable_name
 from setdpo.scoring import ScoringOptions, score_all
 from setdpo.serving.info import ModelInfo, load_served, read_info
 from setdpo.tokenization import TokenizedExample, tokenize_candidates, tokenize_prompt
@@ -112,10 +113,10 @@ class RankingService:
         )
 
     def describe(self) -> dict[str, Any]:
-        """The `/v1/model` answer."""
-        info = self.info
+        """The `/v1/model` answer (no local path: `ModelInfo.portable`)."""
+        info = self.info.portable()
         return {
-            "model": str(Path(self.config.model).resolve()),
+            "model": portable_name(os.path.abspath(self.config.model)),
             "base_model": info.base_model,
             "objective": info.objective,
             "data": info.data,
