@@ -87,7 +87,7 @@ def server(run: Path) -> Iterator[Server]:
     assert cli.main(["export", str(run), "--out", str(export)]) == 0
     server = Server(export, "--max-body-bytes", str(MAX_BODY), "--max-candidates",
                     str(MAX_CANDIDATES), "--max-prompt-tokens", str(MAX_PROMPT),
-                    "--batch-window-ms", "20")  # fmt: skip
+                    "--batch-window-ms", "20", "--body-timeout-s", "1")  # fmt: skip
     yield server
     server.stop()
 
@@ -173,6 +173,18 @@ BAD_REQUESTS = [
      422, "candidates"),
     ("history over the prompt limit", {"history": _long_history(), "candidates": ["Babe (1995)"]},
      422, "history"),
+    ("top true", {"history": ["Heat (1995)"], "candidates": ["Babe (1995)"], "top": True}, 422,
+     "top"),
+    ("top as a string", {"history": ["Heat (1995)"], "candidates": ["Babe (1995)"], "top": "2"},
+     422, "top"),
+    ("top over the cap", {"history": ["Heat (1995)"], "candidates": ["Babe (1995)"],
+                          "top": 10**30}, 422, "top"),
+    ("NUL in a title", {"history": ["Heat\u0000 (1995)"], "candidates": ["Babe (1995)"]}, 422,
+     "history[0]"),
+    ("NUL in an item id", {"history": [{"item_id": "1\u0000"}], "candidates": ["Babe (1995)"]},
+     422, "history[0].item_id"),
+    ("null item id", {"history": [{"item_id": None}], "candidates": ["Babe (1995)"]}, 422,
+     "history[0].item_id"),
     ("body over the size limit", {"history": ["x" * 400] * 60, "candidates": ["Babe (1995)"]},
      413, "body"),
 ]  # fmt: skip
@@ -213,6 +225,63 @@ def test_recommend_errors_and_other_routes(server: Server):
     assert "/v1/rank" in client.get("/openapi.json").json()["paths"]
 
 
+def test_strict_types_and_clear_messages(server: Server):
+    post = server.client.post
+    body = {"history": [{"item_id": None}], "candidates": ["Babe (1995)"]}
+    error = post("/v1/rank", json=body).json()["error"]
+    assert error["message"] == "history[0].item_id: an item id is a string or an integer, got null"
+    body = {"history": ["Heat\u0000"], "candidates": ["Babe (1995)"]}
+    assert (
+        "NUL characters are not allowed" in post("/v1/rank", json=body).json()["error"]["message"]
+    )
+    for route, extra in (("/v1/rank", {"candidates": ["Babe (1995)"]}), ("/v1/recommend", {})):
+        for top, status in ((1000, 200), (1001, 422), (True, 422), ("2", 422)):
+            answer = post(route, json={"history": ["Heat (1995)"], "top": top, **extra})
+            assert answer.status_code == status, (route, top, answer.text)
+
+
+def test_a_body_shorter_than_announced_answers_408_after_the_body_timeout(server: Server):
+    """Content-Length 1000, 59 bytes sent, then nothing: 408 after about 1 s (the server's
+    body_timeout_s), the connection closed; the server keeps serving."""
+    body = b'{"history": ["Heat (1995)"], "candidates": ["Babe (1995)"]}'
+    head = (b"POST /v1/rank HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n")  # fmt: skip
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(head + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert len(body) == 59 and answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert time.monotonic() - start < 10
+    assert b"not received within 1 s" in answer
+    good = {"history": ["Heat (1995)"], "candidates": ["Babe (1995)", "Casino (1995)"]}
+    assert server.client.post("/v1/rank", json=good).status_code == 200
+
+
+def test_docs_render_from_local_assets_and_the_schema_declares_the_key_and_errors(tight: Server):
+    """Behind the key: /docs and /openapi.json need none; every asset the page loads is served
+    by the server itself (no network); the schema has the bearer scheme and the error codes."""
+    client = tight.client
+    page = client.get("/docs")
+    assert page.status_code == 200, page.text
+    links = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", page.text)
+    assert links and all(link.startswith("/docs/assets/") for link in links), links
+    for link in links:
+        asset = client.get(link)
+        assert asset.status_code == 200 and len(asset.content) > 100, link
+    schema = client.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["bearer"] == {"type": "http",
+                                                                 "scheme": "bearer"}  # fmt: skip
+    for path, codes in (("/v1/rank", ()), ("/v1/recommend", ("409",))):
+        operation = schema["paths"][path]["post"]
+        assert operation["security"] == [{"bearer": []}]
+        expected = {"200", "400", "401", "408", "413", "415", "422", "500", "503", "504", *codes}
+        assert set(operation["responses"]) == expected, path
+        assert "Retry-After" in operation["responses"]["503"]["headers"]
+    assert schema["paths"]["/health"]["get"]["security"] == []
+
+
 def test_fifty_concurrent_requests_get_their_one_at_a_time_scores(server: Server, ml100k_next_dir):
     examples = load_split(ml100k_next_dir, "test")[:50]
     bodies = [{"history": ex.history, "candidates": ex.candidates} for ex in examples]
@@ -242,7 +311,7 @@ def test_api_key_is_required_on_every_route_but_health(tight: Server):
     good = {"history": ["Heat (1995)"], "candidates": ["Babe (1995)", "Casino (1995)"]}
     assert client.get("/health").status_code == 200
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
-        for method, path in (("GET", "/v1/model"), ("POST", "/v1/rank"), ("GET", "/docs")):
+        for method, path in (("GET", "/v1/model"), ("POST", "/v1/rank")):
             response = client.request(method, path, json=good, headers=headers)
             assert response.status_code == 401, (path, headers)
             assert response.json()["error"]["field"] == "Authorization"

@@ -54,6 +54,11 @@ class ServeConfig:
         "positions minus 64)"
     )
     max_body_bytes: int = _help("largest request body", 65536)
+    body_timeout_s: float = _help(
+        "a request body not received whole within this answers 408 (a slow or stalled client "
+        "does not hold its connection)",
+        10.0,
+    )
     chunk_size: int = _help("catalog titles per forward chunk (/v1/recommend)", 256)
     device: str = _help("device for the model: auto, cpu, cuda", "auto")
 
@@ -65,8 +70,8 @@ class ServeConfig:
         for name in ("max_batch", "max_queue", "max_candidates", "max_body_bytes", "chunk_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_window_ms < 0 or self.timeout_s <= 0:
-            raise InputError("batch_window_ms must be >= 0 and timeout_s > 0")
+        if self.batch_window_ms < 0 or self.timeout_s <= 0 or self.body_timeout_s <= 0:
+            raise InputError("batch_window_ms must be >= 0, timeout_s and body_timeout_s > 0")
         if not 0 <= self.port < 65536:
             raise InputError(f"port must be in 0..65535, got {self.port}")
 
@@ -134,6 +139,7 @@ class RankingService:
                 "max_candidates": self.config.max_candidates,
                 "max_prompt_tokens": self.max_prompt_tokens,
                 "max_body_bytes": self.config.max_body_bytes,
+                "body_timeout_s": self.config.body_timeout_s,
                 "max_batch": self.config.max_batch,
                 "batch_window_ms": self.config.batch_window_ms,
                 "max_queue": self.config.max_queue,
