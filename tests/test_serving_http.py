@@ -321,39 +321,85 @@ def test_api_key_is_required_on_every_route_but_health(tight: Server):
     assert client.post("/v1/rank", json=good, headers=auth).status_code == 200
 
 
-def test_a_full_queue_answers_503_with_retry_after_and_slow_requests_504(tight: Server):
-    """A catalog ranking answers 504 after 0.3 s and keeps the worker busy for seconds; a
-    burst of rankings meanwhile: one waits in the queue (504 after 0.3 s), the others find it
-    full (503 with Retry-After). Then the server serves again."""
+def test_a_request_that_cannot_meet_its_deadline_gets_503_at_once(tight: Server):
+    """Once a ranking measured the time per candidate, a catalog ranking (1,682 candidates, a
+    0.3 s timeout) is refused at once with Retry-After, instead of a 504 after 0.3 s of work
+    that no one reads; the refusal is counted."""
     auth = {"Authorization": f"Bearer {KEY}"}
+    good = {"history": ["Heat (1995)"], "candidates": ["Babe (1995)", "Casino (1995)"]}
+    assert tight.client.post("/v1/rank", json=good, headers=auth).status_code == 200
+    before = tight.client.get("/health").json()["requests"]
+    start = time.monotonic()
     slow = tight.client.post("/v1/recommend", json={"history": ["Heat (1995)"], "top": 3},
                              headers=auth)  # fmt: skip
-    assert slow.status_code == 504, slow.text
-    assert "not scored within the timeout" in slow.json()["error"]["message"]
+    assert slow.status_code == 503, slow.text
+    assert time.monotonic() - start < 0.3  # at once, not at the timeout
+    assert int(slow.headers["Retry-After"]) >= 1
+    assert "over the timeout of 0.3 s" in slow.json()["error"]["message"]
+    after = tight.client.get("/health").json()["requests"]
+    assert after["refused"] == before["refused"] + 1 and after["scored"] == before["scored"]
+
+
+@pytest.fixture(scope="module")
+def patient(run: Path) -> Iterator[Server]:
+    """The run with a long timeout, a one-request queue, no batching and one catalog title per
+    forward pass: a catalog ranking keeps the worker busy for seconds."""
+    server = Server(run, "--max-queue", "1", "--max-batch", "1", "--timeout-s", "60",
+                    "--chunk-size", "1", "--device", "cpu")  # fmt: skip
+    yield server
+    server.stop()
+
+
+def _wait_for(server: Server, **now: int) -> None:
+    """Poll /health until its request gauges read ``now`` (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        requests = server.client.get("/health").json()["requests"]
+        if all(requests[k] == v for k, v in now.items()):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"/health never read {now}: {requests}")
+
+
+CLIENT = r"""
+import sys, httpx
+httpx.post(sys.argv[1] + "/v1/recommend", json={"history": ["Heat (1995)"], "top": 3}, timeout=120)
+"""
+
+
+def test_a_killed_client_stops_its_work_and_a_full_queue_answers_503(patient: Server):
+    """A client asks for a catalog ranking and is killed while it is scored: the server stops
+    scoring it between chunks (the counters: dropped, not scored) and answers the request
+    queued behind it. Meanwhile a burst finds the one-place queue full (503, Retry-After)."""
+    before = patient.client.get("/health").json()["requests"]
+    client = subprocess.Popen([sys.executable, "-c", CLIENT, patient.url], env=ENV)
+    _wait_for(patient, scoring=1, queued=0)  # the catalog ranking, one title per forward pass
     good = {"history": ["Heat (1995)"], "candidates": ["Babe (1995)", "Casino (1995)"]}
 
     def post(_: int) -> httpx.Response:
-        with httpx.Client(base_url=tight.url, timeout=60, headers=auth) as client:
-            return client.post("/v1/rank", json=good)
+        with httpx.Client(base_url=patient.url, timeout=120) as http:
+            return http.post("/v1/rank", json=good)
 
-    with ThreadPoolExecutor(12) as pool:
-        responses = list(pool.map(post, range(12)))
-    statuses = [r.status_code for r in responses]
-    assert 503 in statuses and 504 in statuses, statuses
-    assert set(statuses) <= {503, 504}, statuses  # the catalog ranking is still being scored
-    for response in responses:
-        if response.status_code == 503:
-            assert int(response.headers["Retry-After"]) >= 1
-            assert "queue is full" in response.json()["error"]["message"]
-    # Once the catalog ranking ends (its length depends on the machine: poll), the requests
-    # that timed out hold no place: the next one is answered.
-    deadline, status = time.monotonic() + 120, None
-    while status != 200 and time.monotonic() < deadline:
-        status = tight.client.post("/v1/rank", json=good, headers=auth).status_code
-        assert status in {200, 503, 504}, status
-        if status != 200:
-            time.sleep(0.5)
-    assert status == 200
+    with ThreadPoolExecutor(6) as pool:
+        burst = [pool.submit(post, i) for i in range(6)]
+        _wait_for(patient, scoring=1, queued=1)  # one queued behind the catalog ranking
+        deadline = time.monotonic() + 30
+        while sum(f.done() for f in burst) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        refused = [f.result() for f in burst if f.done()]
+        assert len(refused) == 5 and {r.status_code for r in refused} == {503}, refused
+        assert all("queue is full" in r.json()["error"]["message"] for r in refused)
+        assert all(int(r.headers["Retry-After"]) >= 1 for r in refused)
+        client.kill()  # the client is gone mid-request
+        client.wait(timeout=30)
+        killed = time.monotonic()
+        queued = next(f for f in burst if not f.done()).result()
+    assert queued.status_code == 200, queued.text
+    assert time.monotonic() - killed < 5  # the catalog ranking was not scored to its end
+    after = patient.client.get("/health").json()["requests"]
+    assert after["dropped"] == before["dropped"] + 1  # the killed client's catalog ranking
+    assert after["scored"] == before["scored"] + 1  # the queued ranking only
+    assert after["refused"] == before["refused"] + 5
 
 
 def test_the_readme_curl_examples_answer(server: Server):

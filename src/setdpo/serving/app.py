@@ -101,6 +101,16 @@ class RecommendRequest(BaseModel):
     top: Top = Field(10, description="how many catalog items to return")
 
 
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+async def _disconnected(receive: Callable[[], Awaitable[dict]]) -> None:
+    """Return once the client disconnects (the body was read: every later message is that)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 def error_response(status: int, field: str, message: str, **headers: str) -> JSONResponse:
     body = {"error": {"status": status, "field": field, "message": message}}
     return JSONResponse(body, status_code=status, headers=headers or None)
@@ -123,7 +133,7 @@ def create_app(service: RankingService) -> FastAPI:
     """The FastAPI application serving ``service``; its batcher runs inside the app's loop."""
     config = service.config
     batcher = Batcher(service.score, config.max_batch, config.batch_window_ms / 1000,
-                      config.max_queue)  # fmt: skip
+                      config.max_queue, cost=lambda job: len(job.titles))  # fmt: skip
 
     # Prompts are rendered and tokenized off the event loop (a catalog takes ~0.2 s), in one
     # thread: a tokenizer is not to be used by two threads at once.
@@ -131,6 +141,20 @@ def create_app(service: RankingService) -> FastAPI:
 
     async def build(method: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(tokenizing, method, *args)
+
+    async def scored(http: Request, job: Any) -> list[float]:
+        """The job's scores from the batcher; once the client disconnects, the request is
+        cancelled (dropped before it is scored, or between the chunks of a catalog)."""
+        scoring = asyncio.ensure_future(batcher.submit(job, config.timeout_s))
+        leaving = asyncio.ensure_future(_disconnected(http.receive))
+        try:
+            await asyncio.wait({scoring, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            leaving.cancel()
+        if not scoring.done():
+            scoring.cancel()
+            raise ClientGone()
+        return scoring.result()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -154,7 +178,12 @@ def create_app(service: RankingService) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok"}
+        """Up; the requests scored, dropped (client gone or deadline passed) and refused (503)
+        since the start, and those queued and being scored now."""
+        stats = batcher.stats
+        counts = {"scored": stats.scored, "dropped": stats.dropped, "refused": stats.refused,
+                  "queued": batcher.queued, "scoring": batcher.running}  # fmt: skip
+        return {"status": "ok", "requests": counts}
 
     @app.get("/v1/model", responses=responses(401, 500))
     async def model() -> dict[str, Any]:
@@ -162,23 +191,23 @@ def create_app(service: RankingService) -> FastAPI:
         return service.describe() | {"batches": stats.__dict__.copy()}
 
     @app.post("/v1/rank", responses=responses(*REQUEST_ERRORS))
-    async def rank(request: RankRequest) -> dict[str, Any]:
+    async def rank(request: RankRequest, http: Request) -> dict[str, Any]:
         """The candidates ordered by score (the summed log-prob of each title after the
         prompt training used), each with its log-prob."""
         history = service.titles_of("history", request.history)
         candidates = service.titles_of("candidates", request.candidates)
         with batcher.arriving():
             job = await build(service.rank_job, history, candidates)
-        scores = await batcher.submit(job, config.timeout_s)
+        scores = await scored(http, job)
         return {"ranking": ranking(job, scores, request.top), "n_candidates": len(job.titles)}
 
     @app.post("/v1/recommend", responses=responses(*REQUEST_ERRORS, 409))
-    async def recommend(request: RecommendRequest) -> dict[str, Any]:
+    async def recommend(request: RecommendRequest, http: Request) -> dict[str, Any]:
         """The top of the catalog for the history (history items excluded), open prompt."""
         history = service.titles_of("history", request.history)
         with batcher.arriving():
             job = await build(service.recommend_job, history)
-        scores = await batcher.submit(job, config.timeout_s)
+        scores = await scored(http, job)
         return {"ranking": ranking(job, scores, request.top), "n_ranked": len(job.titles)}
 
     return app
@@ -208,6 +237,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
         return error_response(503, "", str(exc), **{"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(ClientGone)
+    async def gone(request: Request, exc: ClientGone) -> JSONResponse:
+        return error_response(499, "", "the client closed the connection")  # read by no one
 
     @app.exception_handler(TimeoutError)
     async def timed_out(request: Request, exc: TimeoutError) -> JSONResponse:

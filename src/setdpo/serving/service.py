@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,11 @@ class ServeConfig:
         "does not hold its connection)",
         10.0,
     )
-    chunk_size: int = _help("catalog titles per forward chunk (/v1/recommend)", 256)
+    chunk_size: int = _help(
+        "catalog titles per forward chunk (/v1/recommend); an abandoned request stops between "
+        "chunks",
+        256,
+    )
     device: str = _help("device for the model: auto, cpu, cuda", "auto")
 
     def __post_init__(self) -> None:
@@ -216,11 +220,15 @@ class RankingService:
         tokenized = TokenizedExample(prompt_ids, candidate_ids, [1] * len(titles))
         return Job(tokenized, titles, [self.id_of.get(t) for t in titles], catalog)
 
-    def score(self, jobs: Sequence[Job]) -> list[list[float]]:
-        """Each job's candidate log-probs: ranking jobs in one `score_all` batch, catalog
-        jobs one at a time in chunks (their candidate counts are the catalog's)."""
+    def score(
+        self, jobs: Sequence[Job], alive: Callable[[int], bool] = lambda i: True
+    ) -> list[list[float] | None]:
+        """Each job's candidate log-probs, None for a job dropped because ``alive(i)`` turned
+        False (its client left or its deadline passed): ranking jobs in one `score_all` batch
+        of those still alive, catalog jobs one at a time, ``chunk_size`` candidates per
+        `score_all` call, stopping between calls once abandoned."""
         out: list[list[float] | None] = [None] * len(jobs)
-        ranked = [i for i, job in enumerate(jobs) if not job.catalog]
+        ranked = [i for i, job in enumerate(jobs) if not job.catalog and alive(i)]
         if ranked:
             rows = [jobs[i].tokenized for i in ranked]
             scores = score_all(self.model, rows, self.rank_options, self.pad_token_id, len(rows))
@@ -228,10 +236,25 @@ class RankingService:
                 out[i] = row.tolist()
         for i, job in enumerate(jobs):
             if job.catalog:
-                (row,) = score_all(self.model, [job.tokenized], self.catalog_options,
-                                   self.pad_token_id, 1)  # fmt: skip
-                out[i] = row.tolist()
-        return out  # type: ignore[return-value]
+                out[i] = self._score_catalog(job.tokenized, lambda i=i: alive(i))
+        return out
+
+    def _score_catalog(
+        self, tokenized: TokenizedExample, alive: Callable[[], bool]
+    ) -> list[float] | None:
+        """A catalog's scores chunk by chunk (each candidate is scored given the prompt alone,
+        so the chunks' scores are the whole ranking's); None once ``alive()`` is False."""
+        scores: list[float] = []
+        size = self.config.chunk_size
+        for start in range(0, len(tokenized.candidate_ids), size):
+            if not alive():
+                return None
+            chunk = TokenizedExample(tokenized.prompt_ids,
+                                     tokenized.candidate_ids[start : start + size],
+                                     tokenized.levels[start : start + size])  # fmt: skip
+            (row,) = score_all(self.model, [chunk], self.catalog_options, self.pad_token_id, 1)
+            scores += row.tolist()
+        return scores
 
 
 def ranking(job: Job, scores: list[float], top: int | None) -> list[dict[str, Any]]:
