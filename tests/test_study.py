@@ -214,6 +214,8 @@ def test_a_moved_study_reruns_nothing_and_its_runs_still_load(
     }
     run = moved / "runs" / "pref" / "loss=mult,seed=0"
     assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 0
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "`eval/mult/loss=mult,seed=0.json`: split `test`" in card  # found after the move
 
 
 @pytest.mark.slow

@@ -186,6 +186,14 @@ def _found_results(run: Path, levels: int = 3, most: int = 500) -> list[dict[str
         except InputError:
             continue  # not a results file
         model, split = str(record["protocol"].get("model", "")), record["protocol"].get("split")
-        if model and split == "test" and Path(model).resolve() == run:
+        if model and split == "test" and _same_run(model, run):
             found.append(record)
     return found
+
+
+def _same_run(model: str, run: Path) -> bool:
+    """Whether a results file's ``protocol.model`` names ``run``: the same folder, or the same
+    last two components (``pref/loss=mult,seed=0``): the results of a study or a quickstart
+    that was moved or copied name the run where it was evaluated (the files searched lie in
+    the run's own ancestors' ``eval/`` folders)."""
+    return Path(model).resolve() == run or Path(model).parts[-2:] == run.parts[-2:]
