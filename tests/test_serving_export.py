@@ -39,8 +39,11 @@ folder, contexts_file = sys.argv[1], sys.argv[2]
 tok = AutoTokenizer.from_pretrained(folder)
 config = json.load(open(folder + "/adapter_config.json")) if len(sys.argv) > 3 else None
 if config:
+    import os
     from peft import PeftModel
-    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    base = config["base_model_name_or_path"]  # "base": the folder beside the adapter
+    base = os.path.join(folder, base) if os.path.isdir(os.path.join(folder, base)) else base
+    base = AutoModelForCausalLM.from_pretrained(base)
     model = PeftModel.from_pretrained(base, folder).eval()
 else:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
@@ -134,7 +137,8 @@ def test_adapter_only_is_one_lora_adapter_equal_to_the_run(
     assert cli.main(["export", str(runs["lora"]), "--out", str(out), "--adapter-only"]) == 0
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 16 and config["lora_alpha"] == 16  # SFT rank 8 + preference rank 8
-    assert config["base_model_name_or_path"] == str(runs["lora"].resolve() / "base")
+    assert config["base_model_name_or_path"] == "base"  # the run's tiny base, copied in
+    assert (out / "base" / "model.safetensors").is_file()
     assert not (out / "model.safetensors").exists()
     contexts, expected = _run_scores(runs["lora"], ml100k_next_dir)
     plain = _plain_scores(out, contexts, tmp_path, adapter=True)
@@ -167,8 +171,42 @@ def test_card_names_the_run_and_its_test_metrics(
     assert cli.main(["export", str(runs["lab"]), "--out", str(auto)]) == 0
     card = (auto / "README.md").read_text()
     assert f"| HR@1 | {hr1['value']:.4f} |" in card and "0.1235" not in card
-    assert str(found) in card
+    assert "`eval/lab/seed=0.json`" in card and str(found) not in card
     shutil.rmtree(found.parent.parent)
+
+
+def _absolute_paths_in(folder: Path, *roots: Path) -> list[str]:
+    """Files of ``folder`` holding one of ``roots`` (as `grep -r` finds them)."""
+    needles = {str(root).encode() for root in roots} | {
+        str(root.resolve()).encode() for root in roots
+    }
+    return [str(f) for f in folder.rglob("*") if f.is_file()
+            for n in needles if n in f.read_bytes()]  # fmt: skip
+
+
+@pytest.mark.parametrize("adapter_only", [False, True], ids=["merged", "adapter-only"])
+def test_an_export_names_no_local_path_and_its_card_the_real_rank(
+    runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, adapter_only: bool
+) -> None:
+    from setdpo.model import cache_dir
+    from setdpo.serving.service import RankingService, ServeConfig
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "exp" / "missing" / "lab-mult"  # parents created
+    argv = ["export", str(runs["lora"]), "--out", "exp/missing/lab-mult"]
+    assert cli.main(argv + ["--adapter-only"] * adapter_only) == 0
+    roots = (runs["lora"].parents[1], tmp_path, cache_dir(), Path.home(), Path.cwd())
+    assert _absolute_paths_in(out, *roots) == []
+    card = (out / "README.md").read_text()
+    assert "`sft` (r 8, alpha 16), `pref` (r 8, alpha 16)" in card
+    if adapter_only:
+        assert "One LoRA adapter of rank 16 and alpha 16" in card
+        adapter = json.loads((out / "adapter_config.json").read_text())
+        assert (adapter["r"], adapter["lora_alpha"]) == (16, 16)
+    described = json.dumps(RankingService(ServeConfig(model=str(out), device="cpu")).describe())
+    served_run = RankingService(ServeConfig(model=str(runs["lora"]), device="cpu")).describe()
+    for text in (described, json.dumps(served_run)):  # /v1/model
+        assert str(tmp_path) not in text and str(runs["lora"].parents[1]) not in text
 
 
 def test_export_refuses_an_existing_folder_and_leaves_nothing_on_failure(
@@ -228,3 +266,76 @@ def test_dtype_bfloat16_halves_the_weights(runs: dict[str, Path], tmp_path: Path
         assert {str(w.dtype) for w in weights.values()} == {f"torch.{dtype}"}
         sizes[dtype] = (out / "model.safetensors").stat().st_size
     assert 0.45 < sizes["bfloat16"] / sizes["float32"] < 0.55
+
+
+# Loads the adapter by the base its config names, from a Hugging Face cache (HF_HUB_CACHE,
+# offline), in a process that imports neither setdpo nor finds a setdpo cache; prints the
+# last-position logits of one text.
+HUB_LOADER = r"""
+import json, sys
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+folder = sys.argv[1]
+name = json.load(open(folder + "/adapter_config.json"))["base_model_name_or_path"]
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(name), folder).eval()
+ids = AutoTokenizer.from_pretrained(folder)("Heat (1995), Casino (1995)").input_ids
+with torch.no_grad():
+    print(json.dumps(model(torch.tensor([ids])).logits[0, -1, :50].tolist()))
+"""
+
+
+@pytest.mark.smollm2
+def test_an_adapter_only_export_of_the_embedded_smollm2_loads_from_the_hub_id(
+    ml100k_next_dir: Path, tmp_path: Path
+) -> None:
+    """An untrained LoRA (B nonzero) over the embedded SmolLM2 as a run; its adapter-only
+    export names the hub id and loads with peft from a hub cache holding that model, where
+    no setdpo cache exists."""
+    import torch
+    import yaml
+
+    from setdpo.model import LoraSettings, add_lora, embedded_model_folder, load, save_run_model
+
+    model, tokenizer = load("embedded:smollm2-135m", device="cpu")
+    model = add_lora(model, LoraSettings(r=4, alpha=8))
+    torch.manual_seed(0)
+    for name, weight in model.named_parameters():
+        if "lora_B" in name:
+            weight.data.normal_(0, 0.02)
+    run = tmp_path / "run"
+    save_run_model(model, tokenizer, run, base_model="embedded:smollm2-135m")
+    (run / "resolved_config.yaml").write_text(yaml.safe_dump({"data": str(ml100k_next_dir)}))
+    out = tmp_path / "export"
+    assert cli.main(["export", str(run), "--out", str(out), "--adapter-only"]) == 0
+    hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert (
+        json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == hub_id
+    )
+    assert (
+        "huggingface-cli download HuggingFaceTB/SmolLM2-135M-Instruct"
+        in (out / "README.md").read_text()
+    )
+    # A hub cache holding the model (here: the embedded weights under the hub id's layout).
+    snapshot = tmp_path / "hub" / "models--HuggingFaceTB--SmolLM2-135M-Instruct"
+    (snapshot / "refs").mkdir(parents=True)
+    (snapshot / "refs" / "main").write_text("0" * 40)
+    shutil.copytree(embedded_model_folder()[0], snapshot / "snapshots" / ("0" * 40))
+    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
+    env |= {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+            "SETDPO_CACHE": str(tmp_path / "no-setdpo-cache")}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", HUB_LOADER, str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (tmp_path / "no-setdpo-cache").exists()
+    served, _ = load(run, device="cpu", merge_all=True)
+    ids = tokenizer("Heat (1995), Casino (1995)", return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = served(ids).logits[0, -1, :50]
+    got = torch.tensor(json.loads(done.stdout.strip().splitlines()[-1]))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    assert _absolute_paths_in(out, tmp_path, Path.home()) == []
+    from setdpo.serving.info import adapter_base
+
+    assert adapter_base(out) == "embedded:smollm2-135m"  # setdpo serve: the run's exact base

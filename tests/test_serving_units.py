@@ -23,7 +23,7 @@ class Doubler:
         self.seconds = seconds
         self.threads: set[str] = set()
 
-    def __call__(self, payloads: list[int]) -> list[int]:
+    def __call__(self, payloads: list[int], alive=None) -> list[int]:
         self.batches.append(list(payloads))
         self.threads.add(threading.current_thread().name)
         time.sleep(self.seconds)
@@ -155,7 +155,7 @@ def test_a_request_that_timed_out_in_the_queue_gives_its_place_back() -> None:
 
 
 def test_an_error_in_the_batch_reaches_its_requests_and_the_worker_goes_on() -> None:
-    def flaky(payloads: list[int]) -> list[int]:
+    def flaky(payloads: list[int], alive) -> list[int]:
         if 13 in payloads:
             raise RuntimeError("bad batch")
         return payloads
@@ -170,6 +170,66 @@ def test_an_error_in_the_batch_reaches_its_requests_and_the_worker_goes_on() -> 
         return result
 
     assert _run(main()) == 7
+
+
+def test_a_request_whose_client_left_is_dropped_between_chunks_and_counted() -> None:
+    """A long request scored in 20 chunks of 0.05 s stops once its caller is cancelled (the
+    client left); a queued one whose caller left is never scored."""
+    chunks: list[int] = []
+
+    def chunked(payloads: list[int], alive) -> list[int | None]:
+        out: list[int | None] = []
+        for i, payload in enumerate(payloads):
+            for _ in range(payload):
+                if not alive(i):
+                    out.append(None)
+                    break
+                chunks.append(i)
+                time.sleep(0.05)
+            else:
+                out.append(payload)
+        return out
+
+    async def main():
+        batcher = Batcher(chunked, max_batch=1, window_s=0.0, max_queue=4)
+        await batcher.start()
+        long = asyncio.create_task(batcher.submit(20, 30))
+        queued = asyncio.create_task(batcher.submit(3, 30))
+        await asyncio.sleep(0.2)
+        long.cancel()  # what the route does when the client disconnects
+        queued.cancel()
+        await asyncio.sleep(0.3)
+        assert await batcher.submit(1, 30) == 1
+        await batcher.stop()
+        return batcher.stats
+
+    stats = _run(main())
+    assert len(chunks) < 10  # of the long request's 20, then the last request's one
+    assert (stats.scored, stats.dropped, stats.refused) == (1, 2, 0)
+
+
+def test_a_request_that_cannot_meet_its_deadline_is_refused_at_once() -> None:
+    """Once the rate is measured (0.2 s per unit of cost), a request whose estimated scoring
+    time is over its timeout gets Overloaded at once, with the wait as Retry-After."""
+    work = Doubler(seconds=0.2)
+
+    async def main():
+        batcher = Batcher(work, max_batch=1, window_s=0.0, max_queue=8, cost=lambda p: p)
+        await batcher.start()
+        assert await batcher.submit(1, 5) == 2  # measures 0.2 s per unit
+        start = time.perf_counter()
+        with pytest.raises(Overloaded) as refused:
+            await batcher.submit(10, 1.0)  # about 2 s of work, 1 s allowed
+        waited = time.perf_counter() - start
+        assert await batcher.submit(2, 5) == 4
+        await batcher.stop()
+        return refused.value, waited, batcher.stats
+
+    refused, waited, stats = _run(main())
+    assert waited < 0.05 and "over the timeout of 1 s" in str(refused)
+    assert refused.retry_after >= 1
+    assert (stats.scored, stats.dropped, stats.refused) == (2, 0, 1)
+    assert work.batches == [[1], [2]]
 
 
 @pytest.mark.parametrize(

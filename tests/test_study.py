@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,6 +69,20 @@ def test_a_changed_field_changes_its_stage_and_downstream_keys_only(tmp_path: Pa
     for name, stage in before.items():
         downstream = name.startswith("pref/") or name.split("/")[1] in ("sdpo", "mult")
         assert (stage.key != after[name].key) == downstream, name
+
+
+def test_a_record_of_the_older_location_dependent_key_counts_as_finished(
+    tmp_path: Path,
+) -> None:
+    from setdpo.study.runner import is_finished
+
+    plan = build_plan(smoke_config(), tmp_path)
+    stage = plan.stages["data/seed=0"]
+    stage.output.mkdir(parents=True)
+    record_path(plan, stage).parent.mkdir(parents=True)
+    record_path(plan, stage).write_text(json.dumps({"key": stage.legacy_key}))
+    assert stage.key != stage.legacy_key and is_finished(plan, stage)
+    assert json.loads(record_path(plan, stage).read_text())["key"] == stage.key  # upgraded
 
 
 def test_bundle_axes_set_several_fields(tmp_path: Path) -> None:
@@ -178,6 +193,29 @@ def test_rerun_recomputes_nothing(smoke_dir: Path, capsys: pytest.CaptureFixture
     assert records(smoke_dir) == before
     again = json.loads((smoke_dir / "again" / "summary.json").read_text())
     assert again["cells"] == json.loads((smoke_dir / "summary.json").read_text())["cells"]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("study")
+def test_a_moved_study_reruns_nothing_and_its_runs_still_load(
+    smoke_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(smoke_dir, copy)
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    os.rename(copy, moved)  # mv
+    monkeypatch.chdir(tmp_path / "elsewhere")  # another working directory, a relative --out
+    capsys.readouterr()
+    run_study_cli(Path("moved"))
+    assert "16 finished, 0 to run" in capsys.readouterr().out
+    assert {k: v["key"] for k, v in records(moved).items()} == {
+        k: v["key"] for k, v in records(smoke_dir).items()
+    }
+    run = moved / "runs" / "pref" / "loss=mult,seed=0"
+    assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 0
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "`eval/mult/loss=mult,seed=0.json`: split `test`" in card  # found after the move
 
 
 @pytest.mark.slow

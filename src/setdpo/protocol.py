@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from setdpo.errors import InputError
+from setdpo.paths import resolve_fields
 
 Config = TypeVar("Config")
 
@@ -76,9 +77,13 @@ def load_config(
     """A configuration dataclass `cls` from a file (optional; its `section` if it is a protocol
     file) with `overrides` taking precedence, validated by `cls.__post_init__`.
 
-    Unknown keys raise `InputError` naming the file and the keys.
+    Unknown keys raise `InputError` naming the file and the keys. A relative path in the file
+    is relative to the file's folder (`setdpo.paths`); in ``overrides``, to the working
+    directory.
     """
     values = read_stage(config_file, section) if config_file else {}
+    if config_file:
+        values = resolve_fields(values, Path(config_file).parent)
     values.update(overrides or {})
     known = {f.name for f in fields(cls) if f.init}
     unknown = sorted(set(values) - known)

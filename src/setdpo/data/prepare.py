@@ -43,6 +43,7 @@ from setdpo.data.io import (
 )
 from setdpo.data.sources import sort_source
 from setdpo.data.store import SPLITS, SplitWriter, finish_hf, split_schema
+from setdpo.paths import store_fields
 
 STAGES = ("read", "split", "build", "merge", "timelines", "audit")
 MERGE_ROWS = 65536  # rows of a split merged at once
@@ -112,7 +113,7 @@ def prepare(config: PrepareConfig) -> Path:
         write_json(tmp / "items.json", catalog_rows(source, planned.train_count))
         stages.next("timelines")
         write_timelines(tmp / TIMELINES, timeline_parts(source))
-        write_json(tmp / "config.json", asdict(config))
+        write_json(tmp / "config.json", store_fields(asdict(config), out))  # paths: from out
         stats = stats.result()
         write_json(tmp / "stats.json", stats)  # the audit reads the cuts
         del planned, runs

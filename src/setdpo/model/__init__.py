@@ -13,7 +13,12 @@
 """
 
 from setdpo.model.dropout import disable_dropout
-from setdpo.model.embedded import EMBEDDED_DEFAULT, cache_dir, embedded_model_folder
+from setdpo.model.embedded import (
+    EMBEDDED_DEFAULT,
+    cache_dir,
+    embedded_hub_id,
+    embedded_model_folder,
+)
 from setdpo.model.lab import LAB, LabSettings, build_lab_model, fit_lab_tokenizer
 from setdpo.model.loading import load, resolve_device, resolve_dtype
 from setdpo.model.lora import LoraSettings, add_lora, default_target_modules
@@ -35,6 +40,7 @@ __all__ = [
     "cache_dir",
     "default_target_modules",
     "disable_dropout",
+    "embedded_hub_id",
     "embedded_model_folder",
     "fit_lab_tokenizer",
     "is_run_dir",

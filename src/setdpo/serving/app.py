@@ -1,9 +1,9 @@
 """The HTTP layer of `setdpo serve`: FastAPI routes over `RankingService` and `Batcher`.
 
 Routes: ``POST /v1/rank``, ``POST /v1/recommend``, ``GET /v1/model``, ``GET /health``;
-OpenAPI at ``/docs``. Every error is JSON, ``{"error": {"status", "field", "message"}}``,
+OpenAPI at ``/docs`` (`setdpo.serving.docs`). Every error is JSON, ``{"error": {"status", "field", "message"}}``,
 ``field`` naming what is wrong (``history[2].item_id``, ``candidates``, ``body``); no stack
-trace is ever sent. With an API key every route but ``/health`` needs
+trace is ever sent. With an API key every route but ``/health`` and the docs needs
 ``Authorization: Bearer <key>``.
 """
 
@@ -21,10 +21,21 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictInt,
+    StringConstraints,
+    Tag,
+    field_validator,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from setdpo.serving.batching import Batcher, Overloaded
+from setdpo.serving.docs import REQUEST_ERRORS, add_docs, is_open, responses
 from setdpo.serving.service import (
     API_KEY_ENV,
     LOCAL_HOSTS,
@@ -35,33 +46,69 @@ from setdpo.serving.service import (
 )
 
 log = logging.getLogger("setdpo.serve")
-OPEN_PATHS = ("/health",)  # answered without the API key
 _FIELDS = {"history", "candidates", "top", "item_id"}
 
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+MAX_TOP = 1000  # the most entries a ranking returns, on both routes
+
+
+def _no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("NUL characters are not allowed")
+    return text
+
+
+NoNul = AfterValidator(_no_nul)
+Title = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500), NoNul
+]
 
 
 class ItemId(BaseModel):
     """A catalog item by its id (``items.json``'s ``item_id``)."""
 
     model_config = ConfigDict(extra="forbid")
-    item_id: Annotated[str, StringConstraints(min_length=1, max_length=100)] | StrictInt
+    item_id: Annotated[str, StringConstraints(min_length=1, max_length=100), NoNul] | StrictInt
+
+    @field_validator("item_id", mode="before")
+    @classmethod
+    def _typed(cls, value: Any) -> Any:
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            kind = "null" if value is None else type(value).__name__
+            raise ValueError(f"an item id is a string or an integer, got {kind}")
+        return value
 
 
-Item = Title | ItemId
+# A title or an {"item_id"} object, told apart by the JSON type: an object's errors name its
+# item_id, not "should be a valid string" from the title branch.
+Item = Annotated[
+    Annotated[Title, Tag("title")] | Annotated[ItemId, Tag("item")],
+    Discriminator(lambda v: "item" if isinstance(v, dict | ItemId) else "title"),
+]
+# Strict: true and "2" are not integers; capped as on every route.
+Top = Annotated[StrictInt, Field(ge=1, le=MAX_TOP)]
 
 
 class RankRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     history: list[Item] = Field(min_length=1, description="titles or {item_id}, oldest first")
     candidates: list[Item] = Field(min_length=1, description="titles or {item_id} to rank")
-    top: int | None = Field(None, ge=1, description="how many to return (default: all)")
+    top: Top | None = Field(None, description="how many to return (default: all)")
 
 
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     history: list[Item] = Field(min_length=1, description="titles or {item_id}, oldest first")
-    top: int = Field(10, ge=1, le=1000, description="how many catalog items to return")
+    top: Top = Field(10, description="how many catalog items to return")
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+async def _disconnected(receive: Callable[[], Awaitable[dict]]) -> None:
+    """Return once the client disconnects (the body was read: every later message is that)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def error_response(status: int, field: str, message: str, **headers: str) -> JSONResponse:
@@ -86,7 +133,7 @@ def create_app(service: RankingService) -> FastAPI:
     """The FastAPI application serving ``service``; its batcher runs inside the app's loop."""
     config = service.config
     batcher = Batcher(service.score, config.max_batch, config.batch_window_ms / 1000,
-                      config.max_queue)  # fmt: skip
+                      config.max_queue, cost=lambda job: len(job.titles))  # fmt: skip
 
     # Prompts are rendered and tokenized off the event loop (a catalog takes ~0.2 s), in one
     # thread: a tokenizer is not to be used by two threads at once.
@@ -94,6 +141,20 @@ def create_app(service: RankingService) -> FastAPI:
 
     async def build(method: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(tokenizing, method, *args)
+
+    async def scored(http: Request, job: Any) -> list[float]:
+        """The job's scores from the batcher; once the client disconnects, the request is
+        cancelled (dropped before it is scored, or between the chunks of a catalog)."""
+        scoring = asyncio.ensure_future(batcher.submit(job, config.timeout_s))
+        leaving = asyncio.ensure_future(_disconnected(http.receive))
+        try:
+            await asyncio.wait({scoring, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            leaving.cancel()
+        if not scoring.done():
+            scoring.cancel()
+            raise ClientGone()
+        return scoring.result()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -106,38 +167,47 @@ def create_app(service: RankingService) -> FastAPI:
         title="setdpo ranking service",
         description="Rank candidates and recommend catalog items with a setdpo model.",
         lifespan=lifespan,
+        docs_url=None,  # add_docs: local assets
+        redoc_url=None,
     )
+    add_docs(app, bool(config.api_key))
     app.state.batcher, app.state.service = batcher, service
     _add_error_handlers(app)
-    app.add_middleware(GuardMiddleware, api_key=config.api_key, max_body=config.max_body_bytes)
+    app.add_middleware(GuardMiddleware, api_key=config.api_key, max_body=config.max_body_bytes,
+                       body_timeout_s=config.body_timeout_s)  # fmt: skip
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok"}
+        """Up; the requests scored, dropped (client gone or deadline passed) and refused (503)
+        since the start, and those queued and being scored now."""
+        stats = batcher.stats
+        counts = {"scored": stats.scored, "dropped": stats.dropped, "refused": stats.refused,
+                  "queued": batcher.queued, "scoring": batcher.running}  # fmt: skip
+        return {"status": "ok", "requests": counts}
 
-    @app.get("/v1/model")
+    @app.get("/v1/model", responses=responses(401, 500))
     async def model() -> dict[str, Any]:
         stats = batcher.stats
         return service.describe() | {"batches": stats.__dict__.copy()}
 
-    @app.post("/v1/rank")
-    async def rank(request: RankRequest) -> dict[str, Any]:
+    @app.post("/v1/rank", responses=responses(*REQUEST_ERRORS))
+    async def rank(request: RankRequest, http: Request) -> dict[str, Any]:
         """The candidates ordered by score (the summed log-prob of each title after the
         prompt training used), each with its log-prob."""
         history = service.titles_of("history", request.history)
         candidates = service.titles_of("candidates", request.candidates)
         with batcher.arriving():
             job = await build(service.rank_job, history, candidates)
-        scores = await batcher.submit(job, config.timeout_s)
+        scores = await scored(http, job)
         return {"ranking": ranking(job, scores, request.top), "n_candidates": len(job.titles)}
 
-    @app.post("/v1/recommend")
-    async def recommend(request: RecommendRequest) -> dict[str, Any]:
+    @app.post("/v1/recommend", responses=responses(*REQUEST_ERRORS, 409))
+    async def recommend(request: RecommendRequest, http: Request) -> dict[str, Any]:
         """The top of the catalog for the history (history items excluded), open prompt."""
         history = service.titles_of("history", request.history)
         with batcher.arriving():
             job = await build(service.recommend_job, history)
-        scores = await batcher.submit(job, config.timeout_s)
+        scores = await scored(http, job)
         return {"ranking": ranking(job, scores, request.top), "n_ranked": len(job.titles)}
 
     return app
@@ -157,7 +227,8 @@ def _add_error_handlers(app: FastAPI) -> None:
             )
             return error_response(415, "Content-Type", message)
         field = _field(tuple(first.get("loc", ())), first.get("type", ""))
-        return error_response(422, field, f"{field}: {first.get('msg')}")
+        message = str(first.get("msg")).removeprefix("Value error, ")
+        return error_response(422, field, f"{field}: {message}")
 
     @app.exception_handler(RequestError)
     async def bad_request(request: Request, exc: RequestError) -> JSONResponse:
@@ -166,6 +237,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
         return error_response(503, "", str(exc), **{"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(ClientGone)
+    async def gone(request: Request, exc: ClientGone) -> JSONResponse:
+        return error_response(499, "", "the client closed the connection")  # read by no one
 
     @app.exception_handler(TimeoutError)
     async def timed_out(request: Request, exc: TimeoutError) -> JSONResponse:
@@ -185,16 +260,19 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 class GuardMiddleware:
     """Checks the API key (all paths but `OPEN_PATHS`) and the body size (413) before the
-    app sees a request; a body under the limit is read whole and replayed to the app."""
+    app sees a request; a body under the limit is read whole, within ``body_timeout_s``
+    (else 408: a client that announces more than it sends does not hold its connection),
+    and replayed to the app."""
 
-    def __init__(self, app: Any, api_key: str | None, max_body: int) -> None:
+    def __init__(self, app: Any, api_key: str | None, max_body: int, body_timeout_s: float) -> None:
         self.app, self.api_key, self.max_body = app, api_key, max_body
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.api_key and scope["path"] not in OPEN_PATHS and not self._authorized(headers):
+        if self.api_key and not is_open(scope["path"]) and not self._authorized(headers):
             message = "missing or wrong API key: send 'Authorization: Bearer <key>'"
             response = error_response(
                 401, "Authorization", message, **{"WWW-Authenticate": "Bearer"}
@@ -203,16 +281,28 @@ class GuardMiddleware:
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
             return await self._too_large(scope, receive, send)
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                body = await self._read_body(receive)
+        except TimeoutError:
+            message = f"the request body was not received within {self.body_timeout_s:g} s"
+            return await error_response(408, "body", message)(scope, receive, send)
+        if body is None:
+            return  # the client went away
+        if len(body) > self.max_body:
+            return await self._too_large(scope, receive, send)
+        return await self.app(scope, _replay(body, receive), send)
+
+    async def _read_body(self, receive: Callable) -> bytes | None:
+        """The whole body (None: the client left), or its first bytes over the limit."""
         body, more = b"", True
-        while more:
+        while more and len(body) <= self.max_body:
             message = await receive()
             if message["type"] != "http.request":
-                return  # the client went away
+                return None
             body += message.get("body", b"")
             more = message.get("more_body", False)
-            if len(body) > self.max_body:
-                return await self._too_large(scope, receive, send)
-        return await self.app(scope, _replay(body, receive), send)
+        return body
 
     def _authorized(self, headers: dict[str, str]) -> bool:
         scheme, _, token = headers.get("authorization", "").partition(" ")

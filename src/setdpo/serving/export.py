@@ -27,8 +27,9 @@ from safetensors.torch import load_file, save_file
 
 from setdpo.data.io import atomic_directory, check_target
 from setdpo.errors import InputError
-from setdpo.model import is_run_dir, load, read_run_model, resolve_dtype
-from setdpo.serving.card import model_card
+from setdpo.model import embedded_hub_id, is_run_dir, load, read_run_model, resolve_dtype
+from setdpo.paths import portable_name, portable_values
+from setdpo.serving.card import Weights, model_card
 from setdpo.serving.info import EXPORT_FILE, run_config, run_info
 
 CATALOG_FILE = "items.json"
@@ -52,23 +53,34 @@ def export_run(
     bfloat16 halves the size)."""
     if not is_run_dir(run):
         raise InputError(f"{run}: not a run directory (no setdpo_model.json)")
+    info = run_info(run)  # refuses a run whose data is gone before anything is created
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     check_target(out, overwrite)
-    info = run_info(run)
     evaluations = [_read_results(p) for p in results] or _found_results(Path(run))
     with atomic_directory(out, overwrite) as tmp:
         if adapter_only:
-            _write_adapter(Path(run), tmp)
+            base = _write_adapter(Path(run), tmp)
         else:
             _write_merged(Path(run), tmp, dtype)
+            base = info.portable().base_model
         catalog = None
         if info.catalog is not None:
             shutil.copyfile(info.catalog, tmp / CATALOG_FILE)
             catalog = CATALOG_FILE
         record = info.to_export(catalog) | {"adapter_only": adapter_only}
         (tmp / EXPORT_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        card = model_card(info, run_config(Path(run).resolve()), evaluations, adapter_only)
+        weights = Weights(adapter_only, _adapters(Path(run)), base, info.base_model)
+        training = portable_values(run_config(Path(run).resolve()))
+        card = model_card(info.portable(), training, evaluations, weights)
         (tmp / "README.md").write_text(card, encoding="utf-8")
     return Path(out)
+
+
+def _adapters(run: Path) -> list[tuple[str, int, float]]:
+    """``(name, r, lora_alpha)`` of the run's adapters, in the order they apply."""
+    configs = [(a, json.loads((a / "adapter_config.json").read_text()))
+               for a in read_run_model(run).adapters]  # fmt: skip
+    return [(a.name, c["r"], c["lora_alpha"]) for a, c in configs]
 
 
 def _write_merged(run: Path, folder: Path, dtype: str) -> None:
@@ -83,8 +95,9 @@ def _write_merged(run: Path, folder: Path, dtype: str) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def _write_adapter(run: Path, folder: Path) -> None:
-    """One LoRA adapter equal to the run's adapters applied in order (module docstring)."""
+def _write_adapter(run: Path, folder: Path) -> str:
+    """One LoRA adapter equal to the run's adapters applied in order (module docstring);
+    returns the base model it names (`_portable_base`)."""
     spec = read_run_model(run)
     if not spec.adapters:
         raise InputError(
@@ -94,19 +107,29 @@ def _write_adapter(run: Path, folder: Path) -> None:
     configs = [json.loads((a / "adapter_config.json").read_text()) for a in spec.adapters]
     weights = [load_file(a / ADAPTER_WEIGHTS) for a in spec.adapters]
     config, merged = _concatenate(configs, weights, spec.adapters)
-    base = spec.base_model
-    if base.startswith("embedded:"):
-        from setdpo.model import embedded_model_folder
-
-        base = str(embedded_model_folder(base)[0])
-    config["base_model_name_or_path"] = base
     folder.mkdir(parents=True, exist_ok=True)
+    config["base_model_name_or_path"] = _portable_base(run, spec.base_model, folder)
     save_file(merged, folder / ADAPTER_WEIGHTS, metadata={"format": "pt"})
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
     from transformers import AutoTokenizer
 
-    AutoTokenizer.from_pretrained(run if (run / "tokenizer_config.json").is_file() else base) \
-        .save_pretrained(folder)  # fmt: skip
+    tokenizer = run if (run / "tokenizer_config.json").is_file() else spec.base_model
+    AutoTokenizer.from_pretrained(tokenizer).save_pretrained(folder)
+    return config["base_model_name_or_path"]
+
+
+def _portable_base(run: Path, base: str, folder: Path) -> str:
+    """What an adapter-only export names as its base, meaningful on another machine: the hub
+    id an embedded model was quantized from; a base saved inside the run (tiny, lab) copied
+    into the export as ``base/``; a local folder by its name (the card says so); else the
+    hub id the run was trained on."""
+    hub_id = embedded_hub_id(base)
+    if hub_id is not None:
+        return hub_id
+    if Path(base).is_relative_to(run.resolve()):
+        shutil.copytree(base, folder / "base")
+        return "base"
+    return portable_name(base, parts=1)
 
 
 def _concatenate(
@@ -144,7 +167,8 @@ def _read_results(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"cannot read the results file {path}: {error}") from error
     if not isinstance(record, dict) or "metrics" not in record or "protocol" not in record:
         raise InputError(f"{path}: not a `setdpo evaluate` results file (no protocol, metrics)")
-    return {"file": str(path), "protocol": record["protocol"], "metrics": record["metrics"]}
+    file = portable_name(os.path.abspath(path), parts=3)  # shown in the card
+    return {"file": file, "protocol": record["protocol"], "metrics": record["metrics"]}
 
 
 def _found_results(run: Path, levels: int = 3, most: int = 500) -> list[dict[str, Any]]:
@@ -162,6 +186,14 @@ def _found_results(run: Path, levels: int = 3, most: int = 500) -> list[dict[str
         except InputError:
             continue  # not a results file
         model, split = str(record["protocol"].get("model", "")), record["protocol"].get("split")
-        if model and split == "test" and Path(model).resolve() == run:
+        if model and split == "test" and _same_run(model, run):
             found.append(record)
     return found
+
+
+def _same_run(model: str, run: Path) -> bool:
+    """Whether a results file's ``protocol.model`` names ``run``: the same folder, or the same
+    last two components (``pref/loss=mult,seed=0``): the results of a study or a quickstart
+    that was moved or copied name the run where it was evaluated (the files searched lie in
+    the run's own ancestors' ``eval/`` folders)."""
+    return Path(model).resolve() == run or Path(model).parts[-2:] == run.parts[-2:]

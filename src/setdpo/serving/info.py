@@ -23,6 +23,7 @@ import yaml
 
 from setdpo.errors import InputError
 from setdpo.model import is_run_dir, read_run_model
+from setdpo.paths import portable_values, resolve_fields
 
 EXPORT_FILE = "setdpo.json"
 EXPORT_VERSION = 1
@@ -48,8 +49,14 @@ class ModelInfo:
     items_as: str = "titles"  # how prompts write items (setdpo.items); older exports: titles
 
     def to_export(self, catalog_name: str | None) -> dict[str, Any]:
-        """The `setdpo.json` record of an export whose catalog is ``catalog_name`` in it."""
-        return {"setdpo_export": EXPORT_VERSION, **asdict(self), "catalog": catalog_name}
+        """The `setdpo.json` record of an export whose catalog is ``catalog_name`` in it
+        (no local path: `portable`)."""
+        return {"setdpo_export": EXPORT_VERSION, **asdict(self.portable()), "catalog": catalog_name}
+
+    def portable(self) -> ModelInfo:
+        """This record as shown on other machines: every absolute path its last components
+        (`setdpo.paths.portable_name`)."""
+        return ModelInfo(**portable_values(asdict(self)))
 
 
 def is_export(path: str | os.PathLike) -> bool:
@@ -87,12 +94,13 @@ def _read_export(folder: Path) -> ModelInfo:
 
 
 def run_config(run: Path) -> dict[str, Any]:
-    """The run's `resolved_config.yaml` as a mapping ({} when absent)."""
+    """The run's `resolved_config.yaml` as a mapping ({} when absent), its paths absolute
+    (stored relative to the run: `setdpo.paths`)."""
     path = run / RESOLVED_CONFIG
     if not path.is_file():
         return {}
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return resolve_fields(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, run)
     except yaml.YAMLError as error:
         raise InputError(f"cannot read {path}: {error}") from error
 
@@ -149,8 +157,7 @@ def load_served(path: str | os.PathLike, device: str = "auto") -> tuple[Any, Any
     folder = Path(path)
     adapter = folder / "adapter_config.json"
     if is_export(folder) and adapter.is_file() and not (folder / "config.json").is_file():
-        base = json.loads(adapter.read_text(encoding="utf-8"))["base_model_name_or_path"]
-        model, _ = load(base, device=device, adapter=folder, merge_all=True)
+        model, _ = load(adapter_base(folder), device=device, adapter=folder, merge_all=True)
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -159,3 +166,15 @@ def load_served(path: str | os.PathLike, device: str = "auto") -> tuple[Any, Any
         model.config.pad_token_id = tokenizer.pad_token_id
         return model, tokenizer
     return load(folder, device=device)
+
+
+def adapter_base(folder: Path) -> str:
+    """The base model of an ``--adapter-only`` export: its ``base/`` folder (a tiny or lab
+    run's), setdpo's embedded model when it was trained on that (the adapter names the hub id
+    the embedded weights were quantized from), else ``base_model_name_or_path``."""
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    base = config["base_model_name_or_path"]
+    if (folder / base).is_dir():
+        return str(folder / base)
+    trained_on = _read_export(folder).base_model
+    return trained_on if trained_on.startswith("embedded:") else base

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from setdpo.errors import InputError
 from setdpo.evaluation.metrics import rank_order
 from setdpo.evaluation.recommend import catalog_titles
 from setdpo.items import ItemRepresentation, write_titles
+from setdpo.paths import portable_name
 from setdpo.scoring import ScoringOptions, score_all
 from setdpo.serving.info import ModelInfo, load_served, read_info
 from setdpo.tokenization import TokenizedExample, tokenize_candidates, tokenize_prompt
@@ -53,7 +54,16 @@ class ServeConfig:
         "positions minus 64)"
     )
     max_body_bytes: int = _help("largest request body", 65536)
-    chunk_size: int = _help("catalog titles per forward chunk (/v1/recommend)", 256)
+    body_timeout_s: float = _help(
+        "a request body not received whole within this answers 408 (a slow or stalled client "
+        "does not hold its connection)",
+        10.0,
+    )
+    chunk_size: int = _help(
+        "catalog titles per forward chunk (/v1/recommend); an abandoned request stops between "
+        "chunks",
+        256,
+    )
     device: str = _help("device for the model: auto, cpu, cuda", "auto")
 
     def __post_init__(self) -> None:
@@ -64,8 +74,8 @@ class ServeConfig:
         for name in ("max_batch", "max_queue", "max_candidates", "max_body_bytes", "chunk_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_window_ms < 0 or self.timeout_s <= 0:
-            raise InputError("batch_window_ms must be >= 0 and timeout_s > 0")
+        if self.batch_window_ms < 0 or self.timeout_s <= 0 or self.body_timeout_s <= 0:
+            raise InputError("batch_window_ms must be >= 0, timeout_s and body_timeout_s > 0")
         if not 0 <= self.port < 65536:
             raise InputError(f"port must be in 0..65535, got {self.port}")
 
@@ -112,10 +122,10 @@ class RankingService:
         )
 
     def describe(self) -> dict[str, Any]:
-        """The `/v1/model` answer."""
-        info = self.info
+        """The `/v1/model` answer (no local path: `ModelInfo.portable`)."""
+        info = self.info.portable()
         return {
-            "model": str(Path(self.config.model).resolve()),
+            "model": portable_name(os.path.abspath(self.config.model)),
             "base_model": info.base_model,
             "objective": info.objective,
             "data": info.data,
@@ -133,6 +143,7 @@ class RankingService:
                 "max_candidates": self.config.max_candidates,
                 "max_prompt_tokens": self.max_prompt_tokens,
                 "max_body_bytes": self.config.max_body_bytes,
+                "body_timeout_s": self.config.body_timeout_s,
                 "max_batch": self.config.max_batch,
                 "batch_window_ms": self.config.batch_window_ms,
                 "max_queue": self.config.max_queue,
@@ -209,11 +220,15 @@ class RankingService:
         tokenized = TokenizedExample(prompt_ids, candidate_ids, [1] * len(titles))
         return Job(tokenized, titles, [self.id_of.get(t) for t in titles], catalog)
 
-    def score(self, jobs: Sequence[Job]) -> list[list[float]]:
-        """Each job's candidate log-probs: ranking jobs in one `score_all` batch, catalog
-        jobs one at a time in chunks (their candidate counts are the catalog's)."""
+    def score(
+        self, jobs: Sequence[Job], alive: Callable[[int], bool] = lambda i: True
+    ) -> list[list[float] | None]:
+        """Each job's candidate log-probs, None for a job dropped because ``alive(i)`` turned
+        False (its client left or its deadline passed): ranking jobs in one `score_all` batch
+        of those still alive, catalog jobs one at a time, ``chunk_size`` candidates per
+        `score_all` call, stopping between calls once abandoned."""
         out: list[list[float] | None] = [None] * len(jobs)
-        ranked = [i for i, job in enumerate(jobs) if not job.catalog]
+        ranked = [i for i, job in enumerate(jobs) if not job.catalog and alive(i)]
         if ranked:
             rows = [jobs[i].tokenized for i in ranked]
             scores = score_all(self.model, rows, self.rank_options, self.pad_token_id, len(rows))
@@ -221,10 +236,25 @@ class RankingService:
                 out[i] = row.tolist()
         for i, job in enumerate(jobs):
             if job.catalog:
-                (row,) = score_all(self.model, [job.tokenized], self.catalog_options,
-                                   self.pad_token_id, 1)  # fmt: skip
-                out[i] = row.tolist()
-        return out  # type: ignore[return-value]
+                out[i] = self._score_catalog(job.tokenized, lambda i=i: alive(i))
+        return out
+
+    def _score_catalog(
+        self, tokenized: TokenizedExample, alive: Callable[[], bool]
+    ) -> list[float] | None:
+        """A catalog's scores chunk by chunk (each candidate is scored given the prompt alone,
+        so the chunks' scores are the whole ranking's); None once ``alive()`` is False."""
+        scores: list[float] = []
+        size = self.config.chunk_size
+        for start in range(0, len(tokenized.candidate_ids), size):
+            if not alive():
+                return None
+            chunk = TokenizedExample(tokenized.prompt_ids,
+                                     tokenized.candidate_ids[start : start + size],
+                                     tokenized.levels[start : start + size])  # fmt: skip
+            (row,) = score_all(self.model, [chunk], self.catalog_options, self.pad_token_id, 1)
+            scores += row.tolist()
+        return scores
 
 
 def ranking(job: Job, scores: list[float], top: int | None) -> list[dict[str, Any]]:

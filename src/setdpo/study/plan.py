@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import shlex
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -226,7 +227,9 @@ class Stage:
     settings: dict[str, Any]  # the configuration file's fields
     output: Path
     after: list[str]
-    key: str = ""  # hash of the settings, the command and the upstream keys
+    # hash of the settings, the command (paths relative to the study) and the upstream keys
+    key: str = ""
+    legacy_key: str = ""  # the key before it left out where the study lies (older records)
     # >1: launched on this many processes by torchrun; not in the key (the output is the same)
     processes: int = 1
 
@@ -275,18 +278,19 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
     share one stage directory, and a stage two of them hold equal (same name, same key) runs
     once.
     """
-    out = Path(out)
+    given = Path(out)
+    out = Path(os.path.abspath(out))  # stage files name absolute paths (setdpo.paths)
     if name is not None and (not name or "/" in name or name.startswith(".")):
         raise InputError(f"a study name is a plain folder name, got {name!r}")
     stages: dict[str, Stage] = {}
 
     def add(stage: Stage) -> str:
         if stage.name not in stages:
+            what = [stage.command, stage.settings]
             upstream = [stages[name].key for name in stage.after]
-            blob = json.dumps(
-                [stage.command, stage.settings, upstream], sort_keys=True, default=str
-            )
-            stage.key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+            stage.key = _hash([*_within(what, out, "<study>"), upstream])
+            legacy = [stages[name].legacy_key for name in stage.after]
+            stage.legacy_key = _hash([*_within(what, out, str(given)), legacy])
             stages[stage.name] = stage
         return stage.name
 
@@ -391,6 +395,22 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
             cells.append(Cell(setting, seed, evals, {loss: pref}))
     home = out / name if name else out
     return Plan(config, out, _dependency_order(stages), _merge_cells(cells), home)
+
+
+def _hash(what: Any) -> str:
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _within(what: Any, out: Path, prefix: str) -> Any:
+    """``what`` with ``prefix`` for the study directory ``out`` in every path inside it
+    (``<study>/data/seed=0``): a key that does not depend on where the study lies."""
+    if isinstance(what, dict):
+        return {k: _within(v, out, prefix) for k, v in what.items()}
+    if isinstance(what, list | tuple):
+        return [_within(v, out, prefix) for v in what]
+    if isinstance(what, str) and (what == str(out) or what.startswith(f"{out}{os.sep}")):
+        return prefix + what[len(str(out)) :]
+    return what
 
 
 def _dependency_order(stages: dict[str, Stage]) -> dict[str, Stage]:

@@ -56,7 +56,15 @@ def read_record(plan: Plan, stage: Stage) -> dict:
 
 
 def is_finished(plan: Plan, stage: Stage) -> bool:
-    return stage.output.exists() and read_record(plan, stage).get("key") == stage.key
+    """Whether the stage's output exists and its record holds its key. A record of the key
+    older setdpo wrote (which held where the study lay) is rewritten with today's key."""
+    if not stage.output.exists():
+        return False
+    record = read_record(plan, stage)
+    if record.get("key") == stage.legacy_key and stage.legacy_key:
+        atomic_write_json(record_path(plan, stage), record | {"key": stage.key})
+        return True
+    return record.get("key") == stage.key
 
 
 def write_plan_files(plan: Plan) -> None:

@@ -23,6 +23,7 @@ from setdpo import protocol
 from setdpo.atomic import atomic_write_text
 from setdpo.errors import InputError
 from setdpo.losses import canonical_name, names_help
+from setdpo.paths import store_fields
 from setdpo.scoring import ScoringOptions
 from setdpo.training.optional import check_optional_packages
 
@@ -281,8 +282,10 @@ def load_config(
 
 
 def write_resolved_config(config: _SetdpoArguments, run_dir: str | Path) -> Path:
-    """Write `config` as `run_dir/resolved_config.yaml` atomically; `load_config` reads it back."""
-    values = config.to_dict()
+    """Write `config` as `run_dir/resolved_config.yaml` atomically; `load_config` reads it back.
+    Paths (``data``, ``init``, ``output_dir``, a local ``model``) are written relative to
+    ``run_dir`` (`setdpo.paths`): the run works from any folder and after a move."""
+    values = store_fields(config.to_dict(), run_dir)
     # Fields that TrainingArguments fills in from others would not round-trip as set values.
     for name in ("logging_dir",):
         values.pop(name, None)
