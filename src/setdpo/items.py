@@ -18,7 +18,7 @@ The tokens are added to a tokenizer (`add_item_tokens`) as non-special tokens th
 space before them, so ``watched <item_3>, <item_9>`` and ``Answer: <item_9>`` hold the token
 alone; `extend_model` adds their embedding rows, initialised from the mean of the title's
 token embeddings (input and output), as LC-Rec and TIGER-style vocabularies are. `as_titles`
-writes text with item tokens back as titles (generated answers, exports).
+writes text with item tokens back as titles (generated answers in `setdpo evaluate`).
 """
 
 from __future__ import annotations
