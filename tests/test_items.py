@@ -22,9 +22,11 @@ from setdpo.items import (
     as_titles,
     extend_model,
     item_token,
+    item_tokens,
     write_titles,
 )
-from setdpo.model import build_tiny, load
+from setdpo.model import build_lab_model, build_tiny, load
+from setdpo.model.lab import lab_texts
 from setdpo.scoring import ScoringOptions, score_all
 from setdpo.tokenization import CandidateCollator, tokenize_example
 from setdpo.training.data import SFTCollator
@@ -91,7 +93,9 @@ def test_representations_share_the_split_and_differ_only_in_the_text(
     tables = {kind: read_table(folder, "train") for kind, folder in data.items()}
     assert tables["tokens"].equals(tables["titles"]) and tables["hybrid"].equals(tables["titles"])
     titles = [item["title"] for item in load_items(data["titles"])]
-    plain, tokens, hybrid = (load_split(data[k], "train")[0] for k in ("titles", "tokens", "hybrid"))
+    plain, tokens, hybrid = (
+        load_split(data[k], "train")[0] for k in ("titles", "tokens", "hybrid")
+    )
     rows = read_table(data["titles"], "train").slice(0, 1).to_pylist()[0]
     assert tokens.candidates == [item_token(r) for r in rows["candidate_items"]]
     assert tokens.history == [item_token(r) for r in rows["history_items"]]
@@ -120,9 +124,36 @@ def test_an_item_token_is_one_token_and_starts_as_its_titles_mean(data: dict[str
     tok = tokenize_example(example, tokenizer)
     rows = read_table(data["tokens"], "train").slice(0, 1).to_pylist()[0]
     assert tok.candidate_ids == [[ids[r]] for r in rows["candidate_items"]]  # no EOS
-    assert [t for t in tok.prompt_ids if t >= old.shape[0]] == [ids[r] for r in rows["history_items"]]
+    assert [t for t in tok.prompt_ids if t >= old.shape[0]] == [
+        ids[r] for r in rows["history_items"]
+    ]
     assert extend_model(model, tokenizer, titles) == ids  # a second call adds nothing
     assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+
+
+def test_the_lab_holds_item_tokens_from_the_start_and_merges_their_separator(
+    data: dict[str, Path],
+) -> None:
+    """The lab's item rows start at random like every row (no title means), its BPE is
+    fitted to the text between item tokens (no titles), and ", " between two items is one
+    token."""
+    model, tokenizer = build_lab_model(data["tokens"])
+    titles = token_catalog(data["tokens"])
+    ids = item_tokens(tokenizer)
+    assert len(ids) == len(titles) and model.get_input_embeddings().weight.shape[0] == len(
+        tokenizer
+    )
+    assert extend_model(model, tokenizer, titles) == ids  # nothing left to add
+    rows = model.get_input_embeddings().weight[ids].detach()
+    assert 0.015 < float(rows.std()) < 0.025  # the model's own init (std 0.02), not means
+    assert not any(title in text for text in lab_texts(data["tokens"]) for title in titles[:50])
+    example = load_split(data["tokens"], "train")[0]
+    pieces = tokenizer.convert_ids_to_tokens(tokenize_example(example, tokenizer).prompt_ids)
+    history = [i for i, piece in enumerate(pieces) if piece in example.history]
+    assert len(history) == len(example.history)
+    assert all(np.diff(history) == 2)  # item, separator, item
+    _, titled = build_lab_model(data["titles"])
+    assert item_tokens(titled) == [] and len(lab_texts(data["titles"])) > len(titles)
 
 
 def test_one_token_candidates_are_read_from_the_prompt_pass(data: dict[str, Path]) -> None:
@@ -293,7 +324,10 @@ def test_llara_json_imports_trains_and_evaluates_with_item_tokens(tmp_path: Path
     assert cli.main([*sft, "--max-steps", "2", *QUIET]) == 0
     results = evaluate(EvalConfig(model=str(run), data=str(out), n_resamples=10, progress=False))
     assert len(results.contexts) == 6 and 0 <= results.metrics["HR@1"].value <= 1
-    assert cli.main([*args, "--format", "trl", "--items-as", "tokens", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        cli.main([*args, "--format", "trl", "--items-as", "tokens", "--out", str(tmp_path / "x")])
+        == 2
+    )
 
 
 def test_catalog_ranking_writes_the_catalog_as_the_data_does(data: dict[str, Path]) -> None:

@@ -57,6 +57,11 @@ class ItemRepresentation:
         return self.kind != "titles"
 
     @property
+    def shows_titles(self) -> bool:
+        """Whether texts hold titles (a tokenizer fitted to them needs the titles too)."""
+        return self.kind != "tokens"
+
+    @property
     def candidate_eos(self) -> bool:
         """Whether a candidate ends with EOS (not after a lone item token)."""
         return self.kind != "tokens"
@@ -84,7 +89,9 @@ def write_titles(
     rows = {title: row for row, title in reversed(list(enumerate(catalog)))}
     for i, title in enumerate(titles):
         if title not in rows:
-            raise ValueError(f"[{i}]: {title!r} is not in the catalog (items are written as tokens)")
+            raise ValueError(
+                f"[{i}]: {title!r} is not in the catalog (items are written as tokens)"
+            )
     return [representation.write(rows[title], title) for title in titles]
 
 
@@ -107,9 +114,11 @@ def item_row(text: str) -> int | None:
     return int(match.group(1)) if match and match.end() == len(text) else None
 
 
-def without_item_tokens(text: str) -> str:
-    """``text`` with the item tokens removed (what a tokenizer's BPE is fitted to)."""
-    return ITEM_TOKEN.sub("", text)
+def text_segments(text: str) -> list[str]:
+    """The pieces of ``text`` between its item tokens, as a tokenizer that holds them encodes
+    them (each piece on its own, the space before a token stripped): what a tokenizer's BPE
+    is fitted to, so that the separator between two item tokens gets merged like any text."""
+    return [piece for piece in ITEM_TOKEN.sub("\0", text).split("\0") if piece]
 
 
 def add_item_tokens(tokenizer: Any, n_items: int) -> list[int]:

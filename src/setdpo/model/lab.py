@@ -21,15 +21,18 @@ from tokenizers.models import BPE
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from setdpo.data import load_items, load_split
-from setdpo.items import without_item_tokens
+from setdpo.data.store import item_representation, token_catalog
+from setdpo.items import add_item_tokens, text_segments
 from setdpo.model.tiny import fit_bpe_tokenizer
 
 LAB = "lab"
 
-# Pre-tokens: a word with the space before it, a comma, or one whitespace character. Commas
-# stand alone so that "Heat (1995)," in a history and the candidate "Heat (1995)" share their
-# tokens; "(1995)" stays one word, so a year can become one token.
-_WORDS = Regex(r" ?[^\s,]+|,|\s")
+# Pre-tokens: a word with the space before it, a comma (with the space before it, if any),
+# or one whitespace character. Commas stand alone so that "Heat (1995)," in a history and the
+# candidate "Heat (1995)" share their tokens; "(1995)" stays one word, so a year can become
+# one token. Between item tokens (`setdpo.items`) the separator reads " ," (the tokenizer
+# puts a space before every text segment), which then is one token, not two.
+_WORDS = Regex(r" ?[^\s,]+| ?,|\s")
 
 
 @dataclass(frozen=True)
@@ -98,18 +101,34 @@ def fit_lab_tokenizer(
 
 def lab_texts(data_dir: str | os.PathLike) -> list[str]:
     """The texts the lab tokenizer is fitted to: every training prompt (as the data's template
-    rendered it, item tokens left out: they are added whole, `setdpo.items`) and every catalog
-    title. Nothing from the valid or test split."""
-    prompts = [without_item_tokens(example.prompt) for example in load_split(data_dir, "train")]
-    return prompts + [item["title"] for item in load_items(data_dir)]
+    rendered it, in the pieces between item tokens: they are added whole, `setdpo.items`) and,
+    unless items are written as tokens alone, every catalog title. Nothing from the valid or
+    test split."""
+    pieces = [
+        piece
+        for example in load_split(data_dir, "train")
+        for piece in text_segments(example.prompt)
+    ]
+    if not item_representation(data_dir).shows_titles:
+        return pieces
+    return pieces + [item["title"] for item in load_items(data_dir)]
 
 
 def build_lab_model(
     data_dir: str | os.PathLike, settings: LabSettings = LabSettings()
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     """A randomly initialised Llama (seeded by ``settings.seed``, the global RNG untouched)
-    and its tokenizer fitted to ``lab_texts(data_dir)``; the model is in eval mode."""
+    and its tokenizer fitted to ``lab_texts(data_dir)``; the model is in eval mode.
+
+    When the data writes items as tokens, they are part of the vocabulary from the start and
+    their rows are initialised like every other row: the mean of a title's random BPE rows
+    (`setdpo.items.extend_model`, for pretrained models) would start related items close
+    together for no reason, and measured slower to train.
+    """
     tokenizer = fit_lab_tokenizer(lab_texts(data_dir), settings.vocab_size, settings.max_positions)
+    titles = token_catalog(data_dir)
+    if titles is not None:
+        add_item_tokens(tokenizer, len(titles))
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=settings.hidden,

@@ -24,6 +24,7 @@ class Weights:
     base: str  # adapter_config.json's base_model_name_or_path, or the trained base's name
     trained_on: str  # the run's base model name (embedded:smollm2-135m, tiny, a hub id)
 
+
 # Training fields worth a line in the card (the whole configuration follows in a block).
 _KEY_FIELDS = ("model", "init", "data", "loss", "beta", "peft", "lora_r", "num_train_epochs",
                "max_steps", "learning_rate", "num_negatives", "negatives", "seed")  # fmt: skip

@@ -16,7 +16,7 @@ from transformers import set_seed
 
 from setdpo import model as models
 from setdpo.data.store import token_catalog
-from setdpo.items import item_tokens, without_item_tokens
+from setdpo.items import item_tokens, text_segments
 from setdpo.training.callbacks import EpochCallback, check_finite
 from setdpo.training.config import SFTConfig
 from setdpo.training.data import SFTCollator, SFTDataset
@@ -43,7 +43,7 @@ class SFTTrainer(RunTrainer):
 def _tiny_texts(examples: list[Any]) -> list[str]:
     """Texts that decide the tiny tokenizer's merges: prompts and candidate titles."""
     texts = [ex.prompt for ex in examples] + [t for ex in examples for t in ex.candidates]
-    return [without_item_tokens(text) for text in texts]
+    return [piece for text in texts for piece in text_segments(text)]
 
 
 def build_sft_trainer(config: SFTConfig) -> SFTTrainer:
