@@ -17,8 +17,8 @@ section ``## Serving (bench_serve.py)`` of RESULTS.md.
 
 ``--defaults`` checks instead one server at `ServeConfig`'s default limits (batch, window,
 queue, timeout), serving the run's `setdpo export`: a burst of the largest client count on the
-cold server (admission control has measured nothing yet), then, after the warm-up, a burst at
-each client count. Per burst: the answers by status (200; 503 with ``Retry-After``; any other,
+cold server (its first requests: admission control knows only the start-up warm-up's time),
+then, after the warm-up, a burst at each client count. Per burst: the answers by status (200; 503 with ``Retry-After``; any other,
 504 included), the slowest 503, the `/health` counters the burst added, and how much
 ``scored`` still grew ``--settle-s`` seconds after every client was answered (0: no work for
 anyone gone). Issue 29's criterion: 200 or a 503 with ``Retry-After`` within 1 s, no 504, no

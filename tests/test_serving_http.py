@@ -1,7 +1,8 @@
 """`setdpo serve` as a real process on a free port, spoken to over HTTP with httpx: rankings
 equal `setdpo evaluate`'s and `setdpo recommend`'s scores, every bad request gets its 4xx
 JSON error naming the field, the API key, a full queue (503 + Retry-After), the timeout
-(504), and 50 concurrent requests answered with the scores they get one at a time."""
+(504), and 50 concurrent requests answered with the scores they get one at a time; in
+process, a cold server refusing before it tokenizes."""
 
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from setdpo import cli
 from setdpo.data import load_split
 from setdpo.evaluation.evaluate import EvalConfig, evaluate
+from setdpo.serving.app import create_app
+from setdpo.serving.service import RankingService, ServeConfig
 
 pytestmark = [
     pytest.mark.slow,
@@ -322,12 +326,10 @@ def test_api_key_is_required_on_every_route_but_health(tight: Server):
 
 
 def test_a_request_that_cannot_meet_its_deadline_gets_503_at_once(tight: Server):
-    """Once a ranking measured the time per candidate, a catalog ranking (1,682 candidates, a
-    0.3 s timeout) is refused at once with Retry-After, instead of a 504 after 0.3 s of work
-    that no one reads; the refusal is counted."""
+    """With the time per candidate measured at start-up, a catalog ranking (1,682
+    candidates, a 0.3 s timeout) is refused at once with Retry-After, instead of a 504 after
+    0.3 s of work that no one reads; the refusal is counted."""
     auth = {"Authorization": f"Bearer {KEY}"}
-    good = {"history": ["Heat (1995)"], "candidates": ["Babe (1995)", "Casino (1995)"]}
-    assert tight.client.post("/v1/rank", json=good, headers=auth).status_code == 200
     before = tight.client.get("/health").json()["requests"]
     slow = tight.client.post("/v1/recommend", json={"history": ["Heat (1995)"], "top": 3},
                              headers=auth)  # fmt: skip
@@ -335,9 +337,35 @@ def test_a_request_that_cannot_meet_its_deadline_gets_503_at_once(tight: Server)
     # is the server's business on a loaded machine, not this test's (CI timed it at 0.75 s)
     assert slow.status_code == 503, slow.text
     assert int(slow.headers["Retry-After"]) >= 1
-    assert "over the timeout of 0.3 s" in slow.json()["error"]["message"]
+    assert "of the timeout of 0.3 s" in slow.json()["error"]["message"]
     after = tight.client.get("/health").json()["requests"]
     assert after["refused"] == before["refused"] + 1 and after["scored"] == before["scored"]
+
+
+def test_a_cold_server_refuses_on_arrival_before_tokenizing(run: Path, monkeypatch):
+    """Issue 29: a server's very first requests are judged by the speed it measured at
+    start-up (one small ranking), and refused as they arrive, before they are tokenized. In
+    process (TestClient over `create_app`), to count the prompts built; a timeout that no
+    request can meet makes each a refusal, so no stopwatch: with no speed measured yet, the
+    first would be admitted, tokenized and answered 504."""
+    service = RankingService(ServeConfig(model=str(run), device="cpu", timeout_s=1e-6))
+    built: list[tuple] = []
+
+    def counted(build):
+        return lambda *args: built.append(args) or build(*args)
+
+    with TestClient(create_app(service)) as client:  # started: the warm-up is done
+        monkeypatch.setattr(service, "rank_job", counted(service.rank_job))
+        monkeypatch.setattr(service, "recommend_job", counted(service.recommend_job))
+        good = {"history": ["Heat (1995)"], "candidates": ["Babe (1995)", "Casino (1995)"]}
+        answers = [client.post("/v1/rank", json=good),
+                   client.post("/v1/recommend", json={"history": ["Heat (1995)"]})]  # fmt: skip
+        counts = client.get("/health").json()["requests"]
+    assert [answer.status_code for answer in answers] == [503, 503], answers[0].text
+    for answer in answers:
+        assert "of the timeout" in answer.json()["error"]["message"]
+        assert int(answer.headers["Retry-After"]) >= 1
+    assert built == [] and (counts["scored"], counts["refused"]) == (0, 2)
 
 
 @pytest.fixture(scope="module")

@@ -34,13 +34,19 @@ def _run(coroutine):
     return asyncio.run(coroutine)
 
 
+async def _submit(batcher: Batcher, payload: int, timeout_s: float, cost: int = 1) -> int:
+    """Admit a request and submit its payload at once (the route tokenizes in between)."""
+    with batcher.admit(cost, timeout_s) as request:
+        return await batcher.submit(request, payload)
+
+
 def test_requests_within_the_window_share_one_batch_in_order() -> None:
     work = Doubler()
 
     async def main():
         batcher = Batcher(work, max_batch=8, window_s=0.2, max_queue=16)
         await batcher.start()
-        results = await asyncio.gather(*(batcher.submit(i, 5) for i in range(5)))
+        results = await asyncio.gather(*(_submit(batcher, i, 5) for i in range(5)))
         await batcher.stop()
         return results, batcher.stats
 
@@ -56,20 +62,20 @@ def test_the_window_waits_only_while_requests_are_announced() -> None:
 
     async def late(batcher: Batcher, payload: int, announce: bool) -> int:
         if announce:
-            with batcher.arriving():  # being tokenized for 0.1 s
+            with batcher.admit(1, 5) as request:  # admitted, then tokenized for 0.1 s
                 await asyncio.sleep(0.1)
-        else:
-            await asyncio.sleep(0.1)
-        return await batcher.submit(payload, 5)
+                return await batcher.submit(request, payload)
+        await asyncio.sleep(0.1)  # not arrived yet
+        return await _submit(batcher, payload, 5)
 
     async def main():
         batcher = Batcher(work, max_batch=8, window_s=0.5, max_queue=16)
         await batcher.start()
         start = time.perf_counter()
-        await batcher.submit(1, 5)  # alone: no wait for the window
+        await _submit(batcher, 1, 5)  # alone: no wait for the window
         lone = time.perf_counter() - start
-        await asyncio.gather(batcher.submit(2, 5), late(batcher, 3, announce=True))
-        await asyncio.gather(batcher.submit(4, 5), late(batcher, 5, announce=False))
+        await asyncio.gather(_submit(batcher, 2, 5), late(batcher, 3, announce=True))
+        await asyncio.gather(_submit(batcher, 4, 5), late(batcher, 5, announce=False))
         await batcher.stop()
         return lone
 
@@ -84,7 +90,7 @@ def test_max_batch_splits_and_max_batch_1_scores_one_at_a_time() -> None:
         async def main(max_batch=max_batch, work=work):
             batcher = Batcher(work, max_batch=max_batch, window_s=0.2, max_queue=16)
             await batcher.start()
-            results = await asyncio.gather(*(batcher.submit(i, 5) for i in range(7)))
+            results = await asyncio.gather(*(_submit(batcher, i, 5) for i in range(7)))
             await batcher.stop()
             return results
 
@@ -98,12 +104,12 @@ def test_a_full_queue_refuses_at_once_with_a_retry_after() -> None:
     async def main():
         batcher = Batcher(work, max_batch=1, window_s=0.0, max_queue=2)
         await batcher.start()
-        first = asyncio.create_task(batcher.submit(0, 5))
+        first = asyncio.create_task(_submit(batcher, 0, 5))
         await asyncio.sleep(0.1)  # the worker took it: the queue is empty again
-        queued = [asyncio.create_task(batcher.submit(i, 5)) for i in (1, 2)]
+        queued = [asyncio.create_task(_submit(batcher, i, 5)) for i in (1, 2)]
         await asyncio.sleep(0)
         with pytest.raises(Overloaded) as refused:
-            await batcher.submit(3, 5)
+            await _submit(batcher, 3, 5)
         results = await asyncio.gather(first, *queued)
         await batcher.stop()
         return refused.value, results
@@ -119,10 +125,10 @@ def test_a_request_past_its_timeout_raises_and_is_not_scored() -> None:
     async def main():
         batcher = Batcher(work, max_batch=1, window_s=0.0, max_queue=4)
         await batcher.start()
-        busy = asyncio.create_task(batcher.submit(0, 5))
+        busy = asyncio.create_task(_submit(batcher, 0, 5))
         await asyncio.sleep(0.05)
         with pytest.raises(TimeoutError):
-            await batcher.submit(1, 0.1)  # waits behind the 0.3 s batch
+            await _submit(batcher, 1, 0.1)  # waits behind the 0.3 s batch
         result = await busy
         await asyncio.sleep(0.1)
         await batcher.stop()
@@ -140,12 +146,12 @@ def test_a_request_that_timed_out_in_the_queue_gives_its_place_back() -> None:
     async def main():
         batcher = Batcher(work, max_batch=1, window_s=0.0, max_queue=1)
         await batcher.start()
-        busy = asyncio.create_task(batcher.submit(0, 5))
+        busy = asyncio.create_task(_submit(batcher, 0, 5))
         await asyncio.sleep(0.05)  # the worker is scoring 0 for 0.5 s
         with pytest.raises(TimeoutError):
-            await batcher.submit(1, 0.1)
+            await _submit(batcher, 1, 0.1)
         with pytest.raises(Overloaded):  # the place is taken while 2 waits
-            await asyncio.gather(batcher.submit(2, 5), batcher.submit(3, 5))
+            await asyncio.gather(_submit(batcher, 2, 5), _submit(batcher, 3, 5))
         await asyncio.sleep(1.5)
         await busy
         await batcher.stop()
@@ -164,8 +170,8 @@ def test_an_error_in_the_batch_reaches_its_requests_and_the_worker_goes_on() -> 
         batcher = Batcher(flaky, max_batch=1, window_s=0.0, max_queue=4)
         await batcher.start()
         with pytest.raises(RuntimeError, match="bad batch"):
-            await batcher.submit(13, 5)
-        result = await batcher.submit(7, 5)
+            await _submit(batcher, 13, 5)
+        result = await _submit(batcher, 7, 5)
         await batcher.stop()
         return result
 
@@ -193,13 +199,13 @@ def test_a_request_whose_client_left_is_dropped_between_chunks_and_counted() -> 
     async def main():
         batcher = Batcher(chunked, max_batch=1, window_s=0.0, max_queue=4)
         await batcher.start()
-        long = asyncio.create_task(batcher.submit(20, 30))
-        queued = asyncio.create_task(batcher.submit(3, 30))
+        long = asyncio.create_task(_submit(batcher, 20, 30))
+        queued = asyncio.create_task(_submit(batcher, 3, 30))
         await asyncio.sleep(0.2)
         long.cancel()  # what the route does when the client disconnects
         queued.cancel()
         await asyncio.sleep(0.3)
-        assert await batcher.submit(1, 30) == 1
+        assert await _submit(batcher, 1, 30) == 1
         await batcher.stop()
         return batcher.stats
 
@@ -209,27 +215,56 @@ def test_a_request_whose_client_left_is_dropped_between_chunks_and_counted() -> 
 
 
 def test_a_request_that_cannot_meet_its_deadline_is_refused_at_once() -> None:
-    """Once the rate is measured (0.2 s per unit of cost), a request whose estimated scoring
-    time is over its timeout gets Overloaded at once, with the wait as Retry-After."""
+    """From start-up on (`calibrate`: 0.2 s per unit of cost, before any request), a request
+    whose estimated scoring time is over half its timeout gets Overloaded at once, with the
+    wait as Retry-After, and is never scored; the warm-up is no request in the counters."""
     work = Doubler(seconds=0.2)
 
     async def main():
-        batcher = Batcher(work, max_batch=1, window_s=0.0, max_queue=8, cost=lambda p: p)
+        batcher = Batcher(work, max_batch=1, window_s=0.0, max_queue=8)
         await batcher.start()
-        assert await batcher.submit(1, 5) == 2  # measures 0.2 s per unit
-        start = time.perf_counter()
+        await batcher.calibrate(1, cost=1)  # what the server does before it answers
         with pytest.raises(Overloaded) as refused:
-            await batcher.submit(10, 1.0)  # about 2 s of work, 1 s allowed
-        waited = time.perf_counter() - start
-        assert await batcher.submit(2, 5) == 4
+            await _submit(batcher, 10, 1.0, cost=10)  # about 2 s of work, 1 s allowed
+        assert await _submit(batcher, 2, 5, cost=2) == 4
         await batcher.stop()
-        return refused.value, waited, batcher.stats
+        return refused.value, batcher.stats
 
-    refused, waited, stats = _run(main())
-    assert waited < 0.05 and "over the timeout of 1 s" in str(refused)
-    assert refused.retry_after >= 1
-    assert (stats.scored, stats.dropped, stats.refused) == (2, 0, 1)
-    assert work.batches == [[1], [2]]
+    refused, stats = _run(main())
+    assert "over 50% of the timeout of 1 s" in str(refused) and refused.retry_after >= 1
+    assert (stats.batches, stats.scored, stats.dropped, stats.refused) == (1, 1, 0, 1)
+    assert work.batches == [[1], [2]]  # the warm-up, then the request admitted
+
+
+def test_a_burst_is_admitted_at_arrival_before_any_request_is_prepared() -> None:
+    """Issue 29's cold burst: five requests arrive at once, each 3 units (about 0.6 s at the
+    seeded 0.2 s per unit) with a 2 s timeout (1 s admitted). The first one's cost counts
+    ahead while it is still being prepared (tokenized), so the other four are refused as they
+    arrive: never prepared, never scored, no 504. Admitting after the preparing, each would have found an
+    empty queue (or none measured yet, without `calibrate`)."""
+    work = Doubler(seconds=0.2)
+    prepared: list[int] = []
+
+    async def request(batcher: Batcher, payload: int) -> int:
+        with batcher.admit(3, 2.0) as admitted:
+            prepared.append(payload)
+            await asyncio.sleep(0.05)  # tokenizing
+            return await batcher.submit(admitted, payload)
+
+    async def main():
+        batcher = Batcher(work, max_batch=8, window_s=0.0, max_queue=8)
+        await batcher.start()
+        await batcher.calibrate(0, cost=1)
+        answers = await asyncio.gather(
+            *(request(batcher, i) for i in range(1, 6)), return_exceptions=True
+        )
+        await batcher.stop()
+        return answers, batcher.stats
+
+    answers, stats = _run(main())
+    assert answers[0] == 2 and all(isinstance(a, Overloaded) for a in answers[1:]), answers
+    assert prepared == [1] and work.batches == [[0], [1]]
+    assert (stats.scored, stats.dropped, stats.refused) == (1, 0, 4)
 
 
 @pytest.mark.parametrize(

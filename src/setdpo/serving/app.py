@@ -34,7 +34,7 @@ from pydantic import (
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from setdpo.serving.batching import Batcher, Overloaded
+from setdpo.serving.batching import Admitted, Batcher, Overloaded
 from setdpo.serving.docs import REQUEST_ERRORS, add_docs, is_open, responses
 from setdpo.serving.service import (
     API_KEY_ENV,
@@ -133,7 +133,7 @@ def create_app(service: RankingService) -> FastAPI:
     """The FastAPI application serving ``service``; its batcher runs inside the app's loop."""
     config = service.config
     batcher = Batcher(service.score, config.max_batch, config.batch_window_ms / 1000,
-                      config.max_queue, cost=lambda job: len(job.titles))  # fmt: skip
+                      config.max_queue)  # fmt: skip
 
     # Prompts are rendered and tokenized off the event loop (a catalog takes ~0.2 s), in one
     # thread: a tokenizer is not to be used by two threads at once.
@@ -142,10 +142,10 @@ def create_app(service: RankingService) -> FastAPI:
     async def build(method: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(tokenizing, method, *args)
 
-    async def scored(http: Request, job: Any) -> list[float]:
+    async def scored(http: Request, request: Admitted, job: Any) -> list[float]:
         """The job's scores from the batcher; once the client disconnects, the request is
         cancelled (dropped before it is scored, or between the chunks of a catalog)."""
-        scoring = asyncio.ensure_future(batcher.submit(job, config.timeout_s))
+        scoring = asyncio.ensure_future(batcher.submit(request, job))
         leaving = asyncio.ensure_future(_disconnected(http.receive))
         try:
             await asyncio.wait({scoring, leaving}, return_when=asyncio.FIRST_COMPLETED)
@@ -159,6 +159,10 @@ def create_app(service: RankingService) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await batcher.start()
+        # Admission control needs the speed from the first request on (unknown, a cold server
+        # admitted a whole burst and answered it 504): the time of one small ranking.
+        warm_up = await build(service.warm_up_job)
+        await batcher.calibrate(warm_up, len(warm_up.titles))
         yield
         await batcher.stop()
         tokenizing.shutdown(wait=True)
@@ -196,18 +200,20 @@ def create_app(service: RankingService) -> FastAPI:
         prompt training used), each with its log-prob."""
         history = service.titles_of("history", request.history)
         candidates = service.titles_of("candidates", request.candidates)
-        with batcher.arriving():
+        # admitted or refused (503) as it arrives: a refusal waits for no tokenizing
+        with batcher.admit(len(candidates), config.timeout_s) as admitted:
             job = await build(service.rank_job, history, candidates)
-        scores = await scored(http, job)
+            scores = await scored(http, admitted, job)
         return {"ranking": ranking(job, scores, request.top), "n_candidates": len(job.titles)}
 
     @app.post("/v1/recommend", responses=responses(*REQUEST_ERRORS, 409))
     async def recommend(request: RecommendRequest, http: Request) -> dict[str, Any]:
         """The top of the catalog for the history (history items excluded), open prompt."""
         history = service.titles_of("history", request.history)
-        with batcher.arriving():
+        # the catalog bounds the cost (the history's titles are left out of the ranking)
+        with batcher.admit(len(service.catalog_titles), config.timeout_s) as admitted:
             job = await build(service.recommend_job, history)
-        scores = await scored(http, job)
+            scores = await scored(http, admitted, job)
         return {"ranking": ranking(job, scores, request.top), "n_ranked": len(job.titles)}
 
     return app

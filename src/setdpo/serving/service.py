@@ -47,7 +47,11 @@ class ServeConfig:
     max_batch: int = _help("most requests scored in one batch (1 = no batching)", 16)
     batch_window_ms: float = _help("how long the first request of a batch waits for others", 5.0)
     max_queue: int = _help("requests waiting beyond this answer 503 with Retry-After", 256)
-    timeout_s: float = _help("a request not answered within this answers 504", 30.0)
+    timeout_s: float = _help(
+        "a request not answered within this answers 504; one estimated on arrival to take "
+        "over half of it answers 503 with Retry-After at once",
+        30.0,
+    )
     max_candidates: int = _help("most candidates in one /v1/rank request", 100)
     max_prompt_tokens: int | None = _help(
         "longest prompt in tokens (default: the run's max_prompt_length, else the model's "
@@ -194,6 +198,13 @@ class RankingService:
         written = self.write("candidates", titles)
         prompt = prompts.render("open", self.info.domain, self.write("history", history), written)
         return self._job(prompt, written, titles, catalog=True)
+
+    def warm_up_job(self) -> Job:
+        """A small ranking the server scores at start-up, to time it (`Batcher.calibrate`):
+        one history title and two candidates, from the catalog (item tokens need its titles)
+        or made up."""
+        titles = self.catalog_titles[:2] or ["Warm-up item A", "Warm-up item B"]
+        return self.rank_job(titles[:1], titles[: self.config.max_candidates])
 
     def write(self, name: str, titles: list[str]) -> list[str]:
         """``titles`` as the model's prompts write items (`setdpo.items`)."""
