@@ -360,7 +360,10 @@ def test_a_cold_server_refuses_on_arrival_before_tokenizing(run: Path, monkeypat
         good = {"history": ["Heat (1995)"], "candidates": ["Babe (1995)", "Casino (1995)"]}
         answers = [client.post("/v1/rank", json=good),
                    client.post("/v1/recommend", json={"history": ["Heat (1995)"]})]  # fmt: skip
+        # an invalid request is refused as invalid, not as busy
+        repeated = client.post("/v1/rank", json={**good, "candidates": ["Babe (1995)"] * 2})
         counts = client.get("/health").json()["requests"]
+    assert repeated.status_code == 422 and "repeats" in repeated.text, repeated.text
     assert [answer.status_code for answer in answers] == [503, 503], answers[0].text
     for answer in answers:
         assert "of the timeout" in answer.json()["error"]["message"]

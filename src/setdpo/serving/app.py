@@ -200,6 +200,7 @@ def create_app(service: RankingService) -> FastAPI:
         prompt training used), each with its log-prob."""
         history = service.titles_of("history", request.history)
         candidates = service.titles_of("candidates", request.candidates)
+        service.check_candidates(candidates)
         # admitted or refused (503) as it arrives: a refusal waits for no tokenizing
         with batcher.admit(len(candidates), config.timeout_s) as admitted:
             job = await build(service.rank_job, history, candidates)

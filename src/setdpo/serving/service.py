@@ -172,7 +172,9 @@ class RankingService:
             titles.append(self.by_id[item_id])
         return titles
 
-    def rank_job(self, history: list[str], candidates: list[str]) -> Job:
+    def check_candidates(self, candidates: list[str]) -> None:
+        """A RequestError (422) for too many or repeated candidates; cheap, so the server
+        checks before admission (an invalid request is refused as invalid, not as busy)."""
         if len(candidates) > self.config.max_candidates:
             raise RequestError(
                 "candidates",
@@ -183,6 +185,9 @@ class RankingService:
             if title in seen:
                 raise RequestError(f"candidates[{i}]", f"repeats candidates[{seen[title]}]")
             seen[title] = i
+
+    def rank_job(self, history: list[str], candidates: list[str]) -> Job:
+        self.check_candidates(candidates)
         written = self.write("candidates", candidates)
         prompt = prompts.render(
             self.info.template, self.info.domain, self.write("history", history), written
