@@ -16,20 +16,25 @@ import torch
 from setdpo import cli
 from setdpo.data import PrepareConfig, load_items, load_split, prepare
 from setdpo.data.store import item_representation, read_table, token_catalog
+from setdpo.errors import InputError
 from setdpo.evaluation.catalog import catalog_example
+from setdpo.evaluation.sasrec import SASRecSettings, load_or_train
 from setdpo.items import (
     ItemRepresentation,
     as_titles,
     extend_model,
     item_token,
     item_tokens,
+    set_item_rows,
     write_titles,
 )
 from setdpo.model import build_lab_model, build_tiny, load
 from setdpo.model.lab import lab_texts
 from setdpo.scoring import ScoringOptions, score_all
 from setdpo.tokenization import CandidateCollator, tokenize_example
+from setdpo.training import SFTConfig
 from setdpo.training.data import SFTCollator
+from setdpo.training.sft import build_sft_trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -181,6 +186,60 @@ def test_sequence_targets_label_the_prompt_too() -> None:
     sequence = SFTCollator(0, prompt_loss=True)(rows)["labels"].tolist()
     assert answer == [[-100, -100, -100, 8], [-100, -100, 9, -100]]
     assert sequence == [[1, 5, 6, 8], [1, 7, 9, -100]]
+
+
+def test_collaborative_rows_keep_the_vectors_geometry_at_the_models_scale() -> None:
+    """`set_item_rows`: the rows' inner products are the vectors' up to one scale (a random
+    projection to a much wider table keeps them to a few percent), at the table's own norm."""
+    model, _ = build_tiny(["a b c"])
+    ids = list(range(10, 40))
+    vectors = torch.randn(30, 8, generator=torch.Generator().manual_seed(1))
+    table = model.get_input_embeddings().weight
+    before = table[ids].norm(dim=1).mean().item()
+    set_item_rows(model, ids, vectors, seed=0)
+    rows = table[ids].detach()
+    assert rows.norm(dim=1).mean().item() == pytest.approx(before, rel=1e-5)
+    cosine = (
+        torch.nn.functional.normalize(rows, dim=1) @ torch.nn.functional.normalize(rows, dim=1).T
+    )
+    wanted = (
+        torch.nn.functional.normalize(vectors, dim=1)
+        @ torch.nn.functional.normalize(vectors, dim=1).T
+    )
+    assert torch.corrcoef(torch.stack([cosine.flatten(), wanted.flatten()]))[0, 1] > 0.9
+    with pytest.raises(ValueError, match="29 vectors for 30"):
+        set_item_rows(model, ids, vectors[:29], seed=0)
+
+
+def test_sft_starts_item_tokens_from_the_datas_sasrec(data: dict[str, Path], tmp_path, monkeypatch):
+    """`item_init: sasrec`: the lab's item rows are the SASRec baseline's table (the one
+    `evaluate --baselines sasrec` trains and caches for the same data and seed), projected;
+    titles-only data is refused."""
+    monkeypatch.setenv("SETDPO_CACHE", str(tmp_path / "cache"))
+    settings = {"model": "lab", "peft": "none", "max_steps": 1, "seed": 3, "disable_tqdm": True}
+    trainer = build_sft_trainer(
+        SFTConfig(
+            data=str(data["tokens"]), item_init="sasrec", output_dir=str(tmp_path / "a"), **settings
+        )
+    )
+    model, tokenizer = build_lab_model(data["tokens"])
+    sasrec = load_or_train(data["tokens"], SASRecSettings(seed=3), progress=False)
+    assert sasrec.info["cached"]  # trained once, by the SFT
+    ids = item_tokens(tokenizer)
+    set_item_rows(model, ids, sasrec.model.item_emb.weight[1:], seed=3)
+    for name in ("get_input_embeddings", "get_output_embeddings"):
+        torch.testing.assert_close(
+            getattr(trainer.model, name)().weight[ids], getattr(model, name)().weight[ids]
+        )
+    with pytest.raises(InputError, match="writes items as titles"):
+        build_sft_trainer(
+            SFTConfig(
+                data=str(data["titles"]),
+                item_init="sasrec",
+                output_dir=str(tmp_path / "b"),
+                **settings,
+            )
+        )
 
 
 @pytest.fixture(scope="module")

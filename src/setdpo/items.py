@@ -165,3 +165,26 @@ def extend_model(model: Any, tokenizer: Any, titles: Sequence[str]) -> list[int]
                     known = [p for p in pieces if p < old] or [0]
                     table[token] = table[known].mean(0)
     return ids
+
+
+def set_item_rows(model: Any, ids: Sequence[int], vectors: torch.Tensor, seed: int) -> None:
+    """Start the item tokens ``ids`` (input and output rows) from ``vectors`` [len(ids), d],
+    collaborative embeddings (a trained SASRec's item table, as LLaRA feeds an LLM):
+    projected to the model's width by a fixed random Gaussian matrix (seeded; inner products
+    kept up to a scale, Johnson-Lindenstrauss), then scaled so that the rows' mean norm is
+    the mean norm the table's item rows had (the model's own scale)."""
+    if vectors.shape[0] != len(ids):
+        raise ValueError(f"{vectors.shape[0]} vectors for {len(ids)} item tokens")
+    tables = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight.data_ptr() != tables[0].data_ptr():
+        tables.append(output.weight)
+    generator = torch.Generator().manual_seed(seed)
+    width = tables[0].shape[1]
+    projection = torch.randn(vectors.shape[1], width, generator=generator, dtype=torch.float32)
+    projected = vectors.detach().float().cpu() @ projection
+    index = torch.tensor(list(ids))
+    with torch.no_grad():
+        for table in tables:
+            scale = table[index].norm(dim=1).mean() / projected.norm(dim=1).mean()
+            table[index] = (projected * scale).to(table.device, table.dtype)

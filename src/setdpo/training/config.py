@@ -184,6 +184,15 @@ class SFTConfig(_SetdpoArguments):
             "`one` = one positive per context, drawn again each epoch."
         },
     )
+    item_init: Literal["default", "sasrec"] = field(
+        default="default",
+        metadata={
+            "help": "How item tokens start (data with `items_as` tokens or hybrid): `default` "
+            "= the lab's random rows, a pretrained model's title means; `sasrec` = the item "
+            "table of the data's SASRec baseline (trained on the training split, or read from "
+            "its cache) projected into the model, the collaborative signal LLaRA feeds an LLM."
+        },
+    )
 
 
 @dataclass

@@ -16,7 +16,9 @@ from transformers import set_seed
 
 from setdpo import model as models
 from setdpo.data.store import token_catalog
-from setdpo.items import item_tokens, text_segments
+from setdpo.errors import InputError
+from setdpo.evaluation.sasrec import SASRecSettings, load_or_train
+from setdpo.items import add_item_tokens, item_tokens, set_item_rows, text_segments
 from setdpo.training.callbacks import EpochCallback, check_finite
 from setdpo.training.config import SFTConfig
 from setdpo.training.data import SFTCollator, SFTDataset
@@ -46,6 +48,22 @@ def _tiny_texts(examples: list[Any]) -> list[str]:
     return [piece for text in texts for piece in text_segments(text)]
 
 
+def _start_items_from_sasrec(model: Any, tokenizer: Any, config: SFTConfig) -> None:
+    """The item tokens start from the SASRec baseline of the same data and seed (the one
+    `setdpo evaluate --baselines sasrec` trains: the cache serves both)."""
+    titles = token_catalog(config.data)
+    if titles is None:
+        raise InputError(
+            f"item_init: sasrec needs item tokens, and {config.data} writes items as titles "
+            "(`setdpo data prepare --items-as tokens` or `hybrid`)"
+        )
+    sasrec = load_or_train(
+        config.data, SASRecSettings(seed=config.seed), progress=not config.disable_tqdm
+    )
+    vectors = sasrec.model.item_emb.weight[1:]  # row 0 pads; row i + 1 is catalog row i
+    set_item_rows(model, add_item_tokens(tokenizer, len(titles)), vectors, config.seed)
+
+
 def build_sft_trainer(config: SFTConfig) -> SFTTrainer:
     """Load the base model, add a fresh LoRA adapter (or train every weight with `peft: none`)
     and wire data, collator and callbacks."""
@@ -59,6 +77,8 @@ def build_sft_trainer(config: SFTConfig) -> SFTTrainer:
         lab_data=config.data,
         item_titles=token_catalog(config.data),
     )
+    if config.item_init == "sasrec":
+        _start_items_from_sasrec(model, tokenizer, config)
     set_seed(config.seed)  # LoRA's A matrices draw from the global generator
     lora = config.lora_settings(item_tokens(tokenizer))
     model = models.add_lora(model, lora) if lora else model.requires_grad_(True)
