@@ -48,7 +48,12 @@ def test_the_quickstart_is_a_study_of_two_tiers(tmp_path: Path) -> None:
     assert (sft["model"], sft["peft"], sft["max_steps"]) == ("tiny", "lora", 4)
     lab = plan.stages["pref/tier=lab,loss=sdpo,seed=0"].settings
     assert (lab["peft"], lab["num_negatives"], lab["learning_rate"]) == ("none", 0, 1e-4)
-    assert [name for name in plan.stages if name.startswith("data/")] == ["data/seed=0"]
+    # the lab writes items as tokens, the llm as titles: one data directory each, same split
+    data = {name: stage for name, stage in plan.stages.items() if name.startswith("data/")}
+    assert sorted(data) == ["data/tier=lab,seed=0", "data/tier=llm,seed=0"]
+    assert data["data/tier=lab,seed=0"].settings["items_as"] == "tokens"
+    assert data["data/tier=llm,seed=0"].settings["items_as"] == "titles"
+    assert plan.stages["sft/tier=lab,seed=0"].settings["item_init"] == "sasrec"
 
 
 def test_every_artefact_exists(quickstart_dir: Path) -> None:
