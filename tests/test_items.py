@@ -242,6 +242,25 @@ def test_sft_starts_item_tokens_from_the_datas_sasrec(data: dict[str, Path], tmp
         )
 
 
+def test_titles_and_tokens_of_one_split_share_their_sasrec(
+    data: dict[str, Path], tmp_path, monkeypatch
+):
+    """SASRec's cache key reads the valid sample as item rows, not text: the same split
+    written as titles or as tokens trains one SASRec (the lab's item_init and the baselines
+    of both tiers of the demo reuse it), and it scores both the same."""
+    monkeypatch.setenv("SETDPO_CACHE", str(tmp_path / "cache"))
+    settings = SASRecSettings(seed=5, epochs=2)
+    titles = load_or_train(data["titles"], settings, progress=False)
+    tokens = load_or_train(data["tokens"], settings, progress=False)
+    assert not titles.info["cached"] and tokens.info["cached"]
+    assert titles.info["cache"] == tokens.info["cache"]
+    examples = {kind: load_split(data[kind], "test")[:4] for kind in ("titles", "tokens")}
+    for a, b in zip(
+        titles.score(examples["titles"]), tokens.score(examples["tokens"]), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.fixture(scope="module")
 def token_runs(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """On the tokens directory: a tiny LoRA SFT run with sequence targets (item tokens train as

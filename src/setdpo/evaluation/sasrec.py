@@ -365,7 +365,14 @@ def load_or_train(
     sequences = crop(training_sequences(data_dir, index), settings)
     valid = valid_sample(data_dir, settings.valid_contexts, settings.seed)
     digest = hashlib.sha256(sequences.tobytes())
-    key = [sequences.shape, len(index), asdict(settings), [ex.to_dict() for ex in valid]]
+    # the valid sample as item rows, not text: data written as titles or as item tokens
+    # (`setdpo.items`) trains the same SASRec, and shares it
+    valid_rows = [
+        [ex.context_id, *(index.lookup(items, f"valid {ex.context_id}").tolist()
+                          for items in (ex.history, ex.candidates)), list(ex.levels)]
+        for ex in valid
+    ]  # fmt: skip
+    key = [sequences.shape, len(index), asdict(settings), valid_rows]
     digest.update(json.dumps(key, sort_keys=True).encode())
     folder = cache_dir() / "sasrec" / digest.hexdigest()[:20]
     if (folder / "sasrec.json").is_file():
