@@ -1,5 +1,5 @@
 """Fuzzing the data files a user gives: interaction and items files (CSV, TSV, Parquet, JSONL,
-with user column names) through `setdpo data prepare`, and LLaRA JSON, TRL rows and example
+with user column names; folders of RecBole atomic files) through `setdpo data prepare`, and LLaRA JSON, TRL rows and example
 JSON lines through `setdpo data import`.
 
 Each input is a small valid data set with realistic damage drawn on top (truncated files,
@@ -226,6 +226,42 @@ def test_data_prepare_of_damaged_interaction_and_items_files(fuzz, fmt, data) ->
         _check(fuzz, f"data prepare {fmt} files", argv, inter, items)
 
 
+RECBOLE_TYPES = {"user_id": "token", "item_id": "token", "timestamp": "float", "rating": "float",
+                 "title": "token_seq"}  # fmt: skip
+
+
+@FUZZ
+@given(data=st.data())
+def test_data_prepare_of_damaged_recbole_folders(fuzz, data) -> None:
+    """A folder of RecBole atomic files (`--source recbole`): typed headers, the tables and
+    their bytes damaged as above; sometimes the header's types, or a file, go missing."""
+    inter_header, inter_rows, items_header, items_rows = data.draw(tables())
+    typed = st.sampled_from(["{}:{}"] * 20 + ["{}", "{}:text", "{}:{}:token", "{}: {}"])
+    hurt = data.draw(st.sampled_from(["inter", "item", "both"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp, "ml-fuzz")
+        folder.mkdir()
+        files = {"inter": (inter_header, inter_rows), "item": (items_header, items_rows)}
+        for ext, (header, rows) in files.items():
+            if hurt in (ext, "both"):
+                header, rows = data.draw(damaged(header, rows, BAD_TEXT))
+            header = [data.draw(typed).format(name, RECBOLE_TYPES.get(name, "token"))
+                      if hurt in (ext, "both") else f"{name}:{RECBOLE_TYPES[name]}"
+                      for name in header]  # fmt: skip
+            content = _delimited(header, rows, "\t")
+            if hurt in (ext, "both"):
+                content = data.draw(damaged_bytes(content))
+            Path(folder, f"ml-fuzz.{ext}").write_bytes(content)
+        lost = data.draw(st.sampled_from([None] * 8 + ["ml-fuzz.item", "ml-fuzz.inter"]))
+        if lost:
+            Path(folder, lost).unlink()
+        rating = data.draw(st.sampled_from([["--rating-col", "rating"], [], ["--rating-col=r"]]))
+        argv = ["data", "prepare", "--source", "recbole", "--interactions", str(folder),
+                *rating, "--candidates", "3", "--min-history", "1", "--history-window", "3",
+                "--out", f"{tmp}/out"]  # fmt: skip
+        _check(fuzz, "data prepare recbole folders", argv, folder)
+
+
 # ---- example files: LLaRA JSON, TRL rows, example JSON lines -------------------------------
 
 TITLES = st.sampled_from(["Heat (1995)", "Jaws (1975)", "Up (2009)", "Alien (1979)", "M (1931)"])
@@ -242,6 +278,8 @@ def llara_records(draw: st.DrawFn) -> Any:
             "itemList": candidates,
             "trueSelection": draw(st.sampled_from(candidates)),
         }
+        if draw(st.booleans()):  # what `setdpo data export --format llara` adds
+            record |= {"user": "u1", "context_id": f"u1:{len(records) + 3}"}
         records.append(record)
     records = _damage_one(draw, records)
     return draw(st.sampled_from([records] * 6 + [records[0], "records", None, 3, {}, []]))

@@ -54,15 +54,19 @@ def add_parser(subparsers) -> None:
         imp.add_argument(f"--{split}", help=f"{split} file (= --files {split}=FILE)")
     imp.set_defaults(func=run_import)
 
-    exp = commands.add_parser("export", help="a prepared split -> TRL rows or example JSON lines")
+    exp = commands.add_parser(
+        "export", help="a prepared split -> TRL rows, example JSON lines or LLaRA / S-DPO JSON"
+    )
     exp.add_argument("dir")
     exp.add_argument("--split", default="train", choices=["train", "valid", "test"])
-    exp.add_argument("--out", required=True, help="output .jsonl file")
+    exp.add_argument("--out", required=True, help="output file (.jsonl; .json for llara)")
     exp.add_argument(
         "--format",
         default="trl",
-        choices=["trl", "jsonl"],
-        help="trl: TRL preference rows; jsonl: one example a line (`data import --format jsonl`)",
+        choices=["trl", "jsonl", "llara"],
+        help="trl: TRL preference rows; jsonl: one example a line (`data import --format "
+        "jsonl`); llara: the JSON list S-DPO's and LLaRA's code reads (historyList, itemList, "
+        "trueSelection; `next` mode data)",
     )
     exp.add_argument("--pairs", action="store_true", help="trl: one row per preferred pair")
     exp.set_defaults(func=run_export)
@@ -135,7 +139,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """A prepared split -> JSON lines (`formats.export`)."""
+    """A prepared split -> a file of the chosen format (`formats.export`)."""
     from setdpo.data.formats import export
 
     rows = export(args.dir, args.split, args.out, args.format, pairs=args.pairs)

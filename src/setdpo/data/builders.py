@@ -133,7 +133,7 @@ def plan(source: SortedInteractions, config: PrepareConfig) -> Plan:
     first = np.concatenate(firsts)
     if len(first) == 0:
         window = config.k if config.mode != "next" else 1
-        name = config.interactions if config.source == "file" else source.name
+        name = config.interactions if config.source in ("file", "recbole") else source.name
         raise InputError(
             f"{name}: no user has {config.min_history} history items before a target "
             f"window of {window}; nothing to prepare"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from setdpo.errors import InputError
 from setdpo.items import REPRESENTATIONS
 
-SOURCES = ("ml-100k", "ml-1m", "ml-10m", "file")
+SOURCES = ("ml-100k", "ml-1m", "ml-10m", "file", "recbole")
 MODES = ("next", "next-k", "rated", "levels")
 SAMPLINGS = ("uniform", "popularity")
 SPLITS = ("chrono", "leave-last-out")
@@ -27,7 +27,11 @@ def _help(text: str, default: object) -> object:
 class PrepareConfig:
     """How to turn interactions into `PreferenceExample` splits (docs/data.md)."""
 
-    source: str = _help("ml-100k | ml-1m | ml-10m (downloaded) | file", "ml-100k")
+    source: str = _help(
+        "ml-100k | ml-1m | ml-10m (downloaded) | file | recbole (a folder of RecBole atomic "
+        "files: --interactions FOLDER)",
+        "ml-100k",
+    )
     out: str = _help("output directory (created atomically)", "prepared")
     overwrite: bool = _help("replace an existing output directory", False)
     mode: str = _help("next | next-k | rated | levels", "next")
@@ -57,15 +61,30 @@ class PrepareConfig:
     max_examples_per_split: dict[str, int] | None = _help(
         "per-split caps: {'train': 200, ...} in a config file, train=200,valid=50 on the CLI", None
     )
-    interactions: str | None = _help("file source: the interaction file", None)
-    items: str | None = _help("file source: the items file (id, title)", None)
+    interactions: str | None = _help(
+        "file source: the interaction file; recbole: the folder of NAME.inter (or that file)", None
+    )
+    items: str | None = _help(
+        "file source: the items file (id, title); recbole: NAME.item beside NAME.inter unless "
+        "given",
+        None,
+    )
     file_format: str = _help("auto (by extension) | csv | tsv | parquet | jsonl", "auto")
-    user_col: str = _help("file source: user column", "user_id")
-    item_col: str = _help("file source: item column of the interactions", "item_id")
-    rating_col: str | None = _help("file source: rating column (none: implicit feedback)", None)
-    time_col: str = _help("file source: timestamp column (numeric)", "timestamp")
-    item_id_col: str = _help("file source: item id column of the items file", "item_id")
-    title_col: str = _help("file source: title column of the items file", "title")
+    # The columns of a file source; of a recbole source, its field names (a header's
+    # "user_id:token" is field user_id), whose defaults are RecBole's.
+    user_col: str = _help("file/recbole source: user column", "user_id")
+    item_col: str = _help("file/recbole source: item column of the interactions", "item_id")
+    rating_col: str | None = _help(
+        "file/recbole source: rating column (none: implicit feedback)", None
+    )
+    time_col: str = _help("file/recbole source: timestamp column (numeric)", "timestamp")
+    item_id_col: str = _help("file/recbole source: item id column of the items file", "item_id")
+    title_col: str = _help("file/recbole source: title column of the items file", "title")
+    year_col: str | None = _help(
+        "file/recbole source: a year column of the items file, written 'Title (Year)' (none: "
+        "no year)",
+        None,
+    )
     memory_limit_mb: int = _help(
         "memory for reading and sorting the interactions (DuckDB spills past it to disk)", 1024
     )
@@ -76,7 +95,8 @@ class PrepareConfig:
         if self.source not in SOURCES:
             raise InputError(
                 f"source {self.source!r} is not one of {list(SOURCES)}; an interaction file "
-                "goes in with --source file --interactions FILE --items FILE, ready-made example "
+                "goes in with --source file --interactions FILE --items FILE, a folder of RecBole "
+                "atomic files with --source recbole --interactions FOLDER, ready-made example "
                 "sets (LLaRA / S-DPO JSON, TRL rows) with `setdpo data import --format "
                 "llara|trl --train FILE`"
             )
@@ -94,6 +114,13 @@ class PrepareConfig:
         self._check_sizes()
         if self.source == "file" and not (self.interactions and self.items):
             raise InputError("source 'file' needs both an interactions file and an items file")
+        if self.source == "recbole" and not self.interactions:
+            raise InputError(
+                "source 'recbole' needs --interactions: a folder of RecBole atomic files "
+                "(NAME.inter, NAME.item) or its .inter file"
+            )
+        if self.source == "recbole" and self.file_format != "auto":
+            raise InputError("source 'recbole' reads RecBole's format; leave file_format auto")
 
     def _check_sizes(self) -> None:
         if self.k < 1:

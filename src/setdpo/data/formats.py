@@ -1,10 +1,11 @@
 """Ready-made example sets: the LLaRA / S-DPO JSON layout, TRL and LlamaFactory preference
-rows and `PreferenceExample` JSON lines; exports to TRL rows and to JSON lines.
+rows and `PreferenceExample` JSON lines; exports to TRL rows, to JSON lines and to the
+LLaRA / S-DPO layout.
 
 LLaRA / S-DPO: a JSON list of records with ``historyList`` ("a::b::c" or a list),
 ``itemList`` (the candidate titles, a list or "a::b") and ``trueSelection`` (the
-positive); the records do not say their domain, so the prompt's wording comes from the
-option or from the file names (`infer_domain`). jsonl: one `PreferenceExample.to_dict` a
+positive), read and written by `setdpo.data.llara`; the records do not say their domain,
+so the prompt's wording comes from the option or from the file names (`infer_domain`). jsonl: one `PreferenceExample.to_dict` a
 line (`export`'s ``jsonl``; imported as is). TRL (JSON lines or a JSON list): ``prompt``,
 ``chosen`` and ``rejected`` (strings, messages, or lists of those: `pairwise.trl_fields`).
 A row that carries any of setdpo's set-wise fields (`SETWISE_FIELDS`: ``levels``, one per
@@ -16,8 +17,6 @@ rows are pairwise and are merged by prompt (`pairwise.merge`), as are LlamaFacto
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -25,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from setdpo.atomic import temporary_file
+from setdpo.atomic import atomic_write_with
+from setdpo.data import llara
 from setdpo.data.builders import summary
 from setdpo.data.config import DOMAINS, TEMPLATES
 from setdpo.data.io import SPLITS, dumps, write_examples
@@ -40,14 +40,14 @@ from setdpo.data.pairwise import (
     trl_fields,
 )
 from setdpo.data.prompts import render
-from setdpo.data.records import DECODER, NotFiniteError, decode_utf8, json_objects
+from setdpo.data.records import json_objects
 from setdpo.data.schema import PreferenceExample
-from setdpo.data.store import open_split
+from setdpo.data.store import open_split, split_path
 from setdpo.errors import InputError
 from setdpo.items import REPRESENTATIONS
 
 FORMATS = ("llara", "trl", "llamafactory", "jsonl")
-EXPORTS = ("trl", "jsonl")
+EXPORTS = ("trl", "jsonl", "llara")
 CONFLICT_RULES = ("error", "drop")
 # A TRL row with any of these is one set-wise context (setdpo's export); `context_id` alone
 # is not one of them: `export --pairs` writes it on every pairwise row.
@@ -193,62 +193,22 @@ def import_examples(config: ImportConfig) -> Path:
     )
 
 
-def _titles(value: Any, where: str, key: str) -> list[str]:
-    """A "::"-joined string or a list of strings, as a list of stripped titles."""
-    if isinstance(value, str):
-        value = value.split("::")
-    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
-        raise InputError(f"{where}: {key!r} must be a '::'-joined string or a list of strings")
-    titles = [t.strip() for t in value]
-    if any(not t for t in titles):
-        raise InputError(f"{where}: {key!r} has an empty title")
-    return titles
-
-
-def _load_json_records(path: Path) -> list[dict[str, Any]]:
-    text = decode_utf8(path)
-    try:
-        records = DECODER.decode(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}, line {err.lineno}: invalid JSON ({err.msg})") from err
-    except NotFiniteError as err:
-        raise InputError(f"{path}: {err}") from err
-    if not isinstance(records, list):
-        raise InputError(f"{path}: expected a JSON list of records, got a {type(records).__name__}")
-    if not records:
-        raise InputError(f"{path}: the list of records is empty")
-    for i, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise InputError(f"{path}, record {i}: expected an object, got {type(record).__name__}")
-    return records
-
-
 def read_llara(path: str | Path, template: str, domain: str) -> Read:
-    """LLaRA / S-DPO records as examples: candidates in ``itemList`` order, the true one at level 1."""
-    path = Path(path)
+    """LLaRA / S-DPO records (`llara.read_file`) as examples: candidates in ``itemList``
+    order, the true one at level 1, the context id the record's index unless it names one."""
     examples = []
-    records = _load_json_records(path)
-    for i, record in enumerate(records):
-        where = f"{path}, record {i}"
-        for key in ("historyList", "itemList", "trueSelection"):
-            if key not in record:
-                raise InputError(f"{where}: missing {key!r}")
-        history = _titles(record["historyList"], where, "historyList")
-        candidates = _titles(record["itemList"], where, "itemList")
-        true = record["trueSelection"]
-        if not isinstance(true, str) or true.strip() not in candidates:
-            raise InputError(f"{where}: trueSelection {true!r} is not in its itemList")
+    for i, (where, record) in enumerate(llara.read_file(path)):
         examples.append(
             _example(
                 where,
-                context_id=str(i),
-                user=str(record.get("user", "")),
-                history=history,
-                prompt=render(template, domain, history, candidates),
-                candidates=candidates,
-                levels=[1 if c == true.strip() else 2 for c in candidates],
+                context_id=str(i) if record.context_id is None else record.context_id,
+                user=record.user,
+                history=record.history,
+                prompt=render(template, domain, record.history, record.candidates),
+                candidates=record.candidates,
+                levels=[1 if c == record.true else 2 for c in record.candidates],
                 meta={
-                    "candidate_ids": candidates,
+                    "candidate_ids": record.candidates,
                     "domain": domain,
                     "mode": "next",
                     "source": "llara",
@@ -256,7 +216,7 @@ def read_llara(path: str | Path, template: str, domain: str) -> Read:
                 },
             )
         )
-    return Read(examples, rows=len(records))
+    return Read(examples, rows=len(examples))
 
 
 def _example(where: str, **fields: Any) -> PreferenceExample:
@@ -420,24 +380,30 @@ def trl_rows(example: PreferenceExample, pairs: bool = False) -> list[dict[str, 
 def export(
     folder: str | Path, split: str, out: str | Path, fmt: str = "trl", pairs: bool = False
 ) -> int:
-    """Write a prepared split as JSON lines (atomically), read one example at a time;
-    returns the number of rows. ``trl``: `trl_rows`; ``jsonl``: one `PreferenceExample`
-    a line (what `setdpo data import --format jsonl` reads back)."""
+    """Write a prepared split to `out` (atomically), read one example at a time; returns
+    the number of rows (records). ``trl``: `trl_rows`, JSON lines; ``jsonl``: one
+    `PreferenceExample` a line (what `setdpo data import --format jsonl` reads back);
+    ``llara``: the LLaRA / S-DPO JSON list (`llara`), items written as titles."""
     if fmt not in EXPORTS:
         raise InputError(f"export format {fmt!r} is not one of {list(EXPORTS)}")
-    out = Path(out)
+    if pairs and fmt != "trl":
+        raise InputError(f"pairs (one row per preferred pair) is a trl export; not {fmt}")
     rows = 0
-    tmp = temporary_file(out)
-    try:
-        with tmp.open("w", encoding="utf-8", newline="\n") as handle:
+
+    def write(tmp: str) -> None:
+        nonlocal rows
+        with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
+            if fmt == "llara":
+                where = str(split_path(folder, split))
+                examples = open_split(folder, split, items_as="titles")
+                rows = llara.write((llara.record_of(ex, where) for ex in examples), handle)
+                return
             for example in open_split(folder, split):
                 lines = trl_rows(example, pairs) if fmt == "trl" else [example.to_dict()]
                 handle.writelines(dumps(row) + "\n" for row in lines)
                 rows += len(lines)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write_with(out, write)
     return rows
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 from setdpo.errors import InputError
 
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".jsonl": "jsonl"}
+RECBOLE_EXTENSIONS = (".inter", ".item", ".user")  # `sources.recbole_fields` reads them
 
 
 @dataclass
@@ -72,6 +73,11 @@ def file_format(path: Path, fmt: str = "auto") -> str:
     """`fmt`, or the format named by the file's extension when `fmt` is "auto"."""
     if fmt != "auto":
         return fmt
+    if path.suffix.lower() in RECBOLE_EXTENSIONS:
+        raise InputError(
+            f"{path}: a RecBole atomic file (typed header); read its folder with --source "
+            "recbole --interactions FOLDER"
+        )
     if path.suffix.lower() not in EXTENSIONS:
         raise InputError(
             f"{path}: cannot tell the format from the extension; use one of "

@@ -243,7 +243,9 @@ class Renderer:
     items: ItemRepresentation = ItemRepresentation()
 
     @classmethod
-    def of(cls, folder: str | Path) -> Renderer:
+    def of(cls, folder: str | Path, representation: str | None = None) -> Renderer:
+        """The directory's renderer; `representation` writes items another way than its
+        ``items_as`` (an export to a layout of titles)."""
         items, config = _json(folder, "items.json"), _json(folder, "config.json")
         return cls(
             titles=[str(item["title"]) for item in items],
@@ -251,7 +253,7 @@ class Renderer:
             template=config.get("template"),
             domain=config.get("domain"),
             meta={key: config.get(key) for key in META_KEYS},
-            items=ItemRepresentation(items_as(config)),
+            items=ItemRepresentation(representation or items_as(config)),
         )
 
     @property
@@ -350,11 +352,15 @@ def directory_fingerprint(folder: str | Path, split: str) -> str:
 
 
 def _reopen(
-    folder: str, split: str, rows: np.ndarray | None, fingerprint: str | None
+    folder: str,
+    split: str,
+    rows: np.ndarray | None,
+    fingerprint: str | None,
+    representation: str | None = None,
 ) -> SplitReader:
     """A pickled reader opened again (a DataLoader worker's copy); refused (on first read)
     if the directory was written again since the original opened it."""
-    reader = SplitReader(folder, split, rows)
+    reader = SplitReader(folder, split, rows, representation)
     if fingerprint is not None and reader.fingerprint != fingerprint:
         reader.stale = (
             f"{reader.where}: the data directory changed since this run opened it (prepared "
@@ -376,10 +382,18 @@ class SplitReader(Sequence[PreferenceExample]):
 
     stale: str | None = None  # why this reopened reader refuses to read
 
-    def __init__(self, folder: str | Path, split: str, rows: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        split: str,
+        rows: np.ndarray | None = None,
+        representation: str | None = None,
+    ) -> None:
         self.folder, self.split, self.rows = str(folder), split, rows
+        self.representation = representation
         self.fingerprint = directory_fingerprint(folder, split)
-        self.table, self.renderer = read_table(folder, split), Renderer.of(folder)
+        self.table = read_table(folder, split)
+        self.renderer = Renderer.of(folder, representation)
         self.where = str(split_path(folder, split))
         if "candidate_items" not in self.table.column_names:
             raise InputError(
@@ -439,7 +453,7 @@ class SplitReader(Sequence[PreferenceExample]):
         return view
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _reopen, (self.folder, self.split, self.rows, self.fingerprint)
+        return _reopen, (self.folder, self.split, self.rows, self.fingerprint, self.representation)
 
     @property
     def levels(self) -> Levels:
@@ -451,6 +465,7 @@ class SplitReader(Sequence[PreferenceExample]):
         return self._levels
 
 
-def open_split(folder: str | Path, split: str) -> SplitReader:
-    """The examples of `split` of a prepared directory, read lazily (see `SplitReader`)."""
-    return SplitReader(folder, split)
+def open_split(folder: str | Path, split: str, items_as: str | None = None) -> SplitReader:
+    """The examples of `split` of a prepared directory, read lazily (see `SplitReader`);
+    `items_as` writes their items another way than the directory's (`setdpo.items`)."""
+    return SplitReader(folder, split, representation=items_as)
