@@ -9,10 +9,10 @@ checks a name against `SPLIT_PROTOCOLS` (aliases resolved there), `builders.plan
 
 - ``chrono`` (LLaRA, S-DPO): one time cut for all users. No training target is at or after
   any valid or test target, of any user.
-- ``leave-last-out`` (SASRec, LLaRA's MovieLens, RecBole's ``LS`` split; "leave-one-out"):
-  per user, the last context is test, the one before valid. Each user's training ends before
-  that user's valid target, but another user's training targets can be later than it: no
-  global time cut. Ji, Sun, Zhang and Li, "A Critical Study on Data Leakage in Recommender
+- ``leave-last-out`` ("leave-one-out": SASRec's and BERT4Rec's partition, RecBole's ``LS``
+  split): per user, the last context is test, the one before valid. Each user's training ends
+  before that user's valid target, but another user's training targets can be later than it:
+  no global time cut. Ji, Sun, Zhang and Li, "A Critical Study on Data Leakage in Recommender
   System Offline Evaluation", ACM TOIS 41(3), 2023 (arXiv 2010.11060), show that models
   trained so recommend items that did not exist yet at the test instance's time, and that the
   amount of such future data reorders models.
@@ -64,7 +64,7 @@ SPLIT_PROTOCOLS = {
     "leave-last-out": SplitProtocol(
         "leave-last-out",
         "per user: the last context is test, the latest one whose window ends before it valid, "
-        "the contexts whose windows end before that train (SASRec, LLaRA)",
+        "the contexts whose windows end before that train (SASRec, BERT4Rec)",
         per_user=True,
         takes_ratios=False,
         guarantees=(
