@@ -502,8 +502,8 @@ def _reaches_later_split(
         return np.zeros(len(rows.split), dtype=bool)
     known = (rows.user >= 0) & (rows.position >= 0)
     user = np.where(known, rows.user, 0)
-    later = first_later[split][user]
-    has = known & (later < np.iinfo(np.int64).max)
+    later = first_later[split][user]  # int64 max: none
+    has = known & (later < np.diff(timelines.offsets)[user])  # in the user's timeline
     at = np.minimum(timelines.offsets[user] + np.where(has, later, 0), len(timelines.times) - 1)
     later_time = np.where(has, timelines.times[at], np.inf)
     end = rows.position + width - 1

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from setdpo.data.protocols import SPLIT_PROTOCOLS, SplitProtocol, split_protocol
+from setdpo.data.protocols import SplitProtocol, split_protocol
 from setdpo.errors import InputError
 from setdpo.items import REPRESENTATIONS
 
 SOURCES = ("ml-100k", "ml-1m", "ml-10m", "file", "recbole")
 MODES = ("next", "next-k", "rated", "levels")
 SAMPLINGS = ("uniform", "popularity")
-SPLITS = tuple(SPLIT_PROTOCOLS)  # setdpo.data.protocols; aliases such as leave-one-out too
 TEMPLATES = ("listing", "open")
 DOMAINS = ("movie", "music", "book", "generic")
 FILE_FORMATS = ("auto", "csv", "tsv", "parquet", "jsonl")
