@@ -56,6 +56,8 @@ def corrupted(clean: Path, out: Path) -> Path:
     ex = train[2]  # a positive swapped with a sampled negative: not in the user's window
     pos, neg = ex.levels.index(1), ex.levels.index(2)
     ex.levels[pos], ex.levels[neg] = 2, 1
+    ex = train[3]  # the history newest first: the same items, not in the timeline's order
+    ex.history.reverse()
     write_examples(
         out,
         splits,
@@ -75,13 +77,15 @@ def test_each_problem_is_found_once(clean_dir, tmp_path, capsys):
         "candidate_in_history": 1,
         "duplicate_candidates": 1,
         "positive_outside_timeline": 1,
+        "history_not_before_target": 1,
+        "global_time_cut": 1,  # the copied test example again: a training target that late
     }
     capsys.readouterr()
     assert main(["data", "audit", str(bad)]) == 1
     table = capsys.readouterr().out
     leaked = load_split(clean_dir, "test")[0].context_id
     assert f"train {leaked}" in table
-    assert "5 finding(s)" in table
+    assert "7 finding(s)" in table
 
 
 def test_prepare_refuses_data_that_fails_the_audit(tmp_path, monkeypatch):

@@ -81,7 +81,7 @@ def test_any_folder_with_recbole_field_names_needs_only_the_folder(tmp_path, cap
     out = tmp_path / "out"
     argv = ["data", "prepare", "--source", "recbole", "--interactions", str(folder)]
     assert main([*argv, "--candidates", "4", "--domain", "book", "--out", str(out)]) == 0
-    assert "audit: 5 checks, 0 findings" in capsys.readouterr().out
+    assert "audit: 7 checks, 0 findings" in capsys.readouterr().out
     assert sum(len(load_split(out, s)) for s in SPLITS) == 3 * (8 - 3)  # min history 3
     titles = {item["item_id"]: item["title"] for item in load_items(out)}
     assert titles["B03"] == 'Book number 3: a "quoted" title'  # the text as it stands

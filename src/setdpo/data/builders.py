@@ -29,6 +29,7 @@ import pyarrow as pa
 from setdpo.data.config import PrepareConfig
 from setdpo.data.engine import SortedInteractions, counts_before, user_ranges
 from setdpo.data.negatives import SeenIndex, sample_negatives
+from setdpo.data.protocols import split_protocol
 from setdpo.data.sequences import (
     SPLIT_NAMES,
     Contexts,
@@ -114,6 +115,7 @@ def timeline_parts(
 
 def plan(source: SortedInteractions, config: PrepareConfig) -> Plan:
     """The split, sample and training counts of all contexts (their times only in memory)."""
+    per_user = split_protocol(config.split).per_user
     firsts, lasts, labels, starts = [], [], [], [0]
     dropped: Counter = Counter()
     counts = np.zeros(len(source.items), dtype=np.int64)
@@ -122,7 +124,7 @@ def plan(source: SortedInteractions, config: PrepareConfig) -> Plan:
         firsts.append(chunk.ctx.target_time)
         lasts.append(chunk.ctx.cutoff_time)
         starts.append(chunk.first + len(chunk.ctx))
-        if config.split == "leave-last-out":  # per user: each range decides its own
+        if per_user:  # leave-last-out: each range of users decides its own split
             split = split_contexts(chunk.seq, chunk.ctx, config)
             dropped.update(split.dropped)
             label = np.full(len(chunk.ctx), -1, dtype=np.int8)
@@ -138,7 +140,7 @@ def plan(source: SortedInteractions, config: PrepareConfig) -> Plan:
             f"{name}: no user has {config.min_history} history items before a target "
             f"window of {window}; nothing to prepare"
         )
-    if config.split == "leave-last-out":
+    if per_user:
         label = np.concatenate(labels)
         index = {
             name: _by_time(first, np.flatnonzero(label == code))

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from setdpo.data.protocols import SplitProtocol, split_protocol
 from setdpo.errors import InputError
 from setdpo.items import REPRESENTATIONS
 
 SOURCES = ("ml-100k", "ml-1m", "ml-10m", "file", "recbole")
 MODES = ("next", "next-k", "rated", "levels")
 SAMPLINGS = ("uniform", "popularity")
-SPLITS = ("chrono", "leave-last-out")
 TEMPLATES = ("listing", "open")
 DOMAINS = ("movie", "music", "book", "generic")
 FILE_FORMATS = ("auto", "csv", "tsv", "parquet", "jsonl")
+SPLIT_RATIOS = (0.8, 0.1, 0.1)
 
 
 def _help(text: str, default: object) -> object:
@@ -38,9 +39,13 @@ class PrepareConfig:
     k: int = _help("target window: next-k positives; rated/levels read the next k items", 3)
     candidates: int = _help("candidates per example: positives plus negatives", 20)
     negatives: str = _help("negative sampling: uniform | popularity (train counts + 1)", "uniform")
-    split: str = _help("chrono (8:1:1 by target time) | leave-last-out (per user)", "chrono")
+    split: str = _help(
+        "chrono (one time cut for all users, 8:1:1 by target time) | leave-last-out (per user: "
+        "the last context is test, the one before valid; also leave-one-out)",
+        "chrono",
+    )
     split_ratios: tuple[float, float, float] = _help(
-        "train/valid/test shares (chrono)", (0.8, 0.1, 0.1)
+        "train/valid/test shares (chrono only)", SPLIT_RATIOS
     )
     history_window: int = _help("at most this many history items (the latest)", 10)
     min_history: int = _help("skip contexts with fewer history items", 3)
@@ -92,6 +97,8 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         self.split_ratios = tuple(float(r) for r in self.split_ratios)
         self.level_ratings = tuple(float(r) for r in self.level_ratings)
+        protocol = split_protocol(self.split)  # checked first: an alias -> its name
+        self.split = protocol.name
         if self.source not in SOURCES:
             raise InputError(
                 f"source {self.source!r} is not one of {list(SOURCES)}; an interaction file "
@@ -103,7 +110,6 @@ class PrepareConfig:
         for name, allowed in (
             ("mode", MODES),
             ("negatives", SAMPLINGS),
-            ("split", SPLITS),
             ("template", TEMPLATES),
             ("domain", DOMAINS),
             ("items_as", REPRESENTATIONS),
@@ -111,7 +117,7 @@ class PrepareConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} {getattr(self, name)!r} is not one of {list(allowed)}")
-        self._check_sizes()
+        self._check_sizes(protocol)
         if self.source == "file" and not (self.interactions and self.items):
             raise InputError("source 'file' needs both an interactions file and an items file")
         if self.source == "recbole" and not self.interactions:
@@ -122,7 +128,7 @@ class PrepareConfig:
         if self.source == "recbole" and self.file_format != "auto":
             raise InputError("source 'recbole' reads RecBole's format; leave file_format auto")
 
-    def _check_sizes(self) -> None:
+    def _check_sizes(self, protocol: SplitProtocol) -> None:
         if self.k < 1:
             raise InputError(f"k must be >= 1, got {self.k}")
         if self.min_history < 0 or self.history_window < max(1, self.min_history):
@@ -139,6 +145,12 @@ class PrepareConfig:
             )
         if len(self.split_ratios) != 3 or min(self.split_ratios) < 0 or sum(self.split_ratios) <= 0:
             raise InputError(f"split_ratios must be three shares >= 0, got {self.split_ratios}")
+        if not protocol.takes_ratios and self.split_ratios != SPLIT_RATIOS:
+            raise InputError(
+                f"split_ratios {list(self.split_ratios)} are the shares of split 'chrono'; "
+                f"split {self.split!r} is decided per user (the last context test, the one "
+                "before valid) and takes none: leave split_ratios out"
+            )
         if not self.level_ratings or list(self.level_ratings) != sorted(self.level_ratings)[::-1]:
             raise InputError(f"level_ratings must be decreasing, got {self.level_ratings}")
         if self.memory_limit_mb < 64:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from setdpo.data.config import PrepareConfig
+from setdpo.data.protocols import split_protocol
 from setdpo.errors import InputError
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -189,7 +190,7 @@ class Split:
 def split_contexts(seq: Sequences, ctx: Contexts, config: PrepareConfig) -> Split:
     """Split the contexts of `seq` (docs/data.md): a context belongs to a split only if its
     whole target window lies before the next split's boundary."""
-    if config.split == "leave-last-out":
+    if split_protocol(config.split).per_user:
         return leave_last_out_split(seq, ctx)
     split = chrono_split(ctx.target_time, ctx.cutoff_time, config)
     valid_cut = np.inf if split.cuts["valid"] is None else split.cuts["valid"]
