@@ -88,9 +88,9 @@ LAB = TierBudget(
 )
 LLM = TierBudget(
     train_examples=48,
-    test_examples=40,
+    test_examples=24,
     sft_steps=12,
-    pref_steps=12,
+    pref_steps=8,
     sft_batch=4,
     pref_batch=4,
     sft_lr=2e-4,
