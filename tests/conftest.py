@@ -139,3 +139,16 @@ def one_thread_per_xdist_worker():
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture()
+def source_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A `source_samples.FileServer` standing in for the official hosts (``SETDPO_MIRROR``),
+    with the cache in `tmp_path` (``SETDPO_CACHE``)."""
+    from source_samples import FileServer
+
+    server = FileServer()
+    monkeypatch.setenv("SETDPO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SETDPO_MIRROR", server.url)
+    yield server
+    server.close()

@@ -179,3 +179,54 @@ def test_titles_with_quotes_backslashes_and_unicode_stay_canonical_json(tmp_path
             assert dumps(row) == line
             seen |= 'Say "Hi" \\ Über {x} (2000)' in row["prompt"]
     assert seen  # the title made it into some prompt verbatim
+
+
+def kcore_interactions() -> pd.DataFrame:
+    """Six users, each with 4 of items 1-6 (every item 4 times), and what a 3-core removes:
+    u6 has 2 interactions (items 1 and 7), u0 one more with item 8."""
+    rows = [(f"u{u}", (u + j) % 6 + 1) for u in range(6) for j in range(4)]
+    rows += [("u6", 1), ("u6", 7), ("u0", 8)]
+    return pd.DataFrame(
+        {"user_id": [u for u, _ in rows], "item_id": [str(i) for _, i in rows],
+         "rating": [1 + n % 5 for n in range(len(rows))], "timestamp": range(len(rows))}
+    )  # fmt: skip
+
+
+def test_kcore_and_min_rating_counts_by_hand(tmp_path):
+    inter = write(kcore_interactions(), tmp_path / "inter.csv")
+    items = write(ITEMS, tmp_path / "items.csv")
+    argv = cli_prepare(tmp_path, inter, items, "--kcore", "3", "--min-history", "1")
+    assert main(argv) == 0
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    # round 1: u6 (2 < 3) goes with items 1 and 7; item 7 is gone, item 8 has 1 (u0): it
+    # goes. Round 2 removes nothing: every user and item 1-6 keep 4.
+    assert stats["filtered"] == {
+        "kcore": {"k": 3, "rounds": 2, "interactions": 3, "users": 1, "items": 2}
+    }
+    assert (stats["users"], stats["items"], stats["interactions"]) == (6, 6, 24)
+    # ratings 1 + n % 5, n = 0..26: below 3 where n % 5 is 0 or 1, 12 rows (0, 1, 5, ... 26)
+    argv = cli_prepare(tmp_path, inter, items, "--min-rating", "3", "--min-history", "1",
+                       "--overwrite")  # fmt: skip
+    assert main(argv) == 0
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["filtered"] == {"min_rating": {"below": 3.0, "interactions": 12}}
+    assert stats["interactions"] == 27 - 12
+
+
+def test_filters_that_leave_nothing_or_lack_ratings_exit_2(tmp_path, capsys):
+    inter = write(kcore_interactions(), tmp_path / "inter.csv")
+    items = write(ITEMS, tmp_path / "items.csv")
+    assert main(cli_prepare(tmp_path, inter, items, "--kcore", "50")) == 2
+    assert "the filters removed every interaction" in capsys.readouterr().err
+    args = cli_prepare(tmp_path, inter, items, "--min-rating", "4")
+    args.remove("--rating-col")
+    args.remove("rating")
+    assert main(args) == 2
+    assert "min_rating 4.0 needs ratings" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_filter_writes_no_filtered_key(tmp_path):
+    inter = write(interactions(), tmp_path / "inter.csv")
+    assert main(cli_prepare(tmp_path, inter, write(ITEMS, tmp_path / "items.csv"))) == 0
+    assert "filtered" not in json.loads((tmp_path / "out" / "stats.json").read_text())

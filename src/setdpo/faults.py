@@ -11,6 +11,7 @@ Sites (docs/guarantees.md lists them): ``atomic.replace`` (an atomic write, betw
 fsync and the rename), ``directory.replace`` (a prepared directory, before its rename),
 ``prepare.stage`` (each stage of `data prepare`), ``prepare.run`` (a run file of a split
 written), ``prepare.merge`` (a merged table of a split written), ``train.step`` (each training step),
+``download.block`` (a block of a download written to its ``.part``),
 ``checkpoint.save`` (inside a Trainer checkpoint: the model written, the optimiser, RNG and
 trainer state not yet), ``memo.merge`` (the reference memo's merged shard written, the shards
 it replaces not yet deleted), ``score.batch`` (each batch of `score_all`: evaluation) and

@@ -71,11 +71,33 @@ def add_parser(subparsers) -> None:
     exp.add_argument("--pairs", action="store_true", help="trl: one row per preferred pair")
     exp.set_defaults(func=run_export)
 
-    down = commands.add_parser("download", help="fetch a GroupLens MovieLens release")
-    down.add_argument("name", help="ml-100k | ml-1m | ml-10m")
-    down.add_argument("--url", help="another address for the zip")
-    down.add_argument("--sha256", help="expected SHA-256 of the zip")
-    down.add_argument("--no-checksum", action="store_true", help="accept an unverified zip")
+    down = commands.add_parser(
+        "download",
+        help="fetch a registered source (MovieLens, Amazon, Goodreads, Steam, Last.fm) into "
+        "the cache: resumable, checked, atomic",
+    )
+    down.add_argument(
+        "name",
+        nargs="?",
+        help="ml-10m | ml-20m | ml-32m | amazon2018:CATEGORY | amazon2023:CATEGORY | "
+        "goodreads:GENRE | steam | lastfm (--list shows every one)",
+    )
+    down.add_argument("--list", action="store_true", help="list the registered sources")
+    down.add_argument("--url", help="another address for the file (sources of one file)")
+    down.add_argument(
+        "--mirror",
+        help="a base URL serving the files under their official paths (default $SETDPO_MIRROR)",
+    )
+    down.add_argument(
+        "--sha256",
+        action="append",
+        metavar="[FILE=]HEX",
+        help="expected SHA-256 of a file (FILE= may be left out for a source of one file); "
+        "overrides the registry's; repeat for several files",
+    )
+    down.add_argument(
+        "--no-checksum", action="store_true", help="accept files without a known SHA-256"
+    )
     down.add_argument("--force", action="store_true", help="download again if cached")
     down.set_defaults(func=run_download)
 
@@ -88,6 +110,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     out = prepare(build_config(args))
     stats = load_json(out, "stats.json")
     print(f"prepared {out}; dropped contexts: {json.dumps(stats['dropped_contexts'])}")
+    if "filtered" in stats:  # the source's conversion, --min-rating, --kcore
+        print(f"left out before building contexts: {json.dumps(stats['filtered'])}")
     audit, measured = stats["audit"], stats["audit_measured"]
     line = f"audit: {len(audit)} checks, {sum(audit.values())} findings"
     if measured:  # what the split protocol does not guarantee (leave-last-out: a global cut)
@@ -154,9 +178,46 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    """Options -> `download.fetch_dataset`."""
-    from setdpo.data.download import fetch_dataset
+    """Name -> `registry.resolve` -> `download.fetch_source` -> `convert.ready` (the tables
+    `prepare --source NAME` reads), or `--list`."""
+    from setdpo.data import registry
+    from setdpo.data.convert import is_ready, ready, ready_folder
+    from setdpo.data.download import fetch_source
+    from setdpo.errors import InputError
 
-    folder = fetch_dataset(args.name, args.url, args.sha256, args.no_checksum, args.force)
-    print(f"{args.name} in {folder}")
+    if args.list:
+        print(registry.listing())
+        return 0
+    if not args.name:
+        raise InputError(f"name a source to download: {', '.join(registry.names())} (--list)")
+    source = registry.resolve(args.name)
+    digests = None
+    if args.force or not is_ready(source):
+        pins = _digests(source, args.sha256)
+        digests = fetch_source(source, pins, args.no_checksum, args.force, args.url, args.mirror)
+    else:
+        print(f"{source.name}: already in the cache (--force fetches it again)")
+    tables = ready(source, digests, refresh=args.force)
+    left_out = f"; left out: {json.dumps(tables.dropped)}" if tables.dropped else ""
+    print(f"{source.name} in {ready_folder(source)}{left_out}")
+    usual = ", ".join(f"--{k} {v}" for k, v in source.usual) or "nothing"
+    print(f"next: setdpo data prepare --source {source.name} (--preprocess usual sets {usual})")
     return 0
+
+
+def _digests(source, values: list[str] | None) -> dict[str, str]:
+    """``--sha256 [FILE=]HEX`` options -> {file name: digest}."""
+    from setdpo.errors import InputError
+
+    digests = {}
+    for value in values or []:
+        name, _, digest = value.rpartition("=")
+        if not name:
+            if len(source.files) != 1:
+                raise InputError(
+                    f"{source.name} has {len(source.files)} files: name the one the digest is "
+                    f"of, --sha256 FILE=HEX ({', '.join(f.name for f in source.files)})"
+                )
+            name = source.files[0].name
+        digests[name] = digest.strip().lower()
+    return digests

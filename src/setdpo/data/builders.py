@@ -270,6 +270,8 @@ class Statistics:
             "split_cuts": self.planned.cuts,
             "splits": {},
         }
+        if self.source.filtered:  # only where something was asked to be left out
+            stats["filtered"] = self.source.filtered
         for name in SPLIT_NAMES:
             summaries = {}
             for quantity, (count, total, low, high) in self.totals[name].items():

@@ -5,17 +5,20 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+from setdpo.data import registry
 from setdpo.data.protocols import SplitProtocol, split_protocol
 from setdpo.errors import InputError
 from setdpo.items import REPRESENTATIONS
 
-SOURCES = ("ml-100k", "ml-1m", "ml-10m", "file", "recbole")
+SOURCES = ("ml-100k", "ml-1m", "file", "recbole")  # and every name of `registry`
 MODES = ("next", "next-k", "rated", "levels")
 SAMPLINGS = ("uniform", "popularity")
 TEMPLATES = ("listing", "open")
 DOMAINS = ("movie", "music", "book", "generic")
+PREPROCESSING = ("none", "usual")
 FILE_FORMATS = ("auto", "csv", "tsv", "parquet", "jsonl")
 SPLIT_RATIOS = (0.8, 0.1, 0.1)
 
@@ -29,8 +32,9 @@ class PrepareConfig:
     """How to turn interactions into `PreferenceExample` splits (docs/data.md)."""
 
     source: str = _help(
-        "ml-100k | ml-1m | ml-10m (downloaded) | file | recbole (a folder of RecBole atomic "
-        "files: --interactions FOLDER)",
+        "ml-100k | ml-1m | file | recbole (a folder of RecBole atomic files: --interactions "
+        "FOLDER) | a downloaded source (`setdpo data download --list`): ml-10m, ml-20m, "
+        "ml-32m, amazon2018:CATEGORY, amazon2023:CATEGORY, goodreads:GENRE, steam, lastfm",
         "ml-100k",
     )
     out: str = _help("output directory (created atomically)", "prepared")
@@ -55,7 +59,11 @@ class PrepareConfig:
         "levels: rating cut-offs, best first (5 > 4 > 3 > unobserved)", (5.0, 4.0, 3.0)
     )
     template: str = _help("prompt template: listing | open", "listing")
-    domain: str = _help("prompt wording: movie | music | book | generic", "movie")
+    domain: str | None = _help(
+        "prompt wording: movie | music | book | generic (default: the downloaded source's, "
+        "else movie)",
+        None,
+    )
     items_as: str = _help(
         "how items are written in prompts and as candidates: titles | tokens (one new token "
         "per catalog item) | hybrid (the title, then its token); setdpo.items",
@@ -90,6 +98,20 @@ class PrepareConfig:
         "no year)",
         None,
     )
+    min_rating: float | None = _help(
+        "leave out interactions rated below this before building contexts (none: keep all)",
+        None,
+    )
+    kcore: int = _help(
+        "leave out users and items with fewer than this many interactions, repeated until "
+        "none is left (the k-core; 0: none); after min_rating; stats.json `filtered` counts",
+        0,
+    )
+    preprocess: str = _help(
+        "none | usual: a downloaded source's usual preprocessing (docs/data.md: 5-core, as "
+        "SASRec) sets kcore / min_rating where left unset",
+        "none",
+    )
     memory_limit_mb: int = _help(
         "memory for reading and sorting the interactions (DuckDB spills past it to disk)", 1024
     )
@@ -99,14 +121,20 @@ class PrepareConfig:
         self.level_ratings = tuple(float(r) for r in self.level_ratings)
         protocol = split_protocol(self.split)  # checked first: an alias -> its name
         self.split = protocol.name
-        if self.source not in SOURCES:
-            raise InputError(
-                f"source {self.source!r} is not one of {list(SOURCES)}; an interaction file "
-                "goes in with --source file --interactions FILE --items FILE, a folder of RecBole "
-                "atomic files with --source recbole --interactions FOLDER, ready-made example "
-                "sets (LLaRA / S-DPO JSON, TRL rows) with `setdpo data import --format "
-                "llara|trl --train FILE`"
-            )
+        source = self._resolve_source()
+        if self.domain is None:
+            self.domain = source.domain if source else "movie"
+        if self.preprocess not in PREPROCESSING:
+            raise InputError(f"preprocess {self.preprocess!r} is not one of {list(PREPROCESSING)}")
+        if self.preprocess == "usual":
+            if source is None:
+                raise InputError(
+                    f"preprocess 'usual' is a downloaded source's; {self.source!r} is not one: "
+                    "set --kcore / --min-rating"
+                )
+            for name, value in source.usual:  # where not set explicitly
+                if getattr(self, name) in (0, None):
+                    setattr(self, name, value)
         for name, allowed in (
             ("mode", MODES),
             ("negatives", SAMPLINGS),
@@ -127,6 +155,21 @@ class PrepareConfig:
             )
         if self.source == "recbole" and self.file_format != "auto":
             raise InputError("source 'recbole' reads RecBole's format; leave file_format auto")
+
+    def _resolve_source(self) -> registry.Source | None:
+        """The registry entry `source` names (None: a source of this module's own); an
+        unknown name or category is an error."""
+        if registry.is_registered(self.source):
+            return registry.resolve(self.source)
+        if self.source not in SOURCES:
+            raise InputError(
+                f"source {self.source!r} is not one of {list(SOURCES) + registry.names()}; an "
+                "interaction file goes in with --source file --interactions FILE --items FILE, "
+                "a folder of RecBole atomic files with --source recbole --interactions FOLDER, "
+                "ready-made example sets (LLaRA / S-DPO JSON, TRL rows) with `setdpo data "
+                "import --format llara|trl --train FILE`"
+            )
+        return None
 
     def _check_sizes(self, protocol: SplitProtocol) -> None:
         if self.k < 1:
@@ -153,6 +196,10 @@ class PrepareConfig:
             )
         if not self.level_ratings or list(self.level_ratings) != sorted(self.level_ratings)[::-1]:
             raise InputError(f"level_ratings must be decreasing, got {self.level_ratings}")
+        if self.kcore < 0:
+            raise InputError(f"kcore must be >= 0, got {self.kcore}")
+        if self.min_rating is not None and not math.isfinite(self.min_rating):
+            raise InputError(f"min_rating must be a number, got {self.min_rating}")
         if self.memory_limit_mb < 64:
             raise InputError(f"memory_limit_mb must be >= 64, got {self.memory_limit_mb}")
         if self.max_examples is not None and self.max_examples < 1:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -63,9 +64,20 @@ class SortedInteractions:
     items: pd.DataFrame
     offsets: np.ndarray
     has_ratings: bool
+    filtered: dict[str, Any] = field(default_factory=dict)  # what `Filters` removed
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What is removed after reading, before any context is built: interactions rated
+    below `min_rating`, then the users and items with fewer than `kcore` interactions,
+    again until none is left (the k-core of the user-item graph; 0: none)."""
+
+    min_rating: float | None = None
+    kcore: int = 0
 
 
 def connect(memory_limit_mb: int, work: Path):
@@ -90,22 +102,31 @@ def sort_interactions(
     items_path: Path,
     work: Path,
     memory_limit_mb: int,
+    filters: Filters = Filters(),
 ) -> SortedInteractions:
-    """Read `table`, check it against `catalog` (``item_id``, ``title``) and write the sorted
-    codes to ``work/interactions.parquet``; DuckDB's memory is released when this returns."""
+    """Read `table`, check it against `catalog` (``item_id``, ``title``), apply `filters`
+    and write the sorted codes to ``work/interactions.parquet``; DuckDB's memory is
+    released when this returns."""
     con = connect(memory_limit_mb, work)
     try:
-        return _sort(con, name, table, catalog, items_path, work)
+        return _sort(con, name, table, catalog, items_path, work, filters)
     finally:
         con.close()
 
 
 def _sort(
-    con, name: str, table: Table, catalog: pd.DataFrame, items_path: Path, work: Path
+    con,
+    name: str,
+    table: Table,
+    catalog: pd.DataFrame,
+    items_path: Path,
+    work: Path,
+    filters: Filters,
 ) -> SortedInteractions:
     con.register("catalog_frame", catalog.assign(row=np.arange(len(catalog))))
     _load_raw(con, table)
     _check(con, table, items_path)
+    filtered = _filter(con, name, table, filters)
     # user codes follow the sorted ids; item codes the items file's order among those used
     con.execute(
         "CREATE TABLE users AS SELECT u, n, row_number() OVER (ORDER BY u) - 1 AS code "
@@ -136,7 +157,47 @@ def _sort(
         items,
         offsets,
         table.rating is not None,
+        filtered,
     )
+
+
+def _filter(con, name: str, table: Table, filters: Filters) -> dict[str, Any]:
+    """Apply `filters` to ``raw``; returns what each removed (nothing for none)."""
+
+    def sizes() -> dict[str, int]:
+        queries = {"interactions": "raw", "users": "(SELECT DISTINCT u FROM raw)",
+                   "items": "(SELECT DISTINCT i FROM raw)"}  # fmt: skip
+        return {
+            k: con.execute(f"SELECT count(*) FROM {q}").fetchone()[0] for k, q in queries.items()
+        }
+
+    removed: dict[str, Any] = {}
+    if filters.min_rating is not None:
+        if table.rating is None:
+            raise InputError(
+                f"min_rating {filters.min_rating} needs ratings; source {name!r} has none "
+                f"({table.path})"
+            )
+        gone = con.execute("DELETE FROM raw WHERE rn < ?", [filters.min_rating]).fetchone()[0]
+        removed["min_rating"] = {"below": filters.min_rating, "interactions": gone}
+    if filters.kcore > 1:
+        before, rounds, changed = sizes(), 0, True
+        while changed:  # users, then items, until a round removes nothing
+            rounds += 1
+            changed = False
+            for key in ("u", "i"):
+                gone = con.execute(
+                    f"DELETE FROM raw WHERE {key} IN (SELECT {key} FROM raw GROUP BY {key} "
+                    "HAVING count(*) < ?)",
+                    [filters.kcore],
+                ).fetchone()[0]
+                changed |= gone > 0
+        after = sizes()
+        removed["kcore"] = {"k": filters.kcore, "rounds": rounds}
+        removed["kcore"] |= {what: before[what] - after[what] for what in before}
+    if removed and sizes()["interactions"] == 0:
+        raise InputError(f"{table.path}: the filters removed every interaction ({removed})")
+    return removed
 
 
 def user_ranges(

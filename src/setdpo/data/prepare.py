@@ -41,7 +41,7 @@ from setdpo.data.io import (
     write_json,
     write_timelines,
 )
-from setdpo.data.sources import sort_source
+from setdpo.data.sources import require_source, sort_source
 from setdpo.data.store import SPLITS, SplitWriter, finish_hf, split_schema
 from setdpo.paths import store_fields
 
@@ -86,6 +86,7 @@ def prepare(config: PrepareConfig) -> Path:
     process's peak memory.
     """
     out = check_target(config.out, config.overwrite)  # fail before the slow part
+    require_source(config)
     stages = Stages()
     fingerprint = hashlib.sha256(dumps(asdict(config)).encode()).hexdigest()[:16]
     with (

@@ -1,5 +1,6 @@
 """Interaction sources: RecBole atomic files (any folder, or the MovieLens copies shipped in
-the recbole packages), a GroupLens download, and any file.
+the recbole packages), the registered downloads (`setdpo.data.registry`: MovieLens 10M-32M,
+Amazon 2018 and 2023, Goodreads, Steam, Last.fm), and any file.
 
 Each source gives its interaction file to `setdpo.data.engine` (read, checked and sorted out
 of core) and its items file, read here: a catalog of item ids with unique titles. Titles are kept as shipped; titles shared by
@@ -21,8 +22,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from setdpo.data import registry
 from setdpo.data.config import PrepareConfig
-from setdpo.data.engine import SortedInteractions, Table, file_table, sort_interactions
+from setdpo.data.engine import (
+    Filters,
+    SortedInteractions,
+    Table,
+    file_table,
+    sort_interactions,
+)
 from setdpo.data.records import RecordFile, decode_utf8, read_records
 from setdpo.errors import InputError
 
@@ -49,7 +57,9 @@ RECBOLE_OPTIONS = ("user_col", "item_col", "rating_col", "time_col", "item_id_co
 
 
 def sort_source(config: PrepareConfig, work: Path) -> SortedInteractions:
-    """The interactions named by `config.source`, checked and sorted (`setdpo.data.engine`)."""
+    """The interactions named by `config.source`, checked, filtered (`PrepareConfig.kcore`,
+    `min_rating`) and sorted (`setdpo.data.engine`)."""
+    dropped: dict[str, int] = {}
     if config.source in MOVIELENS:
         folder = movielens_folder(config.source)
         _, _, title, year = MOVIELENS[config.source]
@@ -59,22 +69,39 @@ def sort_source(config: PrepareConfig, work: Path) -> SortedInteractions:
     elif config.source == "recbole":
         names = {option: getattr(config, option) for option in RECBOLE_OPTIONS}
         table, items, columns = _recbole(*recbole_files(config), names)
-    elif config.source == "ml-10m":
-        from setdpo.data.download import dataset_folder
+    elif registry.is_registered(config.source):
+        from setdpo.data.convert import ready
 
-        folder = dataset_folder(config.source)
-        names = ["user", "item", "rating", "timestamp"]
-        table = Table(folder / "ratings.dat", "dat", *names, names=names)
-        items = _read_dat(folder / "movies.dat", ["item_id", "title", "genres"])
-        columns = Columns("item_id", "title")
+        tables = ready(registry.resolve(config.source), memory_limit_mb=config.memory_limit_mb)
+        table, columns, dropped = (
+            tables.table,
+            Columns(tables.item_id, tables.title),
+            tables.dropped,
+        )
+        if tables.item_names:
+            items = _read_dat(tables.items, list(tables.item_names))
+        else:
+            items = read_records(tables.items)
     else:
         table = file_table(config)
         items = read_records(config.items, config.file_format)
         columns = Columns(config.item_id_col, config.title_col, config.year_col)
     catalog = read_catalog(items, columns)
-    return sort_interactions(
-        config.source, table, catalog, items.path, work, config.memory_limit_mb
+    filters = Filters(config.min_rating, config.kcore)
+    source = sort_interactions(
+        config.source, table, catalog, items.path, work, config.memory_limit_mb, filters
     )
+    if dropped:  # what the registry's conversion left out, before the filters
+        source.filtered = {"source": dropped} | source.filtered
+    return source
+
+
+def require_source(config: PrepareConfig) -> None:
+    """Fail before the slow part when a downloaded source is not in the cache."""
+    if registry.is_registered(config.source):
+        from setdpo.data.convert import require
+
+        require(registry.resolve(config.source))
 
 
 def recbole_files(config: PrepareConfig) -> tuple[Path, Path]:
