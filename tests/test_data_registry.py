@@ -10,6 +10,8 @@ import hashlib
 import io
 import json
 import re
+import socket
+import urllib.parse
 import zipfile
 
 import pytest
@@ -34,7 +36,11 @@ def test_download_prepare_audit(name: str, source_server, tmp_path, capsys) -> N
     source = resolve(name)
     files = sample_files(source)
     pins = _downloaded(source_server, name, files)  # not the real files: pinned
+    paths = {urllib.parse.urlsplit(f.url).path: len(files[f.name]) // 2 for f in source.files}
+    source_server.cut.update(paths)  # every transfer stops halfway, then resumes
     assert main(["data", "download", name, *pins]) == 0
+    resumed = [[(path, None), (path, f"bytes={cut}-")] for path, cut in paths.items()]
+    assert source_server.requests == sum(resumed, [])  # file after file, in registry order
     printed = capsys.readouterr().out
     assert printed.index(source.license) < printed.index("sha256")  # before downloading
     out = tmp_path / "prepared"
@@ -48,6 +54,30 @@ def test_download_prepare_audit(name: str, source_server, tmp_path, capsys) -> N
     assert stats.get("filtered", {}).get("source") == LEFT_OUT.get(family_of(name).name)
     assert sorted(row["title"] for row in load_items(out)) == sorted(TITLES.values())
     assert json.loads((out / "config.json").read_text())["domain"] == source.domain
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_a_wrong_checksum_or_no_network_exits_2(name: str, source_server, tmp_path, capsys):
+    source = resolve(name)
+    files = sample_files(source)
+    pins = _downloaded(source_server, name, files)
+    first = source.files[0]
+    wrong = pins + ["--sha256", f"{first.name}={'0' * 64}"]  # the last option wins
+    assert main(["data", "download", name, *wrong]) == 2
+    assert "checksum mismatch: expected sha256 0000" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists() or not any(
+        p.is_file() for p in (tmp_path / "cache").rglob("*")
+    )  # nothing in place, no part left
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        mirror = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    assert main(["data", "download", name, *pins, "--mirror", mirror]) == 2
+    err = capsys.readouterr().err
+    url = mirror + urllib.parse.urlsplit(first.url).path
+    assert err.startswith(f"setdpo: error: {url}: download failed") and err.count("\n") == 1
+    assert err.rstrip().endswith(
+        f"put the file at {tmp_path / 'cache' / source.folder / first.name}"
+    )
 
 
 def test_every_entry_is_well_formed() -> None:
