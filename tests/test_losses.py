@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -146,6 +147,13 @@ def test_hand_computed_losses():
     total = sum(w)
     prob = w[0] / total * w[1] / (total - w[0]) + w[1] / total * w[0] / (total - w[1])
     check("pl", -math.log(prob))
+    # simpo (gamma 0.5): mean over the 4 pairs of softplus(-(r_p - r_n - 0.5)).
+    check("simpo", float(sum(sp(t(0.5 - d)) for d in (1.0, 3.0, -1.0, 1.0)) / 4))
+    # lipo: rewards order the candidates 2 > 1 > 0 > -1, places (1, 3 | 2, 4); gains 2, 1.
+    # Delta_pn = |1/log2(1 + tau_p) - 1/log2(1 + tau_n)|: pairs (1,2), (1,4), (3,2), (3,4).
+    inv_d = [1 / math.log2(1 + place) for place in (1, 2, 3, 4)]
+    pairs = [(0, 1, 1.0), (0, 3, 3.0), (2, 1, -1.0), (2, 3, 1.0)]  # places, r_p - r_n
+    check("lipo", sum(abs(inv_d[a] - inv_d[b]) * float(sp(t(-d))) for a, b, d in pairs))
 
 
 def test_dpo_over_levels_is_lipo_pairwise():
@@ -185,7 +193,7 @@ def test_gradcheck(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_padding_never_changes_results(name):
     levels = torch.tensor([[1, 2, 2, 2], [2, 1, 1, 2]])
-    if name in ("dpo", "mult2", "pl"):
+    if name in ("dpo", "mult2", "pl", "lipo", "simpo"):
         levels[1, 3] = 3
     pol, ref = _logps(31, (2, 4), 3.0), _logps(32, (2, 4), 3.0)
     base = compute(name, pol, ref, levels, 0.5)
@@ -245,7 +253,8 @@ def test_rewards_reference_free_and_names():
         compute("sdpo", pol, None, levels, 2.0).loss,
         compute("sdpo", pol, torch.zeros_like(pol), levels, 2.0).loss,
     )
-    for alias, key in [("s-dpo", "sdpo"), ("Mult-DPO", "mult"), ("MULT2-dpo", "mult2")]:
+    aliases = [("s-dpo", "sdpo"), ("Mult-DPO", "mult"), ("MULT2-dpo", "mult2")]
+    for alias, key in [*aliases, ("LiPO-lambda", "lipo")]:
         assert losses.canonical_name(alias) == key
         torch.testing.assert_close(
             compute(alias, pol, ref, levels, 1.0).loss, compute(key, pol, ref, levels, 1.0).loss
@@ -276,6 +285,10 @@ GOOD_LEVELS = torch.tensor([[1, 2, 2], [1, 2, 0]])
         ({"policy_logps": torch.tensor([[0.0, 1.0, 2.0], [0.0, math.nan, 0.0]], dtype=F64)}, r"policy_logps is nan at context 1, candidate 1"),
         ({"ref_logps": torch.tensor([[0.0, 1.0, math.inf], [0.0, 0.0, 0.0]], dtype=F64)}, r"ref_logps is inf at context 0, candidate 2"),
         ({"policy_logps": torch.zeros(0, 3, dtype=F64), "ref_logps": None, "levels": torch.zeros(0, 3, dtype=torch.long)}, r"empty batch"),
+        ({"name": "dpo", "simpo_gamma": 0.5}, r"dpo takes no option simpo_gamma \(its options: none\)"),
+        ({"name": "simpo", "gamma": 0.5}, r"simpo takes no option gamma \(its options: simpo_gamma\)"),
+        ({"name": "simpo", "simpo_gamma": math.nan}, r"simpo_gamma must be a finite number; got nan"),
+        ({"name": "simpo", "levels": torch.tensor([[1, 2, 2], [1, 1, 0]])}, r"context 1 has positives but no negative .*simpo needs one"),
     ],
 )  # fmt: skip
 def test_bad_input_messages(kwargs, message):
@@ -322,3 +335,129 @@ def test_a_new_objective_is_one_registry_entry(monkeypatch):
     config = load_config(PrefConfig, None, values)
     assert config.loss == "hinge"
     assert "hinge" in losses.names_help()
+
+
+# --- LiPO-lambda and SimPO -----------------------------------------------------------------
+
+
+def test_lipo_hand_computed():
+    # Delta_ij = |2^psi_i - 2^psi_j| |1/log2(1 + tau_i) - 1/log2(1 + tau_j)|, psi = G_ctx - g;
+    # the pair term is Delta_ij log(1 + exp(-(r_i - r_j))), summed over pairs g_i < g_j.
+    def lipo(rewards: list[float], levels: list[int]) -> float:
+        pol = torch.tensor([rewards], dtype=F64)
+        return compute("lipo", pol, None, torch.tensor([levels]), 1.0).loss.item()
+
+    # Two candidates, places 1 and 2, gains 2 and 1: (1 - 1/log2 3) log(1 + e^-1).
+    assert lipo([1.0, 0.0], [1, 2]) == pytest.approx(0.36907024642854247 * 0.31326168751822286)
+    # Levels 1 and 4: psi 3 and 0, gains 8 and 1: the same pair weighs 7 times as much.
+    assert lipo([1.0, 0.0], [1, 4]) == pytest.approx(7 * 0.11561556820897158)
+    # Levels 1 > 2 > 3 (gains 4, 2, 1) with rewards (0, 2, 1): places 3, 1, 2.
+    # (1,2): 2 |1/2 - 1| = 1.0, log(1 + e^2) = 2.1269280110429727;
+    # (1,3): 3 |1/2 - 1/log2 3| = 0.3927892607143726, log(1 + e) = 1.3132616875182228;
+    # (2,3): 1 |1 - 1/log2 3| = 0.36907024642854247, log(1 + e^-1) = 0.31326168751822286.
+    expected = 2.1269280110429727 + 0.3927892607143726 * 1.3132616875182228
+    expected += 0.36907024642854247 * 0.31326168751822286
+    assert lipo([0.0, 2.0, 1.0], [1, 2, 3]) == pytest.approx(expected, rel=1e-12)
+    # Tied rewards: the weight is its mean over the orders that break the tie. Two
+    # candidates: both orders give 1 - 1/log2 3; the logistic term is log 2.
+    assert lipo([0.0, 0.0], [1, 2]) == pytest.approx(0.36907024642854247 * math.log(2))
+    # Three tied candidates, places 1..3 with 1/D = 1, 0.6309, 0.5: the mean gap over two
+    # distinct places is (0.3691 + 0.5 + 0.1309) / 3 = 1/3; two pairs (1, 2), (1, 3).
+    assert lipo([0.0, 0.0, 0.0], [1, 2, 2]) == pytest.approx(2 / 3 * math.log(2), rel=1e-12)
+    # One level only: no pair, 0.
+    assert lipo([0.3, -1.0], [1, 1]) == 0.0
+
+
+def _lipo_bruteforce(rewards: list[float], levels: list[int]) -> float:
+    """LiPO-lambda from its definition, by explicit loops: for every order of the real
+    candidates that sorts their rewards best first (several when rewards tie), the
+    paper's sum over pairs with its ranks; the mean over those orders."""
+    real = [i for i, g in enumerate(levels) if g > 0]
+    worst = max(levels[i] for i in real)
+    orders = [
+        order
+        for order in itertools.permutations(real)
+        if all(rewards[a] >= rewards[b] for a, b in itertools.pairwise(order))
+    ]
+    total = 0.0
+    for order in orders:
+        tau = {i: place for place, i in enumerate(order, start=1)}
+        for i in real:
+            for j in real:
+                if levels[i] < levels[j]:
+                    gain = abs(2.0 ** (worst - levels[i]) - 2.0 ** (worst - levels[j]))
+                    gap = abs(1 / math.log2(1 + tau[i]) - 1 / math.log2(1 + tau[j]))
+                    total += gain * gap * math.log1p(math.exp(-(rewards[i] - rewards[j])))
+    return total / len(orders)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=seeds,
+    n=st.integers(2, 6),
+    pad=st.integers(0, 2),
+    ties=st.booleans(),
+    scale=st.floats(0.1, 5.0),
+)
+def test_lipo_matches_bruteforce(seed, n, pad, ties, scale):
+    # Three contexts of n real candidates (levels 1..4, at least one 1) in random columns
+    # among padding; with `ties`, rewards take 5 values, so ties are common.
+    gen = torch.Generator().manual_seed(seed)
+    pol = torch.full((3, n + pad), math.nan, dtype=F64)
+    levels = torch.zeros(3, n + pad, dtype=torch.long)
+    for b in range(3):
+        lv = torch.randint(1, 5, (n,), generator=gen)
+        lv[torch.randint(0, n, (1,), generator=gen)] = 1
+        if ties:
+            r = torch.randint(-2, 3, (n,), generator=gen).to(F64) * scale
+        else:
+            r = torch.randn(n, generator=gen, dtype=F64) * scale
+        columns = torch.randperm(n + pad, generator=gen)[:n]
+        pol[b, columns], levels[b, columns] = r, lv
+    out = compute("lipo", pol, None, levels, 1.0).per_context
+    expected = [_lipo_bruteforce(pol[b].tolist(), levels[b].tolist()) for b in range(3)]
+    torch.testing.assert_close(out, torch.tensor(expected, dtype=F64), rtol=1e-10, atol=1e-12)
+
+
+def test_lipo_weights_carry_no_gradient():
+    # d/dr of sum Delta_ij softplus(-(r_i - r_j)) with Delta held fixed (LambdaLoss).
+    pol = torch.tensor([[0.0, 2.0, 1.0]], dtype=F64, requires_grad=True)
+    levels = torch.tensor([[1, 2, 3]])
+    (grad,) = torch.autograd.grad(compute("lipo", pol, None, levels, 1.0).loss, pol)
+    weights = losses.lambda_weights(pol.detach(), levels)[0]
+    expected = torch.zeros(3, dtype=F64)
+    for i, j in [(0, 1), (0, 2), (1, 2)]:
+        push = weights[i, j] * torch.sigmoid(-(pol[0, i] - pol[0, j])).detach()
+        expected[i] -= push
+        expected[j] += push
+    torch.testing.assert_close(grad[0], expected)
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=seeds, beta=betas, gamma=st.floats(0.0, 3.0))
+def test_simpo_one_pair_is_the_paper_formula(seed, beta, gamma):
+    # Eq. 6 on length-averaged log-probs, no reference: -log sigmoid(b s_w - b s_l - gamma).
+    avg = _logps(seed, (1, 2), 2.0)
+    expected = -F.logsigmoid(beta * avg[0, 0] - beta * avg[0, 1] - gamma)
+    out = compute("simpo", avg, None, torch.tensor([[1, 2]]), beta, simpo_gamma=gamma)
+    torch.testing.assert_close(out.loss, expected, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=seeds, beta=betas)
+def test_simpo_with_no_margin_is_dpo_on_its_rewards(seed, beta):
+    levels = torch.tensor([[1, 2, 3, 0, 1, 2], [2, 2, 1, 1, 1, 2]])
+    pol = _logps(seed, tuple(levels.shape), 3.0)
+    simpo = compute("simpo", pol, None, levels, beta, simpo_gamma=0.0).per_context
+    torch.testing.assert_close(simpo, compute("dpo", pol, None, levels, beta).per_context)
+    # A margin only raises the loss: every pair needs gamma more.
+    assert (compute("simpo", pol, None, levels, beta).per_context > simpo).all()
+
+
+def test_the_new_entries_say_what_the_trainer_needs():
+    simpo, lipo = losses.OBJECTIVES["simpo"], losses.OBJECTIVES["lipo"]
+    assert simpo.reference_free and simpo.length_normalized and simpo.options == ("simpo_gamma",)
+    assert not (lipo.reference_free or lipo.length_normalized or lipo.options)
+    # The quickstart's defaults stay the five objectives its README timings are for.
+    default = [name for name, entry in losses.OBJECTIVES.items() if entry.quickstart]
+    assert default == ["dpo", "dmpo", "sdpo", "mult", "mult2", "pl"]

@@ -56,6 +56,13 @@ def test_the_quickstart_is_a_study_of_two_tiers(tmp_path: Path) -> None:
     assert plan.stages["sft/tier=lab,seed=0"].settings["item_init"] == "sasrec"
 
 
+def test_default_objectives_are_the_ones_the_readme_times() -> None:
+    # Objectives added later (lipo, simpo) run when named: the demo stays what it measured.
+    assert QuickstartConfig().losses == ["dpo", "dmpo", "sdpo", "mult", "pl"]
+    assert QuickstartConfig(mode="levels").losses == ["dpo", "dmpo", "sdpo", "mult", "pl", "mult2"]
+    assert QuickstartConfig(losses=["lipo", "SimPO"]).losses == ["lipo", "simpo"]
+
+
 def test_every_artefact_exists(quickstart_dir: Path) -> None:
     for name in ["report.md", "quickstart.json", "study.yaml", "commands.sh", "summary.json"]:
         assert (quickstart_dir / name).is_file(), name

@@ -3,13 +3,14 @@
 Hand-derived anchors: a fresh adapter on the merged SFT weights computes exactly the SFT model,
 so at the first step every reward is 0, and with one positive among n candidates the
 multinomial losses (sdpo, mult, mult2, pl) equal log n while the pairwise ones (dpo, dmpo)
-equal log 2.
+equal log 2, and lipo sums log 2 times the Lambda weights of a tie (`_lipo_at_a_tie`).
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import itertools
 import json
 import math
 import re
@@ -404,6 +405,14 @@ def test_dropout_is_off_in_preference_training_unless_kept(
         assert 0.1 in drops
 
 
+def _lipo_at_a_tie(n: int) -> float:
+    """lipo with one positive among n candidates whose rewards all tie: each of the n - 1
+    pairs weighs the mean |1/log2(1 + p) - 1/log2(1 + q)| over two distinct places."""
+    inv_d = [1 / math.log2(1 + place) for place in range(1, n + 1)]
+    gaps = [abs(a - b) for a, b in itertools.permutations(inv_d, 2)]
+    return (n - 1) * sum(gaps) / len(gaps) * math.log(2)
+
+
 @pytest.mark.parametrize(
     ("loss", "start"),
     [
@@ -413,10 +422,12 @@ def test_dropout_is_off_in_preference_training_unless_kept(
         ("mult", math.log(20)),
         ("mult2", math.log(20)),
         ("pl", math.log(20)),
+        ("lipo", _lipo_at_a_tie(20)),
+        ("simpo", None),  # reference-free: its first rewards are the SFT model's log-probs
     ],
 )
 def test_every_objective_decreases_on_a_fixed_batch(
-    loss: str, start: float, sft_run: Path, ml100k_next_dir: Path, tmp_path: Path
+    loss: str, start: float | None, sft_run: Path, ml100k_next_dir: Path, tmp_path: Path
 ) -> None:
     # 2 contexts, all 20 candidates (num_negatives 0), batch 4: every step sees the same batch.
     values = {
@@ -430,7 +441,8 @@ def test_every_objective_decreases_on_a_fixed_batch(
     trainer = build_pref_trainer(pref_config(ml100k_next_dir, sft_run, tmp_path / loss, **values))
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    assert losses[0] == pytest.approx(start, abs=1e-5)
+    if start is not None:
+        assert losses[0] == pytest.approx(start, abs=1e-5)
     assert losses[-1] < losses[0] - 0.05, losses
 
 
@@ -495,3 +507,70 @@ def test_sft_weight_adds_the_positive_nll(
     # Rewards are 0 at the first step, so mult = log 4 and the rest is 0.5 x NLL.
     assert first["nll"] > 0
     assert first["loss"] == pytest.approx(math.log(4) + 0.5 * first["nll"], abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("loss", "values"),
+    [("lipo", []), ("simpo", []), ("simpo", ["--peft", "none", "--precompute-ref", "true"])],
+    ids=["lipo", "simpo", "simpo-full-precomputed"],
+)
+def test_newer_objectives_train_from_the_command_line(
+    loss: str,
+    values: list[str],
+    fresh_sft: Path,
+    ml100k_next_dir: Path,
+    tmp_path: Path,
+    reference_counter: dict[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`setdpo train pref --loss NAME` end to end; simpo, reference-free, scores, loads and
+    memoises no reference (no pass, no frozen copy even with full fine-tuning, no memo)."""
+    from setdpo.cli import main
+
+    def no_copy(config: PrefConfig) -> torch.nn.Module:
+        raise AssertionError("the frozen reference copy was loaded")
+
+    if loss == "simpo":
+        monkeypatch.setattr(preference_module, "_frozen_copy", no_copy)
+    out = tmp_path / "pref"
+    argv = ["train", "pref", "--loss", loss, "--init", str(fresh_sft), "--out", str(out)]
+    argv += ["--data", str(ml100k_next_dir), "--max-steps", "2", "--max-train-examples", "8"]
+    argv += ["--max-eval-examples", "4", "--disable-tqdm", "true", "--save-strategy", "no"]
+    assert main([*argv, *values]) == 0
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    steps = [entry["loss"] for entry in history if "loss" in entry]
+    assert len(steps) == 2 and all(math.isfinite(value) for value in steps)
+    assert len([entry for entry in history if "eval_loss" in entry]) == 2
+    resolved = load_config(PrefConfig, out / "resolved_config.yaml")
+    assert resolved.loss == loss
+    if loss == "lipo":
+        assert reference_counter["reference_contexts"] == 8 + 4
+        assert len(list((fresh_sft / MEMO_DIR).iterdir())) == 1
+    else:
+        assert reference_counter["reference_contexts"] == 0
+        assert not (fresh_sft / MEMO_DIR).exists() and not (out / MEMO_DIR).exists()
+        assert resolved.average_logps and resolved.simpo_gamma == 0.5
+
+
+def test_simpo_rewards_are_length_normalised(
+    sft_run: Path, ml100k_next_dir: Path, tmp_path: Path
+) -> None:
+    # A model whose logits are all 0 gives every token log(1/V): titles of different
+    # lengths then have different summed log-probs but the same mean, so SimPO's rewards
+    # beta / |y| log pi(y|x) all tie and every pair costs softplus(gamma).
+    values = {"loss": "simpo", "max_train_examples": 4, "beta": 2.0, "simpo_gamma": 0.7, **NO_EVAL}
+    config = pref_config(ml100k_next_dir, sft_run, tmp_path / "s", **values)
+    assert config.average_logps  # a length-normalised objective turns it on
+    trainer = build_pref_trainer(config)
+    model = trainer.model
+    model.get_output_embeddings().weight.data.zero_()
+    batch = next(iter(trainer.get_train_dataloader()))
+    lengths = batch["candidate_mask"].sum(-1)[batch["levels"] > 0]
+    assert len(set(lengths.tolist())) > 1  # titles of several lengths
+    scores = trainer.policy_logps(model, batch)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    real = scores.logps[batch["levels"] > 0].detach()
+    torch.testing.assert_close(real, torch.full_like(real, -math.log(vocab)))
+    loss, out = trainer.compute_loss(model, batch, return_outputs=True)
+    torch.testing.assert_close(out.rewards[batch["levels"] > 0], 2.0 * real)
+    assert float(loss.detach()) == pytest.approx(math.log1p(math.exp(0.7)), rel=1e-6)

@@ -69,6 +69,8 @@ def test_unknown_cli_field_exits_with_usage() -> None:
         ({"init": None}, "init (--init) is required"),
         ({"remove_unused_columns": True}, "remove_unused_columns must be False"),
         ({"hard_temperature": 0.0}, "hard_temperature must be > 0"),
+        ({"loss": "simpo", "simpo_gamma": -0.1}, "simpo_gamma must be a finite number >= 0"),
+        ({"simpo_gamma": float("nan")}, "simpo_gamma must be a finite number >= 0, got nan"),
     ],
 )
 def test_invalid_pref_values_are_named(values: dict, message: str) -> None:
@@ -87,6 +89,16 @@ def test_full_fine_tuning_by_peft_none_or_rank_zero() -> None:
         load_config(PrefConfig, None, {**REQUIRED, "lora_r": -1})
     with pytest.raises(SystemExit):
         parse_fields(PrefConfig, ["--peft", "qlora"])
+
+
+def test_the_objective_s_entry_sets_scoring_and_options() -> None:
+    # simpo is length-normalised (average_logps on whatever was asked) and takes simpo_gamma.
+    simpo = load_config(PrefConfig, None, {**REQUIRED, "loss": "simpo", "simpo_gamma": 1.25})
+    assert simpo.average_logps and simpo.scoring_options().average
+    assert simpo.loss_options() == {"simpo_gamma": 1.25}
+    assert parse_fields(PrefConfig, ["--simpo-gamma", "0.3"]) == {"simpo_gamma": 0.3}
+    lipo = load_config(PrefConfig, None, {**REQUIRED, "loss": "LiPO-lambda"})
+    assert lipo.loss == "lipo" and not lipo.average_logps and lipo.loss_options() == {}
 
 
 def test_valid_sample_is_bounded_by_default_and_zero_means_all() -> None:

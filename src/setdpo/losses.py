@@ -1,20 +1,24 @@
 """Set-wise preference objectives in reward space (docs/objectives.md).
 
 Every objective is a small pure function ``(rewards [B, n], levels [B, n]) -> [B]``
-giving the per-context loss; ``OBJECTIVES`` maps names to entries (`ObjectiveEntry`:
-the function and what the rest of the code asks about it) and ``compute`` is the one
-entry point: it validates the batch, forms the implicit rewards
-``r = beta * (s_theta - s_ref)``, dispatches, averages over contexts and computes the
-metrics. ``levels`` holds 1 for the most preferred candidates, larger values for less
-preferred ones and 0 for padding, which never changes a result.
+(plus the keyword options its entry names) giving the per-context loss; ``OBJECTIVES``
+maps names to entries (`ObjectiveEntry`: the function and what the rest of the code asks
+about it) and ``compute`` is the one entry point: it validates the batch, forms the
+implicit rewards ``r = beta * (s_theta - s_ref)``, dispatches, averages over contexts and
+computes the metrics. ``levels`` holds 1 for the most preferred candidates, larger values
+for less preferred ones and 0 for padding, which never changes a result.
 
 Binary objectives (``dmpo``, ``sdpo``, ``mult``) treat level 1 as positive (P, k items)
-and every level > 1 as negative (N). ``dpo``, ``mult2`` and ``pl`` use every level.
+and every level > 1 as negative (N). ``dpo``, ``mult2``, ``pl``, ``lipo`` and ``simpo`` use
+every level. ``simpo`` is reference-free and length-normalised (its entry says so: the
+trainer then computes no reference and averages each candidate's log-prob over its tokens)
+and takes one option, its target margin ``simpo_gamma``.
 
-A context with positives but no negatives: ``pl`` and ``mult2`` give 0 (the only
-ordered partition has probability 1), ``mult`` gives ``sum_{p in P} (lse_P r - r_p)``
-(the multinomial surrogate over the positives alone, >= log k!), and ``dpo``, ``dmpo``,
-``sdpo`` raise ``ValueError``: they have no negative to compare against.
+A context with positives but no negatives: ``pl``, ``mult2`` and ``lipo`` give 0 (the only
+ordered partition has probability 1; no pair to weigh), ``mult`` gives
+``sum_{p in P} (lse_P r - r_p)`` (the multinomial surrogate over the positives alone,
+>= log k!), and ``dpo``, ``dmpo``, ``sdpo``, ``simpo`` raise ``ValueError``: they have no
+negative to compare against.
 
 The objectives assume a batch that ``compute`` has validated (every context has a
 positive, and a negative where the objective needs one); called directly on other
@@ -33,7 +37,8 @@ import torch.nn.functional as F
 
 from setdpo.plackett_luce import masked_logsumexp, present_levels, setwise_log_prob
 
-Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (rewards [B, n], levels [B, n], **options) -> per-context loss [B]
+Objective = Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -59,6 +64,17 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, x, 0.0).sum(-1) / count
 
 
+def _ordered_pairs(levels: torch.Tensor) -> torch.Tensor:
+    """[B, n, n] bool: (i, j) with 0 < g_i < g_j, i preferred to j."""
+    valid = levels > 0
+    return (levels[:, :, None] < levels[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+
+
+def _pair_logistic(rewards: torch.Tensor) -> torch.Tensor:
+    """[B, n, n]: ``-log sigmoid(r_i - r_j)`` for every (i, j)."""
+    return -F.logsigmoid(rewards[:, :, None] - rewards[:, None, :])
+
+
 def dpo(rewards: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     """DPO (Rafailov et al. 2023, eq. 7) over all pairs of different levels.
 
@@ -66,11 +82,28 @@ def dpo(rewards: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     positive and one negative the standard DPO loss; over several levels LiPO's
     pairwise Bradley-Terry form (Liu et al. 2024, arXiv 2402.01878).
     """
-    valid = levels > 0
-    pairs = (levels[:, :, None] < levels[:, None, :]) & valid[:, :, None] & valid[:, None, :]
-    diff = rewards[:, :, None] - rewards[:, None, :]  # [B, n, n]: r_i - r_j
-    losses = -F.logsigmoid(diff)
-    return torch.where(pairs, losses, 0.0).sum((1, 2)) / pairs.sum((1, 2))
+    pairs = _ordered_pairs(levels)
+    return torch.where(pairs, _pair_logistic(rewards), 0.0).sum((1, 2)) / pairs.sum((1, 2))
+
+
+SIMPO_GAMMA = 0.5  # SimPO's target margin: gamma / beta = 0.5 at beta 1 (TRL's simpo_gamma)
+
+
+def simpo(
+    rewards: torch.Tensor, levels: torch.Tensor, simpo_gamma: float = SIMPO_GAMMA
+) -> torch.Tensor:
+    """SimPO (Meng et al. 2024, arXiv 2405.14734, eq. 6) over all pairs of different levels.
+
+    Mean over pairs (i, j) with 0 < g_i < g_j of ``-log sigmoid(r_i - r_j - gamma)``, with
+    the reference-free, length-normalised reward ``r = beta / |y| log pi_theta(y|x)`` (the
+    entry's ``reference_free`` and ``length_normalized``: the trainer scores no reference
+    and averages log-probs over tokens). One positive and one negative give the paper's
+    loss; several positives and negatives (and levels) are averaged over pairs, as ``dpo``
+    does. ``simpo_gamma = 0`` is ``dpo`` on the same rewards.
+    """
+    pairs = _ordered_pairs(levels)
+    margin_loss = -F.logsigmoid(rewards[:, :, None] - rewards[:, None, :] - simpo_gamma)
+    return torch.where(pairs, margin_loss, 0.0).sum((1, 2)) / pairs.sum((1, 2))
 
 
 def dmpo(rewards: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -123,6 +156,62 @@ def pl(rewards: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     See ``setdpo.plackett_luce``; with k = 1 it equals ``sdpo``.
     """
     return -setwise_log_prob(rewards, levels)
+
+
+@torch.no_grad()
+def lambda_weights(rewards: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """LiPO-lambda's Lambda weights ``Delta_ij`` [B, n, n] (no gradient), 0 off the pairs.
+
+    ``Delta_ij = |G_i - G_j| |1/D(tau_i) - 1/D(tau_j)|`` for pairs 0 < g_i < g_j (Liu et al.
+    2024, arXiv 2402.01878, section 4; LambdaLoss, Wang et al. 2018), with
+
+    - the graded label ``psi = G_ctx - g``: how many levels an item lies above the
+      context's worst level ``G_ctx`` (binary: positives 1, negatives 0; padding ignored);
+    - the gain ``G = 2^psi`` (the paper's ``2^psi - 1`` gives the same differences);
+    - the discount ``D(tau) = log2(1 + tau)``, ``tau`` the item's place (1 = top) when the
+      context's candidates are sorted by the current rewards, best first.
+
+    Rewards that tie (every reward is 0 at the first step) leave ``tau`` open: the weight is
+    then its mean over the orders that break the ties uniformly at random (TF-Ranking
+    breaks them at random), so no column order matters. A tie group of m candidates
+    holds places a..a+m-1; for two different groups the mean is ``|mean 1/D over one -
+    mean 1/D over the other|``, inside one group ``sum_{p<q} (1/D(p) - 1/D(q)) / C(m, 2)``
+    over its places. Computed in float64.
+    """
+    r, valid = rewards.double(), levels > 0
+    n = r.shape[-1]
+    above = (r[:, None, :] > r[:, :, None]) & valid[:, None, :]  # [B, i, j]: r_j > r_i
+    tied = (r[:, None, :] == r[:, :, None]) & valid[:, None, :]  # [B, i, j]: r_j == r_i
+    first = 1 + above.sum(-1)  # [B, n]: the top place of i's tie group
+    last = first + tied.sum(-1) - 1  # [B, n]: its bottom place
+    place = torch.arange(1, n + 1, dtype=r.dtype, device=r.device)
+    inv_d = 1.0 / torch.log2(1.0 + place)  # 1 / D(p), p = 1..n
+    zero = r.new_zeros(1)
+    cum = torch.cat([zero, inv_d.cumsum(0)])  # cum[p] = sum_{q <= p} 1/D(q)
+    cum_p = torch.cat([zero, (place * inv_d).cumsum(0)])  # sum_{q <= p} q / D(q)
+    last = last.clamp(min=first)  # padding: an empty group, never read below
+    size, top = (last - first + 1).to(r.dtype), first.to(r.dtype)
+    s1 = cum[last] - cum[first - 1]  # sum of 1/D over the group's places
+    s2 = cum_p[last] - cum_p[first - 1]
+    mean = s1 / size  # [B, n]
+    # sum_{k=0}^{m-1} (m - 1 - 2k) / D(a + k) = (m - 1 + 2a) s1 - 2 s2, over C(m, 2) pairs.
+    within = ((size - 1 + 2 * top) * s1 - 2 * s2) * 2 / (size * (size - 1)).clamp(min=1)
+    spread = torch.where(tied, within[:, :, None], (mean[:, :, None] - mean[:, None, :]).abs())
+    psi = (levels.amax(-1, keepdim=True) - levels).to(r.dtype)
+    gain = torch.exp2(psi)
+    weights = (gain[:, :, None] - gain[:, None, :]).abs() * spread
+    return torch.where(_ordered_pairs(levels), weights, 0.0).to(rewards.dtype)
+
+
+def lipo(rewards: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """LiPO-lambda (Liu et al. 2024, arXiv 2402.01878, the Lambda-loss objective of section 4).
+
+    ``sum over pairs (i, j) with g_i < g_j of Delta_ij log(1 + exp(-(r_i - r_j)))``, the
+    Lambda weights ``Delta_ij`` of ``lambda_weights`` held constant (computed from the
+    detached rewards, as LambdaLoss does). Summed over pairs, not averaged, as the paper
+    writes it. A context with a single level gives 0.
+    """
+    return (lambda_weights(rewards, levels) * _pair_logistic(rewards)).sum((1, 2))
 
 
 def _check_tensor(label: str, x: torch.Tensor, shape: torch.Size | None) -> None:
@@ -198,12 +287,29 @@ def _validate(
         _check_finite("ref_logps", ref_logps, levels > 0)
 
 
+def _check_options(name: str, options: dict[str, float]) -> None:
+    """The options of ``compute`` are the entry's, each a finite number."""
+    allowed = OBJECTIVES[name].options
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        takes = ", ".join(allowed) or "none"
+        raise ValueError(f"{name} takes no option {', '.join(unknown)} (its options: {takes})")
+    for key, value in options.items():
+        try:
+            ok = math.isfinite(float(value))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{key} must be a finite number; got {value!r}")
+
+
 def compute(
     name: str,
     policy_logps: torch.Tensor,
     ref_logps: torch.Tensor | None,
     levels: torch.Tensor,
     beta: float,
+    **options: float,
 ) -> LossOutput:
     """Validate a batch, compute the implicit rewards and the objective ``name``.
 
@@ -214,6 +320,8 @@ def compute(
             rewards are ``beta * policy_logps``).
         levels: [B, n] integer, 1 = most preferred, larger = less, 0 = padding.
         beta: > 0, the reward scale.
+        options: the entry's ``options`` (``simpo_gamma`` for simpo); left out, the
+            function's default.
 
     Returns:
         ``LossOutput``; ``metrics`` are means over contexts (see ``reward_metrics``),
@@ -221,19 +329,21 @@ def compute(
         ``a_over_b`` for mult / mult2).
 
     Raises:
-        ValueError: unknown name, beta <= 0, wrong shape or dtype, levels not matching,
-            NaN or inf in a non-padding entry, a context with no positive, or (objectives
-            with ``needs_negatives``: dpo, dmpo, sdpo) a context with no negative. The
+        ValueError: unknown name, beta <= 0, an option the entry does not take or not a
+            finite number, wrong shape or dtype, levels not matching, NaN or inf in a
+            non-padding entry, a context with no positive, or (objectives with
+            ``needs_negatives``: dpo, dmpo, sdpo, simpo) a context with no negative. The
             message names the context.
     """
     key = canonical_name(name)
     entry = OBJECTIVES[key]
+    _check_options(key, options)
     _validate(key, policy_logps, ref_logps, levels, beta)
     valid = levels > 0
     margin = policy_logps if ref_logps is None else policy_logps - ref_logps
     # Padding may hold anything (even NaN): replace it before any arithmetic.
     rewards = torch.where(valid, float(beta) * margin, 0.0)
-    per_context = entry.function(rewards, levels)
+    per_context = entry.function(rewards, levels, **options)
     metrics = reward_metrics(rewards.detach(), levels)
     if entry.extra_metrics is not None:
         metrics.update(entry.extra_metrics(rewards.detach(), levels))
@@ -324,12 +434,20 @@ def bound_metrics(
 class ObjectiveEntry:
     """What the rest of the code knows about an objective.
 
-    function: the per-context loss ``(rewards [B, n], levels [B, n]) -> [B]``.
+    function: the per-context loss ``(rewards [B, n], levels [B, n], **options) -> [B]``.
     aliases: other accepted names (lower case).
     needs_negatives: a context without a negative is an error (``compute`` refuses it).
     multi_level: uses levels beyond positive / negative (run by default only on data
         with levels: `setdpo.quickstart`).
     extra_metrics: ``(rewards, levels) -> {name: float}`` logged beside `reward_metrics`.
+    reference_free: rewards are ``beta * s_theta``: the preference trainer computes, loads
+        and memoises no reference log-probs (`setdpo.training.preference`).
+    length_normalized: ``s_theta`` is the candidate's log-prob averaged over its tokens
+        (`PrefConfig` turns ``average_logps`` on: policy and hard negatives score so).
+    options: keyword arguments of ``function``, each a `PrefConfig` field of the same
+        name that the trainer passes to ``compute``.
+    quickstart: among the quickstart's default objectives (the README's demo and its
+        measured times are for these); the others run when named (``--losses``).
     """
 
     function: Objective
@@ -337,6 +455,10 @@ class ObjectiveEntry:
     needs_negatives: bool = False
     multi_level: bool = False
     extra_metrics: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] | None = None
+    reference_free: bool = False
+    length_normalized: bool = False
+    options: tuple[str, ...] = ()
+    quickstart: bool = True
 
 
 # Adding an objective: write its function above and add its entry here (docs/architecture.md).
@@ -354,6 +476,15 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
         extra_metrics=partial(bound_metrics, multi_level=True),
     ),
     "pl": ObjectiveEntry(pl),
+    "lipo": ObjectiveEntry(lipo, aliases=("lipo-lambda",), quickstart=False),
+    "simpo": ObjectiveEntry(
+        simpo,
+        needs_negatives=True,
+        reference_free=True,
+        length_normalized=True,
+        options=("simpo_gamma",),
+        quickstart=False,
+    ),
 }
 
 

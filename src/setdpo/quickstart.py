@@ -181,11 +181,13 @@ BUDGETS: dict[str, Budget] = {
 
 
 def _objectives(names: list[str], mode: str) -> list[str]:
-    """Canonical objective names; empty means every objective that the data mode allows."""
+    """Canonical objective names; empty means every objective of the quickstart's defaults
+    (`ObjectiveEntry.quickstart`) that the data mode allows."""
     from setdpo.losses import OBJECTIVES, canonical_name
 
-    binary = [name for name, entry in OBJECTIVES.items() if not entry.multi_level]
-    levelled = [name for name, entry in OBJECTIVES.items() if entry.multi_level]
+    default = {name: entry for name, entry in OBJECTIVES.items() if entry.quickstart}
+    binary = [name for name, entry in default.items() if not entry.multi_level]
+    levelled = [name for name, entry in default.items() if entry.multi_level]
     names = names or binary + (levelled if mode == "levels" else [])
     return [canonical_name(name) for name in names]
 
@@ -208,8 +210,8 @@ class QuickstartConfig:
     losses: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "objectives to align with (default: every objective of setdpo.losses, the "
-            "multi-level ones only in levels mode)"
+            "help": "objectives to align with (default: dpo, dmpo, sdpo, mult and pl, plus "
+            "mult2 in levels mode: the objectives of setdpo.losses marked for the quickstart)"
         },
     )
     llm_losses: list[str] = field(

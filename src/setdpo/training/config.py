@@ -11,6 +11,7 @@ file gives the same configuration back.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,7 @@ from transformers import TrainingArguments
 from setdpo import protocol
 from setdpo.atomic import atomic_write_text
 from setdpo.errors import InputError
-from setdpo.losses import canonical_name, names_help
+from setdpo.losses import OBJECTIVES, SIMPO_GAMMA, canonical_name, names_help
 from setdpo.paths import store_fields
 from setdpo.scoring import ScoringOptions
 from setdpo.training.optional import check_optional_packages
@@ -205,6 +206,13 @@ class PrefConfig(_SetdpoArguments):
     )
     loss: str = field(default="mult", metadata={"help": f"Objective: {names_help()}."})
     beta: float = field(default=1.0, metadata={"help": "Reward scale: r = beta (s_theta - s_ref)."})
+    simpo_gamma: float = field(
+        default=SIMPO_GAMMA,
+        metadata={
+            "help": "SimPO's target reward margin gamma (`loss: simpo`, >= 0), in reward units: "
+            "the paper recommends gamma / beta about 0.5, so scale it with beta."
+        },
+    )
     num_negatives: int = field(
         default=3,
         metadata={"help": "Negatives drawn per step from each example's negatives; 0 = all."},
@@ -242,7 +250,11 @@ class PrefConfig(_SetdpoArguments):
         },
     )
     average_logps: bool = field(
-        default=False, metadata={"help": "Length-average candidate log-probs instead of summing."}
+        default=False,
+        metadata={
+            "help": "Length-average candidate log-probs instead of summing (always on for a "
+            "length-normalised objective: simpo)."
+        },
     )
     chunk_size: int | None = field(
         default=None,
@@ -262,6 +274,10 @@ class PrefConfig(_SetdpoArguments):
             raise InputError(f"unknown loss {self.loss!r}: {err}") from err
         if self.beta <= 0:
             raise InputError(f"beta must be > 0, got {self.beta}")
+        if not math.isfinite(self.simpo_gamma) or self.simpo_gamma < 0:
+            raise InputError(f"simpo_gamma must be a finite number >= 0, got {self.simpo_gamma}")
+        if OBJECTIVES[self.loss].length_normalized:
+            self.average_logps = True
         if self.num_negatives < 0:
             raise InputError(f"num_negatives must be >= 0 (0 = all), got {self.num_negatives}")
         if self.hard_temperature <= 0:
@@ -277,6 +293,10 @@ class PrefConfig(_SetdpoArguments):
     def scoring_options(self) -> ScoringOptions:
         """How the policy, the reference and hard negatives score candidates."""
         return ScoringOptions(self.share_prefix, self.average_logps, self.chunk_size)
+
+    def loss_options(self) -> dict[str, float]:
+        """The objective's options (its entry's `options`), as `losses.compute` takes them."""
+        return {name: getattr(self, name) for name in OBJECTIVES[self.loss].options}
 
 
 def load_config(

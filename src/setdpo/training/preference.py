@@ -7,6 +7,8 @@ trains and the reference is a frozen copy of the SFT model, loaded only when a l
 missing from the memo. Either way the reference is the SFT model, its log-probs are computed
 when a batch first needs them and memoised in the SFT run directory (`training.reference`),
 and the model's dropout is off (`disable_dropout`), so every reward is 0 at the first step.
+A reference-free objective (its `ObjectiveEntry.reference_free`: simpo) has no reference at
+all: nothing is scored, loaded or memoised for it.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ class PreferenceTrainer(RunTrainer):
     def __init__(
         self,
         *args: Any,
-        reference: Reference,
+        reference: Reference | None,
         hard_negatives: HardNegatives | None = None,
         **kwargs: Any,
     ) -> None:
@@ -170,14 +172,15 @@ class PreferenceTrainer(RunTrainer):
         args, start = self.args, time.perf_counter()
         if model.training and self.hard_negatives is not None:
             inputs = self.draw_hard_negatives(model, inputs)
-        ref = self.reference(inputs)
+        ref = None if self.reference is None else self.reference(inputs)  # None: reference-free
         scores = self.policy_logps(model, inputs)
         out = losses.compute(
             args.loss,
             scores.logps,
-            ref.to(scores.logps),
+            None if ref is None else ref.to(scores.logps),
             inputs["levels"].to(scores.logps.device),
             args.beta,
+            **args.loss_options(),
         )
         loss, metrics = out.loss, dict(out.metrics)
         if args.sft_weight > 0:
@@ -292,7 +295,7 @@ def _reference(
 
 def build_pref_trainer(config: PrefConfig) -> PreferenceTrainer:
     """The SFT run's model (a fresh adapter, or every weight with `peft: none`), datasets, the
-    memoised reference and callbacks."""
+    memoised reference (none for a reference-free objective) and callbacks."""
     set_seed(config.seed)  # the fresh adapter's A matrices draw from the global generator
     model, tokenizer = models.prepare_preference_model(
         config.init, config.lora_settings(), device=config.device, dtype=torch.float32
@@ -308,7 +311,11 @@ def build_pref_trainer(config: PrefConfig) -> PreferenceTrainer:
     )
     valid = PreferenceDataset(tokenize_lazily(valid_examples, tokenizer, config), config.seed, 0)
     splits = {"train": train, "valid": valid} if len(valid) else {"train": train}
-    reference = _reference(model, tokenizer, config, splits)
+    reference = None
+    callbacks: list[Any] = [EpochCallback([train])]
+    if not losses.OBJECTIVES[config.loss].reference_free:
+        reference = _reference(model, tokenizer, config, splits)
+        callbacks.append(MemoFlush(reference.memo))
     args = config
     if not len(valid) and config.eval_on_start:  # nothing to evaluate at the start
         args = copy.copy(config)  # the trainer's own arguments: the user's config stays as given
@@ -320,7 +327,7 @@ def build_pref_trainer(config: PrefConfig) -> PreferenceTrainer:
         eval_dataset=valid if len(valid) else None,
         data_collator=PreferenceCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[EpochCallback([train]), MemoFlush(reference.memo)],
+        callbacks=callbacks,
         reference=reference,
         hard_negatives=HardNegatives.of(config),
     )
@@ -337,6 +344,6 @@ def train_pref(config: PrefConfig, resume: bool = False) -> Path:
     """
     trainer = build_pref_trainer(config)
     run_dir = train_and_close(trainer, config, resume, init_run=config.init)
-    if trainer.is_world_process_zero():
+    if trainer.is_world_process_zero() and trainer.reference is not None:
         trainer.reference.memo.merge_shards()
     return run_dir
