@@ -28,6 +28,7 @@ def test_the_expected_configs_are_there() -> None:
         "sdpo_protocol.yaml",
         "multdpo_protocol.yaml",
         "mult2_ml1m_levels.yaml",
+        "item_tokens_protocol.yaml",
     }
 
 
