@@ -131,7 +131,10 @@ MOVIELENS_LICENSE = (
 )
 # ml-20m.zip: size and SHA-256 from tensorflow/datasets tensorflow_datasets/url_checksums/
 # movielens.txt (also ISG-Siegen/OmniRec src/omnirec/data_loaders/movielens_large.py). No
-# SHA-256 of ml-10m.zip or ml-32m.zip was found (GroupLens publishes MD5 only).
+# SHA-256 of ml-10m.zip or ml-32m.zip was found (GroupLens publishes MD5 only). ml-20m's size is
+# also Academic Torrents' (torrent 296054417b4d8eeeb4c7b1c842570bf792ee4d14). GroupLens prints
+# only rounded sizes for ml-10m.zip (63 MB) and ml-32m.zip (239 MB); those are in docs/data.md,
+# not here, as the downloader checks `size` exactly.
 MOVIELENS = {
     # name: (sha256, size, ratings file, movies file, format, ratings in the README)
     "ml-10m": (None, None, "ratings.dat", "movies.dat", "dat", "10,000,054"),
