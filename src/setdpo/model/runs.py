@@ -8,6 +8,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftModel
@@ -70,6 +71,7 @@ def save_run_model(
     init_run: str | os.PathLike | None = None,
     adapter_dir: str | None = None,
     trust_remote_code: bool = False,
+    best: dict[str, Any] | None = None,
 ) -> Path:
     """Save a trained model into ``run_dir`` so that ``load(run_dir)`` rebuilds it; returns
     the ``setdpo_model.json`` written (atomically, after everything else).
@@ -86,7 +88,9 @@ def save_run_model(
 
     A peft model's active adapter goes to ``adapter_dir`` (default ``adapters/sft`` after
     ``base_model``, ``adapters/pref`` after ``init_run``). A model without adapter (full
-    fine-tuning) is saved whole as ``run_dir/base``, with no adapters.
+    fine-tuning) is saved whole as ``run_dir/base``, with no adapters. ``best`` (the
+    checkpoint an early-stopped run restored: ``step``, ``metric``, ``value``) is recorded as
+    given.
     """
     if (base_model is None) == (init_run is None):
         raise ValueError("save_run_model needs exactly one of base_model and init_run")
@@ -106,7 +110,13 @@ def save_run_model(
         tokenizer.save_pretrained(run_dir / "base")
         base, adapters = "base", []
     tokenizer.save_pretrained(run_dir)
-    record = {"base_model": base, "adapters": adapters, "trust_remote_code": trust_remote_code}
+    record: dict[str, Any] = {
+        "base_model": base,
+        "adapters": adapters,
+        "trust_remote_code": trust_remote_code,
+    }
+    if best is not None:
+        record["best"] = best
     return atomic_write_json(run_dir / RUN_MODEL_FILE, record)
 
 

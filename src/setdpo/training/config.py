@@ -26,6 +26,7 @@ from setdpo.errors import InputError
 from setdpo.losses import OBJECTIVES, SIMPO_GAMMA, canonical_name, names_help
 from setdpo.paths import store_fields
 from setdpo.scoring import ScoringOptions
+from setdpo.training import early_stopping
 from setdpo.training.optional import check_optional_packages
 
 RESOLVED_CONFIG = "resolved_config.yaml"
@@ -264,6 +265,16 @@ class PrefConfig(_SetdpoArguments):
     eval_on_start: bool = field(
         default=True, metadata={"help": "Evaluate on the valid split before the first step."}
     )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop after this many valid evaluations without a new best "
+            "`metric_for_best_model` (default `eval_loss`; also `eval_reward_accuracy`, "
+            "`eval_reward_margin`, `eval_nll`), then restore the best checkpoint. Needs "
+            "eval_strategy `steps` (with eval_steps) or `epoch` and a valid split; sets "
+            "load_best_model_at_end and save_strategy `best`. None = train the whole budget."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.init:
@@ -288,6 +299,7 @@ class PrefConfig(_SetdpoArguments):
             raise InputError(str(err)) from err
         if self.sft_weight < 0:
             raise InputError(f"sft_weight must be >= 0, got {self.sft_weight}")
+        early_stopping.configure(self)
         super().__post_init__()
 
     def scoring_options(self) -> ScoringOptions:

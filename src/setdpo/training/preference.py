@@ -26,7 +26,9 @@ from transformers import set_seed
 
 from setdpo import losses
 from setdpo import model as models
+from setdpo.errors import InputError
 from setdpo.scoring import CandidateScores, ScoringOptions
+from setdpo.training import early_stopping
 from setdpo.training.callbacks import EpochCallback, check_finite
 from setdpo.training.config import PrefConfig
 from setdpo.training.data import (
@@ -311,8 +313,12 @@ def build_pref_trainer(config: PrefConfig) -> PreferenceTrainer:
     )
     valid = PreferenceDataset(tokenize_lazily(valid_examples, tokenizer, config), config.seed, 0)
     splits = {"train": train, "valid": valid} if len(valid) else {"train": train}
+    if not len(valid) and config.early_stopping_patience is not None:
+        raise InputError(
+            f"early_stopping_patience needs a valid split, and {config.data} has no hf/valid"
+        )
     reference = None
-    callbacks: list[Any] = [EpochCallback([train])]
+    callbacks: list[Any] = [EpochCallback([train]), *early_stopping.callbacks(config)]
     if not losses.OBJECTIVES[config.loss].reference_free:
         reference = _reference(model, tokenizer, config, splits)
         callbacks.append(MemoFlush(reference.memo))
@@ -340,7 +346,9 @@ def train_pref(config: PrefConfig, resume: bool = False) -> Path:
     and after the last (`eval_*` entries of trainer_state.json). The run directory ends as
     `train_sft`'s does: with LoRA its `setdpo_model.json` lists the SFT adapter then this
     run's; with full fine-tuning the whole model is saved as `base/`. The reference memo's
-    shards are merged into one file at the end.
+    shards are merged into one file at the end. With `early_stopping_patience` the run stops
+    once the valid metric stops improving and ends with its best checkpoint's weights
+    (`training.early_stopping`).
     """
     trainer = build_pref_trainer(config)
     run_dir = train_and_close(trainer, config, resume, init_run=config.init)

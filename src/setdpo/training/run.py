@@ -21,6 +21,7 @@ from setdpo.atomic import atomic_write_with
 from setdpo.data.schema import PreferenceExample
 from setdpo.data.store import open_split
 from setdpo.errors import InputError
+from setdpo.training import early_stopping
 from setdpo.training.config import write_resolved_config
 from setdpo.training.data import LazyTokenized
 
@@ -176,6 +177,11 @@ def train_and_close(trainer: Trainer, config: Any, resume: bool, **run_model: An
     process: the resolved config, the trainer state and the model with
     `setdpo.model.save_run_model(..., **run_model)`, whose `setdpo_model.json` comes last, so
     a folder that has it is a finished run.
+
+    A run that restored its best checkpoint (`load_best_model_at_end`: early stopping) saves
+    those weights, records the checkpoint as `best` in `setdpo_model.json` (`step`, `metric`,
+    `value`; `best_global_step` and `best_metric` in `trainer_state.json`) and then deletes
+    its checkpoints.
     """
     checkpoint = None
     if resume and trainer.is_world_process_zero():
@@ -187,11 +193,17 @@ def train_and_close(trainer: Trainer, config: Any, resume: bool, **run_model: An
         trainer.evaluate()
     log_truncation(trainer)
     run_dir = Path(config.output_dir)
+    best = early_stopping.best_record(trainer)
+    if best is not None:
+        trainer.state.best_model_checkpoint = None  # removed below: its weights are the run's
+        run_model["best"] = best
     if trainer.is_world_process_zero():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / models.RUN_MODEL_FILE).unlink(missing_ok=True)  # a finished run trained again
         write_resolved_config(config, run_dir)
         write_trainer_state(trainer, run_dir)
         models.save_run_model(trainer.model, trainer.processing_class, run_dir, **run_model)
+        if best is not None:
+            early_stopping.remove_checkpoints(run_dir)
     trainer.accelerator.wait_for_everyone()
     return run_dir
