@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from setdpo import losses
+from setdpo import losses, objectives_adaptive
 from setdpo.losses import compute
 
 F64 = torch.float64
@@ -173,18 +173,21 @@ def test_positives_without_negatives():
     mult = compute("mult", pol, None, levels, 1.0).per_context
     assert mult[0].item() == pytest.approx(2 * math.log(2), rel=1e-12)  # 2 (lse_P - r_p)
     assert compute("mult2", pol, None, levels, 1.0).per_context[0].item() == 0.0
-    for name in ("dpo", "dmpo", "sdpo", "S-DPO"):
+    for name in ("dpo", "dmpo", "sdpo", "S-DPO", "dynamicpo", "recpo"):
         with pytest.raises(ValueError, match=r"context 0 has positives but no negative"):
             compute(name, pol, None, levels, 1.0)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_gradcheck(name):
+def test_gradcheck(name, monkeypatch):
     levels = torch.tensor([[1, 2, 2, 1, 0], [2, 1, 3, 2, 3]])
     if name in ("dmpo", "sdpo", "mult"):
         levels = levels.clamp(max=2)
     pol = _logps(21, (2, 5), 2.0).requires_grad_()
     ref = _logps(22, (2, 5), 2.0).requires_grad_()
+    if name == "dynamicpo":  # its beta factors are constants of the step: hold them fixed
+        fixed = objectives_adaptive.dynamicpo_selection(0.7 * (pol - ref).detach(), levels)
+        monkeypatch.setattr(objectives_adaptive, "dynamicpo_selection", lambda *a: fixed)
     assert torch.autograd.gradcheck(
         lambda p, r: compute(name, p, r, levels, 0.7).per_context, (pol, ref)
     )
@@ -193,7 +196,7 @@ def test_gradcheck(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_padding_never_changes_results(name):
     levels = torch.tensor([[1, 2, 2, 2], [2, 1, 1, 2]])
-    if name in ("dpo", "mult2", "pl", "lipo", "simpo"):
+    if name in ("dpo", "mult2", "pl", "lipo", "simpo", "dynamicpo", "recpo"):
         levels[1, 3] = 3
     pol, ref = _logps(31, (2, 4), 3.0), _logps(32, (2, 4), 3.0)
     base = compute(name, pol, ref, levels, 0.5)
@@ -458,6 +461,8 @@ def test_the_new_entries_say_what_the_trainer_needs():
     simpo, lipo = losses.OBJECTIVES["simpo"], losses.OBJECTIVES["lipo"]
     assert simpo.reference_free and simpo.length_normalized and simpo.options == ("simpo_gamma",)
     assert not (lipo.reference_free or lipo.length_normalized or lipo.options)
+    assert losses.OBJECTIVES["dynamicpo"].options == ("dynamicpo_margin", "dynamicpo_alpha")
+    assert losses.OBJECTIVES["recpo"].options == ("recpo_lambda",)
     # The quickstart's defaults stay the five objectives its README timings are for.
     default = [name for name, entry in losses.OBJECTIVES.items() if entry.quickstart]
     assert default == ["dpo", "dmpo", "sdpo", "mult", "mult2", "pl"]

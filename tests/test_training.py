@@ -425,6 +425,8 @@ def _lipo_at_a_start(n: int) -> tuple[float, float]:
         ("pl", math.log(20)),
         ("lipo", _lipo_at_a_start(20)),
         ("simpo", None),  # reference-free: its first rewards are the SFT model's log-probs
+        ("dynamicpo", math.log(2)),  # tied rewards: every negative is boundary, beta x 0.5
+        ("recpo", math.log(1 + 19 * math.e)),  # 19 negatives, margin 2 lambda = 1
     ],
 )
 def test_every_objective_decreases_on_a_fixed_batch(
@@ -518,8 +520,14 @@ def test_sft_weight_adds_the_positive_nll(
 
 @pytest.mark.parametrize(
     ("loss", "values"),
-    [("lipo", []), ("simpo", []), ("simpo", ["--peft", "none", "--precompute-ref", "true"])],
-    ids=["lipo", "simpo", "simpo-full-precomputed"],
+    [
+        ("lipo", []),
+        ("simpo", []),
+        ("simpo", ["--peft", "none", "--precompute-ref", "true"]),
+        ("dynamicpo", ["--dynamicpo-margin", "1.0", "--dynamicpo-alpha", "0.25"]),
+        ("recpo", ["--recpo-lambda", "1.5"]),
+    ],
+    ids=["lipo", "simpo", "simpo-full-precomputed", "dynamicpo", "recpo"],
 )
 def test_newer_objectives_train_from_the_command_line(
     loss: str,
@@ -550,9 +558,15 @@ def test_newer_objectives_train_from_the_command_line(
     assert len([entry for entry in history if "eval_loss" in entry]) == 2
     resolved = load_config(PrefConfig, out / "resolved_config.yaml")
     assert resolved.loss == loss
-    if loss == "lipo":
+    if loss != "simpo":
         assert reference_counter["reference_contexts"] == 8 + 4
         assert len(list((fresh_sft / MEMO_DIR).iterdir())) == 1
+        options = {
+            "lipo": {},
+            "dynamicpo": {"dynamicpo_margin": 1.0, "dynamicpo_alpha": 0.25},
+            "recpo": {"recpo_lambda": 1.5},
+        }
+        assert resolved.loss_options() == options[loss]
     else:
         assert reference_counter["reference_contexts"] == 0
         assert not (fresh_sft / MEMO_DIR).exists() and not (out / MEMO_DIR).exists()

@@ -71,6 +71,10 @@ def test_unknown_cli_field_exits_with_usage() -> None:
         ({"hard_temperature": 0.0}, "hard_temperature must be > 0"),
         ({"loss": "simpo", "simpo_gamma": -0.1}, "simpo_gamma must be a finite number >= 0"),
         ({"simpo_gamma": float("nan")}, "simpo_gamma must be a finite number >= 0, got nan"),
+        ({"dynamicpo_margin": -1.0}, "dynamicpo_margin must be a finite number >= 0"),
+        ({"dynamicpo_alpha": 1.0}, "dynamicpo_alpha must be >= 0 and < 1, got 1.0"),
+        ({"dynamicpo_alpha": float("nan")}, "dynamicpo_alpha must be >= 0 and < 1, got nan"),
+        ({"recpo_lambda": float("inf")}, "recpo_lambda must be a finite number >= 0, got inf"),
     ],
 )
 def test_invalid_pref_values_are_named(values: dict, message: str) -> None:
@@ -97,6 +101,10 @@ def test_the_objective_s_entry_sets_scoring_and_options() -> None:
     assert simpo.average_logps and simpo.scoring_options().average
     assert simpo.loss_options() == {"simpo_gamma": 1.25}
     assert parse_fields(PrefConfig, ["--simpo-gamma", "0.3"]) == {"simpo_gamma": 0.3}
+    recpo = load_config(PrefConfig, None, {**REQUIRED, "loss": "RecPO", "recpo_lambda": 2.0})
+    assert recpo.loss_options() == {"recpo_lambda": 2.0} and not recpo.average_logps
+    dynamic = load_config(PrefConfig, None, {**REQUIRED, "loss": "dynamicpo"})
+    assert dynamic.loss_options() == {"dynamicpo_margin": 2.0, "dynamicpo_alpha": 0.5}
     lipo = load_config(PrefConfig, None, {**REQUIRED, "loss": "LiPO-lambda"})
     assert lipo.loss == "lipo" and not lipo.average_logps and lipo.loss_options() == {}
 

@@ -12,13 +12,14 @@ Binary objectives (``dmpo``, ``sdpo``, ``mult``) treat level 1 as positive (P, k
 and every level > 1 as negative (N). ``dpo``, ``mult2``, ``pl``, ``lipo`` and ``simpo`` use
 every level. ``simpo`` is reference-free and length-normalised (its entry says so: the
 trainer then computes no reference and averages each candidate's log-prob over its tokens)
-and takes one option, its target margin ``simpo_gamma``.
+and takes one option, its target margin ``simpo_gamma``. ``dynamicpo`` and ``recpo``
+(``setdpo.objectives_adaptive``) are binary, with per-pair betas or margins and options.
 
 A context with positives but no negatives: ``pl``, ``mult2`` and ``lipo`` give 0 (the only
 ordered partition has probability 1; no pair to weigh), ``mult`` gives
 ``sum_{p in P} (lse_P r - r_p)`` (the multinomial surrogate over the positives alone,
->= log k!), and ``dpo``, ``dmpo``, ``sdpo``, ``simpo`` raise ``ValueError``: they have no
-negative to compare against.
+>= log k!), and ``dpo``, ``dmpo``, ``sdpo``, ``simpo``, ``dynamicpo`` and ``recpo`` raise
+``ValueError``: they have no negative to compare against.
 
 The objectives assume a batch that ``compute`` has validated (every context has a
 positive, and a negative where the objective needs one); called directly on other
@@ -35,6 +36,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from setdpo.objectives_adaptive import dynamicpo, dynamicpo_metrics, recpo
 from setdpo.plackett_luce import masked_logsumexp, present_levels, setwise_log_prob
 
 # (rewards [B, n], levels [B, n], **options) -> per-context loss [B]
@@ -320,19 +322,21 @@ def compute(
             rewards are ``beta * policy_logps``).
         levels: [B, n] integer, 1 = most preferred, larger = less, 0 = padding.
         beta: > 0, the reward scale.
-        options: the entry's ``options`` (``simpo_gamma`` for simpo); left out, the
-            function's default.
+        options: the entry's ``options`` (``simpo_gamma`` for simpo, ``dynamicpo_margin``
+            and ``dynamicpo_alpha`` for dynamicpo, ``recpo_lambda`` for recpo); left out,
+            the function's default.
 
     Returns:
         ``LossOutput``; ``metrics`` are means over contexts (see ``reward_metrics``),
         plus the entry's ``extra_metrics`` (``bound_gap``, ``bound_gap_max`` and
-        ``a_over_b`` for mult / mult2).
+        ``a_over_b`` for mult / mult2; ``boundary_share`` for dynamicpo).
 
     Raises:
         ValueError: unknown name, beta <= 0, an option the entry does not take or not a
             finite number, wrong shape or dtype, levels not matching, NaN or inf in a
             non-padding entry, a context with no positive, or (objectives with
-            ``needs_negatives``: dpo, dmpo, sdpo, simpo) a context with no negative. The
+            ``needs_negatives``: dpo, dmpo, sdpo, simpo, dynamicpo, recpo) a context with no
+            negative. The
             message names the context.
     """
     key = canonical_name(name)
@@ -484,6 +488,17 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
         length_normalized=True,
         options=("simpo_gamma",),
         quickstart=False,
+    ),
+    # setdpo.objectives_adaptive: per-pair adaptive beta / margins from recommendation papers.
+    "dynamicpo": ObjectiveEntry(
+        dynamicpo,
+        needs_negatives=True,
+        extra_metrics=dynamicpo_metrics,
+        options=("dynamicpo_margin", "dynamicpo_alpha"),
+        quickstart=False,
+    ),
+    "recpo": ObjectiveEntry(
+        recpo, needs_negatives=True, options=("recpo_lambda",), quickstart=False
     ),
 }
 

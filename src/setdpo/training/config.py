@@ -24,6 +24,7 @@ from setdpo import protocol
 from setdpo.atomic import atomic_write_text
 from setdpo.errors import InputError
 from setdpo.losses import OBJECTIVES, SIMPO_GAMMA, canonical_name, names_help
+from setdpo.objectives_adaptive import DYNAMICPO_ALPHA, DYNAMICPO_MARGIN, RECPO_LAMBDA
 from setdpo.paths import store_fields
 from setdpo.scoring import ScoringOptions
 from setdpo.training import early_stopping
@@ -214,6 +215,29 @@ class PrefConfig(_SetdpoArguments):
             "the paper recommends gamma / beta about 0.5, so scale it with beta."
         },
     )
+    dynamicpo_margin: float = field(
+        default=DYNAMICPO_MARGIN,
+        metadata={
+            "help": "DynamicPO's fixed margin m in its per-pair beta factor "
+            "1 + alpha tanh((d1 - d2 - m) / (|d1| + |d2|)) (`loss: dynamicpo`, >= 0), in "
+            "reward units (the authors' 2.0)."
+        },
+    )
+    dynamicpo_alpha: float = field(
+        default=DYNAMICPO_ALPHA,
+        metadata={
+            "help": "DynamicPO's bound on the per-pair beta change: factors lie in "
+            "[1 - alpha, 1 + alpha] (`loss: dynamicpo`, 0 <= alpha < 1; the authors' 0.5)."
+        },
+    )
+    recpo_lambda: float = field(
+        default=RECPO_LAMBDA,
+        metadata={
+            "help": "RecPO's margin weight lambda (`loss: recpo`, >= 0): a negative must trail "
+            "a positive by lambda s_p / s_n, s = levels above the context's worst + 1 "
+            "(binary data: 2 lambda). 0 is sdpo."
+        },
+    )
     num_negatives: int = field(
         default=3,
         metadata={"help": "Negatives drawn per step from each example's negatives; 0 = all."},
@@ -287,6 +311,12 @@ class PrefConfig(_SetdpoArguments):
             raise InputError(f"beta must be > 0, got {self.beta}")
         if not math.isfinite(self.simpo_gamma) or self.simpo_gamma < 0:
             raise InputError(f"simpo_gamma must be a finite number >= 0, got {self.simpo_gamma}")
+        for name in ("dynamicpo_margin", "recpo_lambda"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise InputError(f"{name} must be a finite number >= 0, got {value}")
+        if not 0 <= self.dynamicpo_alpha < 1:  # NaN fails too
+            raise InputError(f"dynamicpo_alpha must be >= 0 and < 1, got {self.dynamicpo_alpha}")
         if OBJECTIVES[self.loss].length_normalized:
             self.average_logps = True
         if self.num_negatives < 0:
