@@ -71,7 +71,7 @@ def _entry_at(history: list[dict[str, Any]], step: int) -> tuple[str, dict[str, 
     evals = [e for e in history[:end] + history[end:] if _is_eval(e) and e.get("step") == step]
     if evals:
         return "valid", evals[0]
-    train = [e for e in history[:end] if "loss" in e and e.get("step", step + 1) <= step]
+    train = [e for e in history[:end] if "loss" in e and e.get("step", 0) <= step]
     return "train", (train[-1] if train else None)
 
 
