@@ -48,6 +48,25 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
         plt.close(fig)
 
 
+def _step_panel(ax: Any, title: str) -> None:
+    """A panel over training steps: its title, integer steps, a grid."""
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+
+
+def _save_titled(fig: plt.Figure, folder: Path, name: str, title: str) -> str:
+    """``folder/<name>.png`` under ``title``; returns ``name``."""
+    fig.suptitle(title)
+    save_figure(fig, folder / f"{name}.png")
+    return name
+
+
+def _label(setting: tuple[tuple[str, str], ...]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in setting) or "all"
+
+
 def plot_training(plan: Plan, folder: Path) -> dict[str, str]:
     """Per setting: one panel per logged quantity, one line per objective (the first seed)."""
     plots = {}
@@ -63,15 +82,11 @@ def plot_training(plan: Plan, folder: Path) -> dict[str, str]:
                 steps, values = series(log_history(run), key)
                 if steps:
                     ax.plot(steps, values, marker=".", label=name)
-            ax.set_title(title)
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
+            _step_panel(ax, title)
         axes[0].legend()
-        label = ", ".join(f"{k}={v}" for k, v in setting) or "all"
-        fig.suptitle(f"Preference training, {label}, seed {cell.seed} (train split)")
-        name = f"training_{index}"
-        save_figure(fig, folder / f"{name}.png")
-        plots[name] = (
+        label = _label(setting)
+        title = f"Preference training, {label}, seed {cell.seed} (train split)"
+        plots[_save_titled(fig, folder, f"training_{index}", title)] = (
             f"Training loss, reward accuracy and reward margin per step of each objective "
             f"({label}, seed {cell.seed}; each step sees a new batch, so steps are noisy)."
         )
@@ -178,3 +193,44 @@ def plot_bound(summary: dict[str, Any], folder: Path) -> dict[str, str]:
         "seeds) over steps, and per setting the mean gap, its upper bound (k-1) log(1 + A/B) "
         "and A/B for each seed."
     }
+
+
+VALID_PLOT = "valid_"  # plots/valid_<setting index>.png
+
+
+def plot_valid_curves(plan: Plan, runs: list[dict[str, Any]], folder: Path) -> dict[str, str]:
+    """Per setting: each preference run's valid metric at every evaluation, one line per
+    objective and seed, the chosen step starred (the restored best under early stopping,
+    else the last step). A panel per objective (their losses differ in scale; and per valid
+    metric when runs were selected on several), a line style per seed. ``runs``:
+    `setdpo.study.runs.pref_runs`."""
+    plots = {}
+    styles = ["-", "--", ":", "-."]
+    for index, setting in enumerate(plan.settings()):
+        rows = [r for r in runs if tuple(r["setting"].items()) == setting and r["curve"]["step"]]
+        if not rows:
+            continue
+        panels = list(dict.fromkeys((r["objective"], r["metric"]) for r in rows))
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
+        for i, (ax, (objective, metric)) in enumerate(zip(axes[0], panels, strict=True)):
+            for row in rows:
+                if (row["objective"], row["metric"]) != (objective, metric):
+                    continue
+                style = styles[plan.config.seeds.index(row["seed"]) % len(styles)]
+                curve, color = row["curve"], f"C{i}"
+                ax.plot(curve["step"], curve["value"], style, color=color, marker=".",
+                        label=f"seed {row['seed']}")  # fmt: skip
+                if row["metric_value"] is not None:
+                    ax.plot(row["chosen_step"], row["metric_value"], "*", color=color, ms=14,
+                            markeredgecolor="black")  # fmt: skip
+            _step_panel(ax, f"{objective}: {metric}")
+            ax.legend(fontsize=7)
+        label = _label(setting)
+        title = f"Valid curves of the preference runs, {label} (*: the chosen step)"
+        plots[_save_titled(fig, folder, f"{VALID_PLOT}{index}", title)] = (
+            f"Valid curves ({label}): the valid metric at every evaluation of each preference "
+            "run (step 0: the SFT model, evaluated before the first step), a panel per "
+            "objective, a line per seed; the star is the chosen step: the restored best under "
+            "early stopping, else the last step."
+        )
+    return plots

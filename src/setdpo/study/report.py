@@ -5,8 +5,16 @@ Built from whatever evaluations exist (a study still running, or cut short, repo
 seeds it has, and says how many), reading only files the stages wrote:
 
     eval/<model>/<tag>.json         per-context metric values (setdpo evaluate)
-    runs/pref/<tag>/trainer_state.json   per-step logs (bound gap and A/B of mult runs)
+    runs/pref/<tag>/trainer_state.json   per-step logs (bound gap and A/B of mult runs),
+                                    valid evaluations (each run's valid curve)
+    runs/pref/<tag>/setdpo_model.json    the restored best step of an early-stopped run
     stages/<name>.json              each stage's seconds
+
+Each preference run is also reported at its chosen step (`setdpo.study.runs`): the restored
+best under early stopping, else the last step; its valid metric, reward margin, reward
+accuracy, A/B and bound gap there (from the valid evaluation at that step when there is one,
+else the last training log up to it; the table says which), and its valid curve is plotted
+with that step marked.
 
 Writes ``summary.json`` (every number of the report), ``report.md`` and ``plots/*.png``,
 atomically.
@@ -26,8 +34,9 @@ from setdpo.atomic import atomic_write_json, atomic_write_text
 from setdpo.errors import InputError
 from setdpo.evaluation.results import ContextResult, load_results
 from setdpo.study.plan import Cell, Plan, build_plan, load_study
-from setdpo.study.plots import log_history, series
+from setdpo.study.plots import VALID_PLOT, log_history, series
 from setdpo.study.runner import read_record
+from setdpo.study.runs import RUN_KEYS, pref_runs, trained_steps
 from setdpo.study.stats import holm, paired_difference, summarize_cell
 
 Setting = tuple[tuple[str, str], ...]
@@ -130,6 +139,7 @@ def summarize(plan: Plan) -> dict[str, Any]:
         "agreement": _agreement(plan, data),
         "bound": _bound(plan),
         "times": _times(plan),
+        "runs": pref_runs(plan),
     }
 
 
@@ -199,7 +209,9 @@ def _times(plan: Plan) -> list[dict[str, Any]]:
         if "seconds" not in record:
             continue
         what = stage.name.split("/")[1] if stage.kind == "eval" else stage.settings.get("loss", "")
-        steps = stage.settings.get("max_steps") if stage.kind in ("sft", "pref") else None
+        steps = None
+        if stage.kind in ("sft", "pref"):  # taken, not the cap: early stopping ends sooner
+            steps = trained_steps(stage.output) or stage.settings.get("max_steps")
         groups[(stage.kind, what)].append((record["seconds"], record.get("cpu_seconds"), steps))
     rows = []
     for (kind, what), values in groups.items():
@@ -291,9 +303,11 @@ def report_text(plan: Plan, summary: dict[str, Any], plots: dict[str, str]) -> s
                     f"{_p(p['p_value'])} | {_p(p['p_holm'])} | {p['mdd']:.4f} | {_verdict(p)} |"
                 )
             lines.append("")
+    lines += runs_section(plan, summary, plots)
     lines += _extra_tables(summary, metric)
     for name, caption in plots.items():
-        lines += [f"![{name}](plots/{name}.png)", "", caption, ""]
+        if not name.startswith(VALID_PLOT):  # shown under their runs' table
+            lines += [f"![{name}](plots/{name}.png)", "", caption, ""]
     return "\n".join(lines)
 
 
@@ -350,10 +364,70 @@ def _extra_tables(summary: dict[str, Any], metric: str) -> list[str]:
     return lines
 
 
+RUN_COLUMNS = ("reward margin", "reward accuracy", "A/B", "bound gap")
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _run_line(row: dict[str, Any]) -> str:
+    chosen = f"{row['chosen_step']} ({'best' if row['best'] else 'last'})"
+    trained = f"{row['last_step']} / {row['max_steps']}"
+    stopped = "yes" if row["stopped_early"] else "no"
+    valid = "" if row["metric_value"] is None else f"{row['metric']} {row['metric_value']:.4f}"
+    source = "" if row["source_step"] is None else f"{row['source']} (step {row['source_step']})"
+    cells = [row["objective"], str(row["seed"]), chosen, trained, stopped, valid]
+    cells += [_number(row[key]) for key in RUN_KEYS] + [source]
+    return "| " + " | ".join(cells) + " |"
+
+
+def runs_section(plan: Plan, summary: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    """Each preference run at its chosen step, a table and a valid-curve plot per setting."""
+    runs = summary.get("runs", [])
+    if not runs:
+        return []
+    lines = [
+        "## Preference runs at their chosen step",
+        "",
+        "Each run's weights are those of its chosen step: under early stopping "
+        "(`early_stopping_patience`) the best valid evaluation's checkpoint, restored "
+        "(`best` in its setdpo_model.json; the evaluation before the first step, the SFT model, "
+        "is never chosen), else its last step. *steps / cap*: the steps it trained and its "
+        "`max_steps`; *stopped early*: it ended before the cap. The valid metric is the one the "
+        "run was selected on (`eval_loss` without early stopping). Reward margin, reward "
+        "accuracy, A/B and bound gap (A/B and gap for mult and mult2 only) are the values "
+        "logged at the chosen step: from the valid split's evaluation at that step "
+        "(`eval_*` in trainer_state.json; *from* `valid`) when there is one, else from the last "
+        "training log up to it (a mean over the `logging_steps` training batches before it; "
+        "*from* `train`).",
+        "",
+    ]
+    header = ["objective", "seed", "chosen step", "steps / cap", "stopped early"]
+    header += ["valid metric", *RUN_COLUMNS, "from"]
+    for index, setting in enumerate(plan.settings()):
+        rows = [r for r in runs if tuple(r["setting"].items()) == setting]
+        if not rows:
+            continue
+        lines += [f"### {setting_label(setting)}", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += [_run_line(row) for row in rows]
+        lines.append("")
+        name = f"{VALID_PLOT}{index}"
+        if name in plots:
+            lines += [f"![{name}](plots/{name}.png)", "", plots[name], ""]
+    return lines
+
+
 def build_study_report(study_dir: str | Path, name: str | None = None) -> Path:
     """summary.json, plots and report.md of a study directory (of its study ``name``, when
     several share it); returns report.md."""
-    from setdpo.study.plots import plot_bound, plot_metric_against_axes, plot_training
+    from setdpo.study.plots import (
+        plot_bound,
+        plot_metric_against_axes,
+        plot_training,
+        plot_valid_curves,
+    )
 
     plan = load_plan(study_dir, name)
     summary = summarize(plan)
@@ -363,6 +437,7 @@ def build_study_report(study_dir: str | Path, name: str | None = None) -> Path:
     plots = plot_metric_against_axes(plan, summary, plan.home / "plots")
     plots.update(plot_bound(summary, plan.home / "plots"))
     plots.update(plot_training(plan, plan.home / "plots"))
+    plots.update(plot_valid_curves(plan, summary["runs"], plan.home / "plots"))
     return atomic_write_text(plan.home / "report.md", report_text(plan, summary, plots))
 
 
