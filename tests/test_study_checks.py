@@ -291,3 +291,22 @@ def test_a_study_over_imported_sdpo_files_reports_gen_hr_at_1(
     assert "n/a: GenHR@1, ValidRatio does not apply to popularity, sasrec" in report
     assert "Every seed reads the same imported data" in report
     assert "S-DPO's rule" in report
+
+
+def test_the_readme_import_block_is_a_study_fragment_that_loads(
+    sdpo_files: dict[str, Path], tmp_path: Path
+) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL) if "import:" in b]
+    raw = yaml.safe_load(block)
+    folder = tmp_path / "lastfm-sft-cans20"
+    folder.mkdir()
+    for path in sdpo_files.values():
+        (folder / path.name).write_bytes(path.read_bytes())
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**raw, "grid": {"pref.loss": ["sdpo"]}, "seeds": [0]}))
+    plan = build_plan(load_study(path), tmp_path / "out")
+    assert plan.stages["data/imported"].settings["files"]["test"] == str(
+        folder / "lastfm-test.json"
+    )
+    assert "GenHR@1" in plan.config.metrics

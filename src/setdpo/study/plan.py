@@ -12,9 +12,17 @@ protocol file does (``prepare``, ``sft``, ``pref``, ``evaluate``: the fields of
         lab: {sft.model: lab, sft.max_steps: 180}
         llm: {sft.model: "embedded:smollm2-135m", sft.max_steps: 12}
 
+Instead of ``prepare``, an ``import`` section (the fields of `ImportConfig`: ``format``,
+``files`` per split, ``items_as``, ...) reads LLaRA / S-DPO JSON, TRL or LlamaFactory files
+with `setdpo data import`; the two are exclusive, ``import.*`` axes work as ``prepare.*`` ones,
+and the imported data set, the same for every seed, is one data stage every seed shares
+(``data/imported``). ``metrics`` may list ``GenHR@1`` (S-DPO's generation HR@1) and
+``ValidRatio`` when ``evaluate.generate`` (or ``constrained``) is on; the baselines that cannot
+generate are evaluated without it and reported as n/a (`setdpo.study.checks`).
+
 Every combination of the axes' values, times every seed, is a cell. Equal stages are shared:
-a stage depends only on the axes that touch its section or an earlier one (data <- prepare;
-sft <- prepare, sft; pref <- prepare, sft, pref; an evaluation <- what it evaluates and the
+a stage depends only on the axes that touch its section or an earlier one (data <- prepare or
+import; sft <- those and sft; pref <- those, sft and pref; an evaluation <- what it evaluates and the
 evaluate section), so one prepared data set per data setting and seed, one SFT run per data
 and SFT setting and seed, one preference run per objective, setting and seed. Each stage is
 the `setdpo ...` command a user would type, reading a configuration file the study writes
@@ -26,7 +34,7 @@ Layout of a study directory::
     commands.sh                  every stage's command, in order     as the report files are)
     stages/<kind>/<tag>.yaml     a stage's configuration file; <tag>.json: its record
     logs/<kind>/<tag>.log        its output
-    data/<tag>/                  prepared data          (setdpo data prepare)
+    data/<tag>/                  prepared data          (setdpo data prepare | import)
     runs/sft/<tag>/  runs/pref/<tag>/                     (setdpo train sft|pref)
     eval/<model>/<tag>.json      test results           (setdpo evaluate)
     report.md  summary.json  plots/*.png                  (setdpo study report)
