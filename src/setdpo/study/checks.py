@@ -16,10 +16,14 @@ counts, which an import writes) work on any import; ``sasrec`` learns from histo
 TRL and LlamaFactory rows do not carry (only prompt text), so a study importing them with the
 ``sasrec`` baseline is refused; ``base`` is a model like the others.
 
-**Generation metrics.** ``metrics`` (and ``metric``) may list ``GenHR@1`` (S-DPO's rule: a hit
-when the greedy answer names exactly one candidate and it is the positive, divided by all
-contexts) and ``ValidRatio`` (the answer names exactly one candidate), which `setdpo evaluate`
-stores per context when ``generate`` (or ``constrained``) is on. A study that lists one without
+**Generation metrics.** ``metrics`` (and ``metric``) may list ``GenHR@1`` (S-DPO's rule, its
+evaluate_batch.py: a hit when the greedy answer names exactly one candidate and it is the
+positive, divided by all contexts) and ``ValidRatio`` (the answer names exactly one candidate),
+which `setdpo evaluate` stores per context, with the answer, when ``generate`` (or
+``constrained``) is on. "Names" is `setdpo.evaluation.matching`'s: whole words after
+normalising case, accents and punctuation, the longest of nested titles winning, where S-DPO
+counts case-sensitive substrings; the two agree on answers that write titles as the catalog
+does when no title is inside another. A study that lists one without
 generation on in every setting is refused at load rather than switched on behind the user's
 back: generation costs time, and whether it is constrained is the user's choice.
 ``GenHR@1/valid`` (LLaRA's, divided by the valid answers) is refused: the study's statistics
