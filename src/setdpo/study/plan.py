@@ -12,9 +12,17 @@ protocol file does (``prepare``, ``sft``, ``pref``, ``evaluate``: the fields of
         lab: {sft.model: lab, sft.max_steps: 180}
         llm: {sft.model: "embedded:smollm2-135m", sft.max_steps: 12}
 
+Instead of ``prepare``, an ``import`` section (the fields of `ImportConfig`: ``format``,
+``files`` per split, ``items_as``, ...) reads LLaRA / S-DPO JSON, TRL or LlamaFactory files
+with `setdpo data import`; the two are exclusive, ``import.*`` axes work as ``prepare.*`` ones,
+and the imported data set, the same for every seed, is one data stage every seed shares
+(``data/imported``). ``metrics`` may list ``GenHR@1`` (S-DPO's generation HR@1) and
+``ValidRatio`` when ``evaluate.generate`` (or ``constrained``) is on; the baselines that cannot
+generate are evaluated without it and reported as n/a (`setdpo.study.checks`).
+
 Every combination of the axes' values, times every seed, is a cell. Equal stages are shared:
-a stage depends only on the axes that touch its section or an earlier one (data <- prepare;
-sft <- prepare, sft; pref <- prepare, sft, pref; an evaluation <- what it evaluates and the
+a stage depends only on the axes that touch its section or an earlier one (data <- prepare or
+import; sft <- those and sft; pref <- those, sft and pref; an evaluation <- what it evaluates and the
 evaluate section), so one prepared data set per data setting and seed, one SFT run per data
 and SFT setting and seed, one preference run per objective, setting and seed. Each stage is
 the `setdpo ...` command a user would type, reading a configuration file the study writes
@@ -26,7 +34,7 @@ Layout of a study directory::
     commands.sh                  every stage's command, in order     as the report files are)
     stages/<kind>/<tag>.yaml     a stage's configuration file; <tag>.json: its record
     logs/<kind>/<tag>.log        its output
-    data/<tag>/                  prepared data          (setdpo data prepare)
+    data/<tag>/                  prepared data          (setdpo data prepare | import)
     runs/sft/<tag>/  runs/pref/<tag>/                     (setdpo train sft|pref)
     eval/<model>/<tag>.json      test results           (setdpo evaluate)
     report.md  summary.json  plots/*.png                  (setdpo study report)
@@ -41,14 +49,22 @@ import itertools
 import json
 import os
 import shlex
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from setdpo.errors import InputError
+from setdpo.study.checks import (
+    absolute_files,
+    check_data,
+    check_metrics,
+    evaluate_settings,
+    uses_import,
+)
 
 SECTIONS = {
     "prepare": "setdpo.data.config:PrepareConfig",
+    "import": "setdpo.data.formats:ImportConfig",
     "sft": "setdpo.training.config:SFTConfig",
     "pref": "setdpo.training.config:PrefConfig",
     "evaluate": "setdpo.evaluation.evaluate:EvalConfig",
@@ -56,6 +72,7 @@ SECTIONS = {
 # Fields the study sets itself (paths between stages, the seed).
 OWNED = {
     "prepare": {"out", "seed", "overwrite"},
+    "import": {"out", "overwrite"},
     "sft": {"data", "output_dir", "seed"},
     "pref": {"data", "output_dir", "init", "seed"},
     "evaluate": {"data", "model", "seed"},
@@ -64,9 +81,9 @@ LOSS_AXIS = "pref.loss"
 BASELINES = ("random", "popularity", "sasrec", "base")
 # Which sections a stage kind depends on (its own and the earlier ones).
 DEPENDS = {
-    "data": ("prepare",),
-    "sft": ("prepare", "sft"),
-    "pref": ("prepare", "sft", "pref"),
+    "data": ("prepare", "import"),
+    "sft": ("prepare", "import", "sft"),
+    "pref": ("prepare", "import", "sft", "pref"),
 }
 
 
@@ -78,6 +95,8 @@ class StudyConfig:
     notes: str = ""  # a paragraph under the report's title
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     prepare: dict[str, Any] = field(default_factory=dict)
+    # the file's ``import`` section (a Python keyword): data imported instead of prepared
+    import_: dict[str, Any] = field(default_factory=dict)
     sft: dict[str, Any] = field(default_factory=dict)
     pref: dict[str, Any] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
@@ -113,8 +132,11 @@ class StudyConfig:
         for name in self.compare_with:
             if name != "sft" and name not in self.baselines:
                 raise InputError(f"compare_with {name!r}: not 'sft' nor one of the baselines")
+        absolute_files(self.import_, self.grid, os.getcwd())
         self.axes = [_axis(name, values) for name, values in self.grid.items()]
         _check_fields(self)
+        check_data(self)
+        check_metrics(self)
         labels = {a.name: {v.label for v in a.values} for a in self.axes}
         for entry in self.exclude:
             if not isinstance(entry, dict) or not entry:
@@ -125,6 +147,15 @@ class StudyConfig:
                         f"exclude {entry}: {name}={value} is not a value of an axis; "
                         f"axes: { {k: sorted(v) for k, v in labels.items()} }"
                     )
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The fields of a section of `SECTIONS` (``import`` is held as ``import_``)."""
+        return getattr(self, "import_" if name == "import" else name)
+
+    def to_file(self) -> dict[str, Any]:
+        """The keys of a study file (``import`` without its trailing underscore; only if set)."""
+        out = {k: v for k, v in asdict(self).items() if k != "import_"}
+        return {**out, "import": self.import_} if self.import_ else out
 
     def excluded(self, labels: dict[str, str]) -> bool:
         """Whether a combination of axis labels is left out."""
@@ -186,7 +217,7 @@ def _check_fields(config: StudyConfig) -> None:
 
     for section, path in SECTIONS.items():
         known = {f.name for f in fields(config_class(path)) if f.init}
-        given = set(getattr(config, section))
+        given = set(config.section(section))
         for axis in config.axes:
             given |= {
                 k.split(".", 1)[1]
@@ -197,7 +228,7 @@ def _check_fields(config: StudyConfig) -> None:
         unknown = sorted(given - known)
         if unknown:
             raise InputError(f"study section {section!r}: unknown fields {unknown}")
-        owned = sorted(set(getattr(config, section)) & OWNED[section])
+        owned = sorted(set(config.section(section)) & OWNED[section])
         if owned:
             raise InputError(f"study section {section!r}: {owned} are set by the study itself")
 
@@ -206,11 +237,15 @@ def load_study(path: str | Path) -> StudyConfig:
     from setdpo.protocol import check_types, read_config_file
 
     raw = read_config_file(path)
-    known = {f.name for f in fields(StudyConfig)}
+    known = {"import" if f.name == "import_" else f.name for f in fields(StudyConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise InputError(f"{path}: unknown study keys {unknown}; known: {sorted(known)}")
+    if "import" in raw:
+        raw["import_"] = raw.pop("import")
     check_types(StudyConfig, raw, lambda _: path)
+    if isinstance(raw.get("import_"), dict):  # relative to the study file's folder
+        absolute_files(raw["import_"], raw.get("grid") or {}, Path(path).parent)
     try:
         return StudyConfig(**raw)
     except InputError as err:
@@ -309,7 +344,7 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
                 return [*picked, ("seed", str(_s))]
 
             def section(section_name: str, _c=chosen, _s=seed) -> dict[str, Any]:
-                values = dict(getattr(config, section_name))
+                values = dict(config.section(section_name))
                 for value in _c.values():
                     values.update(
                         {
@@ -320,18 +355,8 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
                     )
                 return {**values, "seed": _s}
 
-            data_tag = _tag(labels(DEPENDS["data"]))
-            data_dir = out / "data" / data_tag
-            data = add(
-                Stage(
-                    f"data/{data_tag}",
-                    "data",
-                    ["data", "prepare", "--config", stage_file(f"data/{data_tag}")],
-                    {**section("prepare"), "out": str(data_dir)},
-                    data_dir,
-                    [],
-                )
-            )
+            data_stage = _data_stage(config, out, labels(DEPENDS["data"]), section, stage_file)
+            data, data_dir = add(data_stage), data_stage.output
             sft_tag = _tag(labels(DEPENDS["sft"]))
             sft_dir = out / "runs" / "sft" / sft_tag
             sft_settings = {**section("sft"), "data": str(data_dir), "output_dir": str(sft_dir)}
@@ -380,6 +405,7 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
                 command = ["evaluate", "--config", stage_file(stage_name), "--out", str(output)]
                 command += ["--threads", str(config.threads)]
                 settings = {**section("evaluate"), "data": str(data_dir), "model": model}
+                settings = evaluate_settings(settings, model)
                 evals[model_name] = add(
                     Stage(
                         stage_name,
@@ -395,6 +421,23 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
             cells.append(Cell(setting, seed, evals, {loss: pref}))
     home = out / name if name else out
     return Plan(config, out, _dependency_order(stages), _merge_cells(cells), home)
+
+
+def _data_stage(
+    config: StudyConfig, out: Path, labels: list[tuple[str, str]], section: Any, stage_file: Any
+) -> Stage:
+    """`setdpo data prepare` per data setting and seed, or `setdpo data import` per import
+    setting: an import reads the same files whatever the seed, so every seed shares it (its
+    tag has no seed; ``imported`` without import axes)."""
+    if uses_import(config):
+        picked = [(name, value) for name, value in labels if name != "seed"]
+        command, tag = "import", _tag(picked) if picked else "imported"
+        settings = {k: v for k, v in section("import").items() if k != "seed"}
+    else:
+        command, tag, settings = "prepare", _tag(labels), section("prepare")
+    name, folder = f"data/{tag}", out / "data" / tag
+    command_line = ["data", command, "--config", stage_file(name)]
+    return Stage(name, "data", command_line, {**settings, "out": str(folder)}, folder, [])
 
 
 def _hash(what: Any) -> str:

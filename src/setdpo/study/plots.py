@@ -138,7 +138,7 @@ def plot_metric_against_axes(plan: Plan, summary: dict[str, Any], folder: Path) 
         if axis.key == "pref.loss" or xs is None or len(xs) < 2:
             continue
         fig, (ax, ax_diff) = plt.subplots(1, 2, figsize=(13, 4.2))
-        cells = [row for row in summary["cells"] if metric in row]
+        cells = [row for row in summary["cells"] if row.get(metric)]  # None: does not apply
         _draw(ax, _lines(cells, axis.name, lambda r: r["model"], lambda r: r[metric]["interval"]))
         ax.set_ylabel(f"{metric} (mean over seeds, 95% two-level interval)")
         ax.set_title(f"{metric} against {axis.name}")

@@ -32,7 +32,9 @@ import numpy as np
 
 from setdpo.atomic import atomic_write_json, atomic_write_text
 from setdpo.errors import InputError
+from setdpo.evaluation.metrics import GENERATION_METRICS
 from setdpo.evaluation.results import ContextResult, load_results
+from setdpo.study.checks import uses_import
 from setdpo.study.plan import Cell, Plan, build_plan, load_study
 from setdpo.study.plots import VALID_PLOT, log_history, series
 from setdpo.study.runner import read_record
@@ -79,6 +81,14 @@ def _column(contexts: list[ContextResult], metric: str) -> np.ndarray:
     return np.array([c.values[metric] for c in contexts], dtype=np.float64)
 
 
+def _applies(per_seed: dict[int, list[ContextResult]], metric: str) -> bool:
+    """Whether a model's evaluations hold ``metric``: a generation metric (`GenHR@1`) does
+    not apply to a baseline that only scores candidates (its results have no answers)."""
+    return metric not in GENERATION_METRICS or all(
+        metric in c.values for contexts in per_seed.values() for c in contexts
+    )
+
+
 def _paired_columns(
     a: dict[int, list[ContextResult]], b: dict[int, list[ContextResult]], metric: str
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
@@ -115,6 +125,9 @@ def summarize(plan: Plan) -> dict[str, Any]:
             seeds = sorted(models[model])
             row: dict[str, Any] = {"setting": dict(setting), "model": model, "seeds": seeds}
             for metric in config.metrics:
+                if not _applies(models[model], metric):
+                    row[metric] = None  # a generation metric of a model that cannot generate
+                    continue
                 cols = [_column(models[model][s], metric) for s in seeds]
                 row[metric] = summarize_cell(cols, config.n_resamples, seed=0).to_dict()
             cells.append(row)
@@ -255,10 +268,10 @@ def report_text(plan: Plan, summary: dict[str, Any], plots: dict[str, str]) -> s
         "",
         *([config.notes, ""] if config.notes else []),
         f"Directory `{plan.home}`; seeds {config.seeds}; objectives {plan.objectives}; "
-        f"baselines {config.baselines}. Each seed has its own prepared data (test contexts and "
-        "candidates), SFT run and preference runs; every model of a seed is scored on the same "
-        "contexts. Stage commands: `commands.sh`; configuration: `study.yaml`.",
+        f"baselines {config.baselines}. {_data_sentence(plan)} Every model of a seed is scored "
+        "on the same contexts. Stage commands: `commands.sh`; configuration: `study.yaml`.",
         "",
+        *_generation_lines(config.metrics),
         "**Statistics.** A cell is the mean over seeds of the mean over the seed's test contexts. "
         "Intervals are 95% two-level bootstrap intervals (seeds resampled, then contexts within "
         f"each drawn seed; {config.n_resamples} resamples): they cover seed and context variation. "
@@ -279,15 +292,16 @@ def report_text(plan: Plan, summary: dict[str, Any], plots: dict[str, str]) -> s
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in rows:
             per_seed = (
-                ", ".join(f"{v:.4f}" for v in row[metric]["seed_values"]) if metric in row else ""
+                ", ".join(f"{v:.4f}" for v in row[metric]["seed_values"]) if row.get(metric) else ""
             )
-            cells = [_fmt(row[m]["interval"]) for m in config.metrics]
+            cells = [_fmt(row[m]["interval"]) if row[m] else "n/a" for m in config.metrics]
             lines.append(
                 f"| {row['model']} | {len(row['seeds'])} | "
                 + " | ".join(cells)
                 + f" | {per_seed} |"
             )
         lines.append("")
+        lines += _not_applicable(rows, config.metrics)
         pairs = [p for p in summary["pairs"] if tuple(p["setting"].items()) == setting]
         if pairs:
             lines += [
@@ -309,6 +323,43 @@ def report_text(plan: Plan, summary: dict[str, Any], plots: dict[str, str]) -> s
         if not name.startswith(VALID_PLOT):  # shown under their runs' table
             lines += [f"![{name}](plots/{name}.png)", "", caption, ""]
     return "\n".join(lines)
+
+
+def _data_sentence(plan: Plan) -> str:
+    if uses_import(plan.config):
+        return (
+            "Every seed reads the same imported data (`setdpo data import`: the files' test "
+            "contexts and candidates); each seed has its own SFT run and preference runs."
+        )
+    return (
+        "Each seed has its own prepared data (test contexts and candidates), SFT run and "
+        "preference runs."
+    )
+
+
+def _generation_lines(metrics: list[str]) -> list[str]:
+    listed = [m for m in metrics if m in GENERATION_METRICS]
+    if not listed:
+        return []
+    return [
+        f"**Generation** ({', '.join(listed)}): one greedy answer per context; it is valid when "
+        "it names exactly one candidate (whole words, case and punctuation aside), and GenHR@1 "
+        "counts a hit when that candidate is the positive, over all contexts (S-DPO's rule; "
+        "`evaluate`'s protocol says whether decoding was constrained to the candidates).",
+        "",
+    ]
+
+
+def _not_applicable(rows: list[dict[str, Any]], metrics: list[str]) -> list[str]:
+    missing = [m for m in metrics if any(row[m] is None for row in rows)]
+    if not missing:
+        return []
+    models = [row["model"] for row in rows if any(row[m] is None for m in missing)]
+    return [
+        f"n/a: {', '.join(missing)} does not apply to {', '.join(models)}, which score the "
+        "candidates but do not generate an answer.",
+        "",
+    ]
 
 
 def _extra_tables(summary: dict[str, Any], metric: str) -> list[str]:

@@ -69,9 +69,7 @@ def is_finished(plan: Plan, stage: Stage) -> bool:
 
 def write_plan_files(plan: Plan) -> None:
     """study.yaml, commands.sh and every stage's configuration file."""
-    from dataclasses import asdict
-
-    study = {k: v for k, v in asdict(plan.config).items() if k != "axes"}
+    study = plan.config.to_file()
     atomic_write_text(plan.home / "study.yaml", yaml.safe_dump(study, sort_keys=False))
     for stage in plan.stages.values():
         path = plan.out / "stages" / f"{stage.name}.yaml"
