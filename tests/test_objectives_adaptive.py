@@ -112,20 +112,21 @@ def _kmeans3_top(values: list[float]) -> set[int]:
     return top
 
 
-def _dynamicpo_bruteforce(rewards: list[float], levels: list[int]) -> float:
-    """DynamicPO from the authors' loop, with plain floats and a brute-force 3-means."""
+def _dynamicpo_bruteforce(scores: list[float], rewards: list[float], levels: list[int]) -> float:
+    """DynamicPO from the authors' loop, with plain floats and a brute-force 3-means:
+    boundary negatives and margins from the policy's scores, the loss from the rewards."""
     negatives = [i for i, g in enumerate(levels) if g > 1]
     losses_p = []
     for p in (i for i, g in enumerate(levels) if g == 1):
-        boundary = [n for n in negatives if rewards[n] >= rewards[p]]
+        boundary = [n for n in negatives if scores[n] >= scores[p]]
         if not boundary:
-            top = _kmeans3_top([rewards[n] for n in negatives])
+            top = _kmeans3_top([scores[n] for n in negatives])
             boundary = [negatives[k] for k in sorted(top)]
         disc = [n for n in negatives if n not in boundary] or boundary
-        mean_d = sum(rewards[n] for n in disc) / len(disc)
+        mean_d = sum(scores[n] for n in disc) / len(disc)
         total = 0.0
         for b in boundary:
-            d1, d2 = rewards[p] - rewards[b], rewards[b] - mean_d
+            d1, d2 = scores[p] - scores[b], scores[b] - mean_d
             total += _factor(d1, d2) * (rewards[p] - rewards[b])
         losses_p.append(softplus(-total / len(boundary)))
     return sum(losses_p) / len(losses_p)
@@ -145,9 +146,14 @@ def test_dynamicpo_matches_bruteforce(seed, n, pad, scale):
         columns = torch.randperm(n + pad, generator=gen)[:n]
         pol[b, columns] = torch.randn(n, generator=gen, dtype=F64) * scale
         levels[b, columns] = lv
-    out = compute("dynamicpo", pol, None, levels, 1.0).per_context
-    real = [[(pol[b, j].item(), levels[b, j].item()) for j in range(n + pad)] for b in range(3)]
-    expected = [_dynamicpo_bruteforce([r for r, _ in row], [g for _, g in row]) for row in real]
+    ref = torch.randn(3, n + pad, generator=gen, dtype=F64) * scale  # rewards differ from s
+    out = compute("dynamicpo", pol, ref, levels, 0.5).per_context
+    expected = []
+    for b in range(3):
+        row = [j for j in range(n + pad) if levels[b, j] > 0]
+        scores = [pol[b, j].item() for j in row]
+        rewards = [0.5 * (pol[b, j].item() - ref[b, j].item()) for j in row]
+        expected.append(_dynamicpo_bruteforce(scores, rewards, [levels[b, j].item() for j in row]))
     torch.testing.assert_close(out, torch.tensor(expected, dtype=F64), rtol=1e-10, atol=1e-12)
 
 
@@ -163,6 +169,19 @@ def test_dynamicpo_factors_carry_no_gradient():
     expected = torch.stack([-push * (w[1] + w[2]), push * w[1], push * w[2], push * 0])
     torch.testing.assert_close(grad[0], expected)
     assert boundary[0, 0].tolist() == [False, True, True, False]
+
+
+def test_dynamicpo_selects_by_the_policys_scores_not_by_the_rewards():
+    # s = (-1, -0.5, -3, -4), s_ref = (-2, -0.2, -2, -1): rewards r = s - s_ref = (1, -0.3,
+    # -1, -3). By s the negative at -0.5 outranks the positive: B = {1}, D = {2, 3} (mean
+    # s -3.5); d1 = -1 + 0.5 = -0.5, d2 = -0.5 + 3.5 = 3; the loss -log sigmoid(w (1 + 0.3)).
+    # (By r no negative reaches the positive: the 3-means fallback, d1 = 1.3, d2 = 1.7.)
+    pol = torch.tensor([[-1.0, -0.5, -3.0, -4.0]], dtype=F64)
+    ref = torch.tensor([[-2.0, -0.2, -2.0, -1.0]], dtype=F64)
+    out = compute("dynamicpo", pol, ref, torch.tensor([[1, 2, 2, 2]]), 1.0)
+    w = 1 + 0.5 * math.tanh((-0.5 - 3.0 - 2.0) / 3.5)
+    assert out.loss.item() == pytest.approx(softplus(-w * 1.3), rel=1e-12)
+    assert out.metrics["boundary_share"] == pytest.approx(1 / 3)
 
 
 def test_dynamicpo_boundary_share_metric():

@@ -347,10 +347,13 @@ def compute(
     margin = policy_logps if ref_logps is None else policy_logps - ref_logps
     # Padding may hold anything (even NaN): replace it before any arithmetic.
     rewards = torch.where(valid, float(beta) * margin, 0.0)
-    per_context = entry.function(rewards, levels, **options)
+    # Detached policy scores for an objective that selects by them (DynamicPO), padding 0.
+    scores = {"policy_logps": torch.where(valid, policy_logps.detach(), 0.0)}
+    scores = scores if entry.policy_scores else {}
+    per_context = entry.function(rewards, levels, **options, **scores)
     metrics = reward_metrics(rewards.detach(), levels)
     if entry.extra_metrics is not None:
-        metrics.update(entry.extra_metrics(rewards.detach(), levels))
+        metrics.update(entry.extra_metrics(rewards.detach(), levels, **scores))
     return LossOutput(per_context.mean(), per_context, rewards.detach(), metrics)
 
 
@@ -443,13 +446,17 @@ class ObjectiveEntry:
     needs_negatives: a context without a negative is an error (``compute`` refuses it).
     multi_level: uses levels beyond positive / negative (run by default only on data
         with levels: `setdpo.quickstart`).
-    extra_metrics: ``(rewards, levels) -> {name: float}`` logged beside `reward_metrics`.
+    extra_metrics: ``(rewards, levels) -> {name: float}`` logged beside `reward_metrics`
+        (plus ``policy_logps`` under ``policy_scores``).
     reference_free: rewards are ``beta * s_theta``: the preference trainer computes, loads
         and memoises no reference log-probs (`setdpo.training.preference`).
     length_normalized: ``s_theta`` is the candidate's log-prob averaged over its tokens
         (`PrefConfig` turns ``average_logps`` on: policy and hard negatives score so).
     options: keyword arguments of ``function``, each a `PrefConfig` field of the same
         name that the trainer passes to ``compute``.
+    policy_scores: ``function`` and ``extra_metrics`` also take ``policy_logps`` [B, n], the
+        policy's own candidate log-probs, detached, 0 at padding (DynamicPO picks its
+        boundary negatives and per-pair betas by the policy's scores, not by the rewards).
     quickstart: among the quickstart's default objectives (the README's demo and its
         measured times are for these); the others run when named (``--losses``).
     """
@@ -458,10 +465,11 @@ class ObjectiveEntry:
     aliases: tuple[str, ...] = ()
     needs_negatives: bool = False
     multi_level: bool = False
-    extra_metrics: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] | None = None
+    extra_metrics: Callable[..., dict[str, float]] | None = None
     reference_free: bool = False
     length_normalized: bool = False
     options: tuple[str, ...] = ()
+    policy_scores: bool = False
     quickstart: bool = True
 
 
@@ -495,6 +503,7 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
         needs_negatives=True,
         extra_metrics=dynamicpo_metrics,
         options=("dynamicpo_margin", "dynamicpo_alpha"),
+        policy_scores=True,
         quickstart=False,
     ),
     "recpo": ObjectiveEntry(

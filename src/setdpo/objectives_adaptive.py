@@ -75,37 +75,39 @@ def top_cluster(rewards: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def dynamicpo_selection(
-    rewards: torch.Tensor,
+    policy_logps: torch.Tensor,
     levels: torch.Tensor,
     dynamicpo_margin: float = DYNAMICPO_MARGIN,
     dynamicpo_alpha: float = DYNAMICPO_ALPHA,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """DynamicPO's boundary negatives and their beta factors for every positive, no gradient.
+    """DynamicPO's boundary negatives and their beta factors for every positive, no gradient,
+    from the policy's own scores ``s = policy_logps`` (as the authors' code: the negatives the
+    policy now ranks at or above the positive, whatever the reference says).
 
     Returns ``(boundary [B, n, n] bool, factor [B, n, n])``: row i is positive i (other
     rows are empty), column j a negative. ``boundary[b, i, j]``: j is a boundary negative of
-    i, one whose reward is at least i's (``r_j >= r_i``); when i has none, the negatives of
-    the top 3-means cluster of the context's negative rewards (``top_cluster``). The other
-    negatives are i's discriminative ones D_i (all of them boundary: D_i = the boundary set).
-    ``factor = 1 + alpha tanh((d1 - d2 - m) / (|d1| + |d2|))`` with the dual margins
-    ``d1 = r_i - r_j`` (positive to boundary) and ``d2 = r_j - mean_{D_i} r`` (boundary to
-    discriminative); a zero denominator is read as its limit (``tanh(-inf) = -1`` when
-    ``m > 0``; 0 when ``m = 0``).
+    i, one the policy scores at least as high as i (``s_j >= s_i``); when i has none, the
+    negatives of the top 3-means cluster of the context's negative scores (``top_cluster``).
+    The other negatives are i's discriminative ones D_i (all of them boundary: D_i = the
+    boundary set). ``factor = 1 + alpha tanh((d1 - d2 - m) / (|d1| + |d2|))`` with the dual
+    margins ``d1 = s_i - s_j`` (positive to boundary) and ``d2 = s_j - mean_{D_i} s``
+    (boundary to discriminative), in log-prob units as the code's ``m = 2``; a zero
+    denominator is read as its limit (``tanh(-inf) = -1`` when ``m > 0``; 0 when ``m = 0``).
     """
-    r = rewards.detach()
+    s = policy_logps.detach().double()
     pos, neg = levels == 1, levels > 1
-    above = pos[:, :, None] & neg[:, None, :] & (r[:, None, :] >= r[:, :, None])  # [B, i, j]
-    fallback = top_cluster(r, neg)  # [B, n]
+    above = pos[:, :, None] & neg[:, None, :] & (s[:, None, :] >= s[:, :, None])  # [B, i, j]
+    fallback = top_cluster(s, neg)  # [B, n]
     has_above = above.any(-1, keepdim=True)
     boundary = torch.where(has_above, above, pos[:, :, None] & fallback[:, None, :])
     rest = pos[:, :, None] & neg[:, None, :] & ~boundary
     disc = torch.where(rest.any(-1, keepdim=True), rest, boundary)
-    mean_disc = _masked_mean(r[:, None, :].expand_as(disc), disc)  # [B, i]
-    d1 = r[:, :, None] - r[:, None, :]  # [B, i, j]
-    d2 = r[:, None, :] - mean_disc[:, :, None]
-    spread = (d1.abs() + d2.abs()).clamp(min=torch.finfo(r.dtype).tiny)
+    mean_disc = _masked_mean(s[:, None, :].expand_as(disc), disc)  # [B, i]
+    d1 = s[:, :, None] - s[:, None, :]  # [B, i, j]
+    d2 = s[:, None, :] - mean_disc[:, :, None]
+    spread = (d1.abs() + d2.abs()).clamp(min=torch.finfo(s.dtype).tiny)
     factor = 1.0 + dynamicpo_alpha * torch.tanh((d1 - d2 - dynamicpo_margin) / spread)
-    return boundary, torch.where(boundary, factor, 0.0)
+    return boundary, torch.where(boundary, factor, 0.0).to(policy_logps.dtype)
 
 
 def dynamicpo(
@@ -113,6 +115,8 @@ def dynamicpo(
     levels: torch.Tensor,
     dynamicpo_margin: float = DYNAMICPO_MARGIN,
     dynamicpo_alpha: float = DYNAMICPO_ALPHA,
+    *,
+    policy_logps: torch.Tensor,
 ) -> torch.Tensor:
     """DynamicPO on DMPO (Hu et al. 2026, arXiv 2605.00327; the authors' code,
     github.com/xingyuHuxingyu/DynamicPO, ``trainer/dynamicpo_trainer.py``, filter mode
@@ -122,26 +126,24 @@ def dynamicpo(
     DMPO's comparison of the positive with the mean negative, restricted to p's boundary
     negatives B_p (Dynamic Boundary Negative Selection) and with a per-pair beta
     ``beta w_pb`` (Dual-Margin Dynamic beta Adjustment); ``B_p`` and ``w_pb`` come from
-    ``dynamicpo_selection`` and carry no gradient (the code turns the betas into Python
-    floats). In the code the loss term is ``beta_b * logratio_p / K - beta_b * logratio_b / K``
+    ``dynamicpo_selection`` (from the policy's scores ``policy_logps``, which the registry
+    entry's ``policy_scores`` has `losses.compute` pass) and carry no gradient (the code turns
+    the betas into Python floats). In the code the loss term is ``beta_b * logratio_p / K - beta_b * logratio_b / K``
     summed over the K boundary negatives: with ``r = beta logratio`` that is
     ``w_pb (r_p - r_b) / K``, as here.
 
     Not from the paper: the paper's equations could not be read here (only its abstract);
     this follows the released code, with these readings:
 
-    - the code selects and measures margins on the policy's log-probs ``s_theta``; the
-      objective sees only rewards, so it uses ``r`` (equal to ``beta s_theta`` for a
-      reference-free run; with a reference, ``r`` is the change since the reference). The
-      margin ``m`` is therefore in reward units (the code's 2.0 in log-prob units, the same
-      at beta 1).
+    - as in the code, the selection and the dual margins read the policy's log-probs
+      ``s_theta`` (``m`` in log-prob units) and the loss the rewards ``r``.
     - the code's fallback is sklearn ``KMeans(3, random_state=42)`` on the negatives' values;
       here the exact optimum of the same 1-D 3-means problem (``top_cluster``).
     - several positives: each is compared with its own boundary set, then averaged (the
       code has one chosen item); levels > 1 are all negatives.
     - the S-DPO base the paper also reports is not released as code and is not implemented.
     """
-    boundary, factor = dynamicpo_selection(rewards, levels, dynamicpo_margin, dynamicpo_alpha)
+    boundary, factor = dynamicpo_selection(policy_logps, levels, dynamicpo_margin, dynamicpo_alpha)
     gaps = rewards[:, :, None] - rewards[:, None, :]  # [B, i, j]: r_i - r_j
     weighted = torch.where(boundary, factor * gaps, 0.0).sum(-1)
     logit = weighted / boundary.sum(-1).clamp(min=1)  # [B, i]
@@ -149,10 +151,12 @@ def dynamicpo(
 
 
 @torch.no_grad()
-def dynamicpo_metrics(rewards: torch.Tensor, levels: torch.Tensor) -> dict[str, float]:
+def dynamicpo_metrics(
+    rewards: torch.Tensor, levels: torch.Tensor, *, policy_logps: torch.Tensor
+) -> dict[str, float]:
     """``boundary_share``: mean over contexts of the mean over positives p of |B_p| / |N|,
-    the share of negatives DynamicPO selects (1 while every reward ties, at the first step)."""
-    boundary, _ = dynamicpo_selection(rewards, levels)
+    the share of negatives DynamicPO selects (by the policy's scores)."""
+    boundary, _ = dynamicpo_selection(policy_logps, levels)
     share = boundary.sum(-1).double() / (levels > 1).sum(-1, keepdim=True).clamp(min=1)
     return {"boundary_share": float(_masked_mean(share, levels == 1).mean())}
 

@@ -220,7 +220,7 @@ class PrefConfig(_SetdpoArguments):
         metadata={
             "help": "DynamicPO's fixed margin m in its per-pair beta factor "
             "1 + alpha tanh((d1 - d2 - m) / (|d1| + |d2|)) (`loss: dynamicpo`, >= 0), in "
-            "reward units (the authors' 2.0)."
+            "log-prob units of the policy's scores (the authors' 2.0)."
         },
     )
     dynamicpo_alpha: float = field(
