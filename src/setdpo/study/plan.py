@@ -41,11 +41,15 @@ import itertools
 import json
 import os
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from setdpo.errors import InputError
+from setdpo.study.tune import SPLIT as TUNE_SPLIT
+from setdpo.study.tune import combinations
+from setdpo.study.tune import labels as tune_labels
 
 SECTIONS = {
     "prepare": "setdpo.data.config:PrepareConfig",
@@ -82,6 +86,9 @@ class StudyConfig:
     pref: dict[str, Any] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, Any] = field(default_factory=dict)
+    # pref.field: [values], each combination trained and chosen on the valid split
+    # (setdpo.study.tune); the test split evaluates the chosen run only
+    tune: dict[str, Any] = field(default_factory=dict)
     # combinations left out: each entry maps axis names to values, e.g. {tier: llm, loss: dpo}
     exclude: list[dict[str, Any]] = field(default_factory=list)
     baselines: list[str] = field(default_factory=lambda: ["popularity"])
@@ -114,7 +121,16 @@ class StudyConfig:
             if name != "sft" and name not in self.baselines:
                 raise InputError(f"compare_with {name!r}: not 'sft' nor one of the baselines")
         self.axes = [_axis(name, values) for name, values in self.grid.items()]
+        for key in self.tune:
+            _split_key(str(key), "tune")
+        self.tunings = combinations(self.tune, self.axes)
         _check_fields(self)
+        splits = {str(self.evaluate.get("split", "test"))}
+        splits |= {
+            str(v.settings.get("evaluate.split", "test")) for a in self.axes for v in a.values
+        }
+        if self.tunings and splits != {"test"}:
+            raise InputError(f"tune chooses on valid and tests on test; evaluate.split: {splits}")
         labels = {a.name: {v.label for v in a.values} for a in self.axes}
         for entry in self.exclude:
             if not isinstance(entry, dict) or not entry:
@@ -187,6 +203,7 @@ def _check_fields(config: StudyConfig) -> None:
     for section, path in SECTIONS.items():
         known = {f.name for f in fields(config_class(path)) if f.init}
         given = set(getattr(config, section))
+        given |= {k.split(".", 1)[1] for k in config.tune if k.startswith(f"{section}.")}
         for axis in config.axes:
             given |= {
                 k.split(".", 1)[1]
@@ -294,9 +311,6 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
             stages[stage.name] = stage
         return stage.name
 
-    def stage_file(stage_name: str) -> str:
-        return str(out / "stages" / f"{stage_name}.yaml")
-
     cells = []
     for combo in itertools.product(*(a.values for a in config.axes)):
         chosen = dict(zip(config.axes, combo, strict=True))
@@ -309,6 +323,7 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
                 return [*picked, ("seed", str(_s))]
 
             def section(section_name: str, _c=chosen, _s=seed) -> dict[str, Any]:
+                """The section's fields at this cell (``_c``: the axes applied)."""
                 values = dict(getattr(config, section_name))
                 for value in _c.values():
                     values.update(
@@ -326,7 +341,7 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
                 Stage(
                     f"data/{data_tag}",
                     "data",
-                    ["data", "prepare", "--config", stage_file(f"data/{data_tag}")],
+                    ["data", "prepare", "--config", _stage_file(out, f"data/{data_tag}")],
                     {**section("prepare"), "out": str(data_dir)},
                     data_dir,
                     [],
@@ -339,7 +354,7 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
                 Stage(
                     f"sft/{sft_tag}",
                     "sft",
-                    ["train", "sft", "--config", stage_file(f"sft/{sft_tag}")],
+                    ["train", "sft", "--config", _stage_file(out, f"sft/{sft_tag}")],
                     sft_settings,
                     sft_dir,
                     [data],
@@ -347,21 +362,25 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
             )
             pref_tag = _tag(labels(DEPENDS["pref"]))
             pref_dir = out / "runs" / "pref" / pref_tag
-            pref = add(
-                Stage(
-                    f"pref/{pref_tag}",
-                    "pref",
-                    ["train", "pref", "--config", stage_file(f"pref/{pref_tag}")],
-                    {
-                        **section("pref"),
-                        "data": str(data_dir),
-                        "init": str(sft_dir),
-                        "output_dir": str(pref_dir),
-                    },
-                    pref_dir,
-                    [sft],
+            pref_settings = {**section("pref"), "data": str(data_dir), "init": str(sft_dir)}
+            loss = chosen[next(a for a in config.axes if a.key == LOSS_AXIS)].label
+            if config.tunings:
+                # chosen on the valid split by what the pref run depends on, not evaluate axes
+                pref_axes = {a: v for a, v in chosen.items() if a.sections & set(DEPENDS["pref"])}
+                valid = {**section("evaluate", pref_axes), "data": str(data_dir)}
+                runs = (labels(DEPENDS["pref"]), pref_settings, valid)
+                pref = _tuned_stages(add, config, out, loss, runs, sft)
+            else:
+                pref = add(
+                    Stage(
+                        f"pref/{pref_tag}",
+                        "pref",
+                        ["train", "pref", "--config", _stage_file(out, f"pref/{pref_tag}")],
+                        {**pref_settings, "output_dir": str(pref_dir)},
+                        pref_dir,
+                        [sft],
+                    )
                 )
-            )
             models = {name: (name, data, DEPENDS["data"]) for name in config.baselines}
             if "base" in models:
                 models["base"] = (
@@ -370,15 +389,13 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
                     DEPENDS["sft"],
                 )
             models["sft"] = (str(sft_dir), sft, DEPENDS["sft"])
-            loss = chosen[next(a for a in config.axes if a.key == LOSS_AXIS)].label
             models[loss] = (str(pref_dir), pref, DEPENDS["pref"])
             evals = {}
             for model_name, (model, upstream, sections) in models.items():
                 tag = _tag(labels((*sections, "evaluate")))
                 output = out / "eval" / model_name / f"{tag}.json"
                 stage_name = f"eval/{model_name}/{tag}"
-                command = ["evaluate", "--config", stage_file(stage_name), "--out", str(output)]
-                command += ["--threads", str(config.threads)]
+                command = _evaluate_command(out, stage_name, output, config.threads)
                 settings = {**section("evaluate"), "data": str(data_dir), "model": model}
                 evals[model_name] = add(
                     Stage(
@@ -395,6 +412,73 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
             cells.append(Cell(setting, seed, evals, {loss: pref}))
     home = out / name if name else out
     return Plan(config, out, _dependency_order(stages), _merge_cells(cells), home)
+
+
+def _stage_file(out: Path, stage_name: str) -> str:
+    return str(out / "stages" / f"{stage_name}.yaml")
+
+
+def _evaluate_command(out: Path, stage_name: str, output: Path, threads: int) -> list[str]:
+    command = ["evaluate", "--config", _stage_file(out, stage_name), "--out", str(output)]
+    return [*command, "--threads", str(threads)]
+
+
+def _tuned_stages(
+    add: Callable[[Stage], str],
+    config: StudyConfig,
+    out: Path,
+    loss: str,
+    runs: tuple[list[tuple[str, str]], dict[str, Any], dict[str, Any]],
+    sft: str,
+) -> str:
+    """One objective's stages at one setting and seed under ``tune``: a pref run per
+    combination, its evaluation on the valid split, then the selection, which reads those
+    evaluations only and copies the chosen run to the untuned run's folder. ``runs``: the
+    untuned run's tag labels, its settings and the valid evaluation's. Returns the
+    selection's name (the objective's run for everything downstream)."""
+    pref_labels, pref_settings, valid_settings = runs
+    head, seed = pref_labels[:-1], pref_labels[-1]
+    candidates, valid = [], []
+    for combination in config.tunings:
+        tag = _tag([*head, *tune_labels(combination), seed])
+        run = out / "runs" / "pref" / tag
+        pref = add(
+            Stage(
+                f"pref/{tag}",
+                "pref",
+                ["train", "pref", "--config", _stage_file(out, f"pref/{tag}")],
+                {**pref_settings, **dict(combination), "output_dir": str(run)},
+                run,
+                [sft],
+            )
+        )
+        name, results = f"valid/{loss}/{tag}", out / "valid" / loss / f"{tag}.json"
+        settings = {**valid_settings, "split": TUNE_SPLIT, "model": str(run)}
+        command = _evaluate_command(out, name, results, config.threads)
+        valid.append(
+            add(
+                Stage(
+                    name,
+                    "valid",
+                    command,
+                    settings,
+                    results,
+                    [pref],
+                    processes=config.evaluate_processes,
+                )
+            )
+        )
+        candidates.append({"values": dict(combination), "run": str(run), "results": str(results)})
+    tag = _tag(pref_labels)
+    run, name = out / "runs" / "pref" / tag, f"select/{tag}"
+    settings = {
+        "metric": config.metric,
+        "candidates": candidates,
+        "out": str(run),
+        "choice": str(out / "select" / f"{tag}.json"),
+    }
+    command = ["study", "select", "--config", _stage_file(out, name)]
+    return add(Stage(name, "select", command, settings, run, valid))
 
 
 def _hash(what: Any) -> str:
@@ -414,8 +498,9 @@ def _within(what: Any, out: Path, prefix: str) -> Any:
 
 
 def _dependency_order(stages: dict[str, Stage]) -> dict[str, Stage]:
-    """Stages by kind (data, sft, pref, eval): every stage after the ones it needs."""
-    order = {"data": 0, "sft": 1, "pref": 2, "eval": 3}
+    """Stages by kind (data, sft, pref, valid, select, eval): every stage after the ones it
+    needs."""
+    order = {"data": 0, "sft": 1, "pref": 2, "valid": 3, "select": 4, "eval": 5}
     return dict(sorted(stages.items(), key=lambda item: order[item[1].kind]))
 
 

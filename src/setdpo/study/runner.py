@@ -71,7 +71,8 @@ def write_plan_files(plan: Plan) -> None:
     """study.yaml, commands.sh and every stage's configuration file."""
     from dataclasses import asdict
 
-    study = {k: v for k, v in asdict(plan.config).items() if k != "axes"}
+    # without tune, the file of a study written before tune existed
+    study = {k: v for k, v in asdict(plan.config).items() if k != "tune" or v}
     atomic_write_text(plan.home / "study.yaml", yaml.safe_dump(study, sort_keys=False))
     for stage in plan.stages.values():
         path = plan.out / "stages" / f"{stage.name}.yaml"
