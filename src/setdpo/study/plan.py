@@ -20,6 +20,13 @@ and SFT setting and seed, one preference run per objective, setting and seed. Ea
 the `setdpo ...` command a user would type, reading a configuration file the study writes
 (``DIR/stages/<name>.yaml``).
 
+A ``tune`` section (``pref.beta: [0.05, 0.1]``; only ``pref`` fields, none a grid axis) is
+searched per objective, setting and seed on the valid split (`setdpo.study.tune`): one pref run
+per combination of its values (tags carry them: ``loss=mult,beta=0.1,seed=0``), each evaluated
+on ``valid``, then a selection stage (``setdpo study select``) that reads those results only,
+keeps the best ``metric`` (ties: the first combination) and copies that run to the untuned
+run's folder: the test evaluation and everything after it are those of an untuned study.
+
 Layout of a study directory::
 
     study.yaml                   the study's configuration as run   (with --name N: in N/,
@@ -29,6 +36,8 @@ Layout of a study directory::
     data/<tag>/                  prepared data          (setdpo data prepare)
     runs/sft/<tag>/  runs/pref/<tag>/                     (setdpo train sft|pref)
     eval/<model>/<tag>.json      test results           (setdpo evaluate)
+    valid/<loss>/<tag>.json      with tune: each combination's valid results
+    select/<tag>.json            with tune: the choice  (setdpo study select)
     report.md  summary.json  plots/*.png                  (setdpo study report)
 
 Tags name the axis values a stage depends on and the seed: ``k=3,loss=mult,seed=0``.
