@@ -109,11 +109,30 @@ def test_tune_trains_each_combination_and_selects_on_valid_results_only(tmp_path
         ({"tune": {"pref.beta": [0.1, 0.1]}}, "repeated values"),
         ({"tune": {"pref.learning_rate": ["1e-4"]}}, "tune pref.learning_rate.*write 1.0e-4"),
         ({"tune": {"pref.beta": [0.1]}, "evaluate": {"split": "valid"}}, "evaluate.split"),
+        (
+            {
+                "tune": {"pref.beta": [0.1]},
+                "grid": {"t": {"v": {"evaluate.split": "valid"}}, "pref.loss": ["mult"]},
+            },
+            "evaluate.split",
+        ),
+        ({"tune": {"pref.beta": [0.1]}, "evaluate": {"metrics": ["MRR"]}}, "lacks it"),
+        ({"tune": {"pref.beta": [0.1]}, "metric": "HR@3"}, "lacks it"),
     ],
 )
 def test_bad_tune_sections_are_refused(changes: dict, message: str) -> None:
     with pytest.raises(InputError, match=message):
         config(**changes)
+
+
+@pytest.mark.parametrize(
+    "prepare", [{"max_examples_per_split": {"valid": 0}}, {"split_ratios": [0.9, 0.0, 0.1]}]
+)
+def test_a_tuned_study_refuses_data_without_a_valid_split(prepare: dict, tmp_path: Path) -> None:
+    study = config(tune={"pref.beta": [0.1, 0.2]}, prepare={"source": "ml-100k", **prepare})
+    with pytest.raises(InputError, match="data/seed=0: tune chooses on the valid split"):
+        build_plan(study, tmp_path)
+    build_plan(config(prepare={"source": "ml-100k", **prepare}), tmp_path)  # untuned: fine
 
 
 def _candidate(folder: Path, name: str, split: str, values: list[float]) -> dict:

@@ -57,7 +57,12 @@ from typing import Any
 
 from setdpo.errors import InputError
 from setdpo.study.tune import SPLIT as TUNE_SPLIT
-from setdpo.study.tune import combinations
+from setdpo.study.tune import (
+    Combination,
+    check_evaluations,
+    check_valid_split,
+    combinations,
+)
 from setdpo.study.tune import labels as tune_labels
 
 SECTIONS = {
@@ -130,16 +135,8 @@ class StudyConfig:
             if name != "sft" and name not in self.baselines:
                 raise InputError(f"compare_with {name!r}: not 'sft' nor one of the baselines")
         self.axes = [_axis(name, values) for name, values in self.grid.items()]
-        for key in self.tune:
-            _split_key(str(key), "tune")
-        self.tunings = combinations(self.tune, self.axes)
+        self.tunings = _tunings(self)
         _check_fields(self)
-        splits = {str(self.evaluate.get("split", "test"))}
-        splits |= {
-            str(v.settings.get("evaluate.split", "test")) for a in self.axes for v in a.values
-        }
-        if self.tunings and splits != {"test"}:
-            raise InputError(f"tune chooses on valid and tests on test; evaluate.split: {splits}")
         labels = {a.name: {v.label for v in a.values} for a in self.axes}
         for entry in self.exclude:
             if not isinstance(entry, dict) or not entry:
@@ -203,6 +200,22 @@ def _axis(key: str, values: Any) -> Axis:
     if len(set(labels)) != len(labels):
         raise InputError(f"grid {key}: repeated values {values}")
     return Axis(key.split(".", 1)[1], key, tuple(AxisValue(str(v), {key: v}) for v in values))
+
+
+def _tunings(config: StudyConfig) -> list[Combination]:
+    """The tune section's combinations, after its checks (`setdpo.study.tune`)."""
+    for key in config.tune:
+        _split_key(str(key), "tune")
+    tunings = combinations(config.tune, config.axes)
+    if tunings:
+        evaluates = [
+            config.evaluate
+            | {k.split(".", 1)[1]: x for k, x in v.settings.items() if k.startswith("evaluate.")}
+            for a in config.axes
+            for v in a.values
+        ]
+        check_evaluations(config.metric, [config.evaluate, *evaluates])
+    return tunings
 
 
 def _check_fields(config: StudyConfig) -> None:
@@ -346,6 +359,8 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
 
             data_tag = _tag(labels(DEPENDS["data"]))
             data_dir = out / "data" / data_tag
+            if config.tunings:
+                check_valid_split(section("prepare"), f"data/{data_tag}")
             data = add(
                 Stage(
                     f"data/{data_tag}",

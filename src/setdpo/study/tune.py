@@ -58,6 +58,30 @@ def combinations(tune: dict[str, Any], axes: list[Any]) -> list[Combination]:
     return list(itertools.product(*lists)) if lists else []
 
 
+def check_evaluations(metric: str, evaluates: list[dict[str, Any]]) -> None:
+    """The study's evaluations (``evaluates``: its evaluate section, and that section with each
+    axis value's evaluate fields) are on the test split and compute the choice's metric."""
+    from setdpo.evaluation.metrics import DEFAULT_METRICS
+
+    for values in evaluates:
+        split, metrics = values.get("split", "test"), values.get("metrics", DEFAULT_METRICS)
+        if split != "test":
+            raise InputError(f"tune chooses on valid and tests on test; evaluate.split: {split!r}")
+        if not isinstance(metrics, list) or metric not in metrics:
+            raise InputError(f"tune chooses by metric {metric!r}: evaluate.metrics lacks it")
+
+
+def check_valid_split(prepare: dict[str, Any], where: str) -> None:
+    """Refuse data whose configuration leaves the valid split empty (a valid share or cap of
+    0): the choice is made there. (An empty valid split otherwise fails its evaluation.)"""
+    ratios, caps = prepare.get("split_ratios"), prepare.get("max_examples_per_split")
+    share = ratios[1] if isinstance(ratios, list | tuple) and len(ratios) == 3 else None
+    cap = caps.get(SPLIT) if isinstance(caps, dict) else None
+    if share == 0 or cap == 0:
+        field = "split_ratios" if share == 0 else "max_examples_per_split"
+        raise InputError(f"{where}: tune chooses on the valid split, which {field} leaves empty")
+
+
 def labels(combination: Combination) -> list[tuple[str, str]]:
     """Tag labels of a combination: ``[("beta", "0.1"), ("learning_rate", "0.0001")]``."""
     return [(name, str(value)) for name, value in combination]
@@ -76,17 +100,25 @@ class SelectConfig:
         if not self.candidates:
             raise InputError("select: no candidates")
         for c in self.candidates:
-            if not isinstance(c, dict) or set(c) != {"values", "run", "results"}:
-                raise InputError(f"select: a candidate is {{values, run, results}}, got {c!r}")
+            paths = [c.get("run"), c.get("results")]
+            if (
+                set(c) != {"values", "run", "results"}
+                or not isinstance(c["values"], dict)
+                or not all(isinstance(p, str) for p in paths)
+            ):
+                raise InputError(
+                    f"select: a candidate is {{values: mapping, run: dir, results: file}}, got {c!r}"
+                )
 
 
 def load_select(path: str | Path) -> SelectConfig:
     """The selection stage's file; relative paths are read against its folder."""
     from setdpo.paths import resolved
-    from setdpo.protocol import read_config_file
+    from setdpo.protocol import check_types, read_config_file
 
     raw = read_config_file(path)
     folder = Path(path).parent
+    check_types(SelectConfig, raw, lambda _: path)
     try:
         config = SelectConfig(**raw)
     except TypeError as err:
