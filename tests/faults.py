@@ -191,6 +191,15 @@ def read_run(out: Path) -> dict[str, Any] | None:
     return {"weights": weights, "log": log}
 
 
+def read_selection(out: Path) -> dict[str, Any] | None:
+    """`setdpo study select`'s result: the choice (``choice.json`` beside the chosen run's
+    copy ``out``) and every file of the copy; None before the choice is written."""
+    choice = out.parent / "choice.json"
+    if not choice.is_file():
+        return None
+    return {"choice": _json(choice), "run": read_prepared(out)}
+
+
 def read_results(out: Path) -> dict[str, Any] | None:
     """An evaluation results file, untimed."""
     return _json(out) if out.is_file() else None
@@ -206,6 +215,7 @@ def read_study(out: Path) -> dict[str, Any] | None:
         return None
     plan = load_plan(out)
     readers = {"data": read_prepared, "sft": read_run, "pref": read_run, "eval": read_results}
+    readers |= {"valid": read_results, "select": read_run}  # a tuned study's (setdpo.study.tune)
     found: dict[str, Any] = {}
     for stage in plan.stages.values():
         if is_finished(plan, stage):

@@ -11,6 +11,7 @@ delays) plus 4 delays, printing one tally line per command (``pytest -s``), also
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -23,6 +24,7 @@ from faults import (
     read_prepared,
     read_results,
     read_run,
+    read_selection,
     read_study,
     run_case,
     run_setdpo,
@@ -37,7 +39,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("faults")]
 POINTS = int(os.environ.get("SETDPO_FAULT_POINTS", "0"))
 # Points per command in the default run. A study pays a worker process's start (imports) per
 # run; the quickstart is a study too, run by the same runner: only with SETDPO_FAULT_POINTS.
-CI_POINTS = {"prepare": 2, "sft": 2, "pref": 2, "evaluate": 2, "study": 1, "quickstart": 0}
+CI_POINTS = {
+    "prepare": 2,
+    "sft": 2,
+    "pref": 2,
+    "evaluate": 2,
+    "select": 2,  # `setdpo study select` (a tuned study's selection stage)
+    "study": 1,
+    "quickstart": 0,
+}
 QUIET = ["--disable-tqdm", "true", "--logging-steps", "1", "--seed", "0"]
 STUDY = {
     "description": "kill harness: tiny model, a slice of ML-100K",
@@ -111,6 +121,27 @@ def make_case(name: str, work: Path, inputs: dict[str, Path]) -> Case:
         argv = ["evaluate", "--model", str(inputs["sft"]), "--data", data, "--limit", "16"]
         argv += ["--out", str(out), "--batch-size", "2", "--n-resamples", "100"]
         return Case(name, argv, out, read_results, rerun=[])
+    if name == "select":  # a tuned study's selection stage (setdpo.study.tune)
+        out = work / "chosen"
+
+        def candidates() -> None:  # two runs (copies of the SFT run), their valid results
+            rows = []
+            for i, value in enumerate((0.25, 0.75)):
+                shutil.copytree(inputs["sft"], work / f"run{i}")
+                contexts = [{"context_id": "0", "values": {"NDCG@5": value}}]
+                results = {"protocol": {"split": "valid"}, "metrics": {}, "contexts": contexts}
+                (work / f"valid{i}.json").write_text(json.dumps(results))
+                rows.append({"values": {"beta": i}, "run": f"run{i}", "results": f"valid{i}.json"})
+            stage = {
+                "metric": "NDCG@5",
+                "candidates": rows,
+                "out": "chosen",
+                "choice": "choice.json",
+            }
+            (work / "select.yaml").write_text(yaml.safe_dump(stage))
+
+        argv = ["study", "select", "--config", str(work / "select.yaml")]
+        return Case(name, argv, out, read_selection, setup=candidates)
     if name == "study":
         out = work / "study"
         argv = ["study", "--config", str(inputs["study"]), "--out", str(out), "--jobs", "1"]

@@ -209,15 +209,20 @@ def test_serve_model_option_before_other_options() -> None:
 
 STUDY = yaml.safe_load(Path(__file__).parents[1].joinpath("configs/studies/smoke.yaml").read_text())
 STUDY_KEYS = sorted(STUDY) + ["exclude", "metric", "metrics", "compare_with", "threads", "notes"]
+STUDY_KEYS += ["tune"]
+TUNE_KEYS = ["pref.beta", "pref.learning_rate", "pref.loss", "sft.max_steps", "pref.x", "pref.init"]
 
 
 @st.composite
 def study_files(draw: st.DrawFn) -> str:
-    """The smoke study with 0..3 keys (or grid axes, or section fields) set to any value."""
+    """The smoke study with 0..3 keys (or grid axes, section fields, tune fields) set to any
+    value."""
     study = json.loads(json.dumps(STUDY))
     for _ in range(draw(st.integers(0, 3))):
-        where = draw(st.sampled_from(["top", "top", "grid", "section"]))
-        if where == "top":
+        where = draw(st.sampled_from(["top", "top", "grid", "section", "tune"]))
+        if where == "tune" and isinstance(study.setdefault("tune", {}), dict):
+            study["tune"][draw(st.sampled_from(TUNE_KEYS))] = draw(VALUES | st.lists(VALUES))
+        elif where == "top":
             study[draw(st.sampled_from(STUDY_KEYS))] = draw(VALUES)
         elif where == "grid" and isinstance(study.get("grid"), dict):
             axis = draw(st.sampled_from(["pref.loss", "prepare.k", "sft.max_steps", "tier", "x.y"]))

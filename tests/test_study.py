@@ -39,7 +39,7 @@ def smoke_config(**changes) -> StudyConfig:
 def test_every_shipped_study_config_loads_and_expands(path: Path, tmp_path: Path) -> None:
     plan = build_plan(load_study(path), tmp_path)
     kinds = [s.kind for s in plan.stages.values()]
-    assert kinds == sorted(kinds, key=["data", "sft", "pref", "eval"].index)
+    assert kinds == sorted(kinds, key=["data", "sft", "pref", "valid", "select", "eval"].index)
     assert len(plan.cells) == len(plan.settings()) * len(plan.config.seeds)
 
 

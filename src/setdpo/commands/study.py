@@ -1,4 +1,5 @@
-"""`setdpo study --config FILE --out DIR` and `setdpo study report DIR`."""
+"""`setdpo study --config FILE --out DIR`, `setdpo study report DIR` and
+`setdpo study select --config FILE` (a tuned study's selection stage)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,20 @@ def add_parser(subparsers) -> None:
         "setdpo command, shared where equal; run those not finished (an interrupted study "
         "resumes), then write DIR/report.md with intervals over seeds and contexts, paired "
         "differences with Holm's correction and minimal detectable differences. "
-        "`setdpo study report DIR` rebuilds the report from whatever runs exist.",
+        "`setdpo study report DIR` rebuilds the report from whatever runs exist; "
+        "`setdpo study select --config DIR/stages/select/TAG.yaml` is a tuned study's "
+        "selection stage (the best valid result among the tune combinations).",
     )
     p.add_argument(
-        "action", nargs="?", choices=["report"], help="report: rebuild the report of DIR"
+        "action",
+        nargs="?",
+        choices=["report", "select"],
+        help="report: rebuild the report of DIR; select: run a selection stage from --config",
     )
     p.add_argument("dir", nargs="?", help="with report: the study directory")
-    p.add_argument("--config", help="study configuration file (YAML)")
+    p.add_argument(
+        "--config", help="study configuration file (YAML); with select: the stage's file"
+    )
     p.add_argument("--out", help="study directory")
     p.add_argument(
         "--name",
@@ -46,6 +54,14 @@ def run(args: argparse.Namespace) -> int:
         if not args.dir:
             raise InputError("setdpo study report DIR: the study directory is missing")
         print(build_study_report(args.dir, args.name))
+        return 0
+    if args.action == "select":
+        from setdpo.study.tune import load_select, select
+
+        if not args.config:
+            raise InputError("setdpo study select needs --config FILE (stages/select/TAG.yaml)")
+        choice = select(load_select(args.config))
+        print(f"[select] {choice['values']} ({choice['metric']} on valid) -> {choice['run']}")
         return 0
     if not args.config or not args.out:
         raise InputError("setdpo study needs --config FILE and --out DIR")

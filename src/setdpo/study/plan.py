@@ -28,6 +28,13 @@ and SFT setting and seed, one preference run per objective, setting and seed. Ea
 the `setdpo ...` command a user would type, reading a configuration file the study writes
 (``DIR/stages/<name>.yaml``).
 
+A ``tune`` section (``pref.beta: [0.05, 0.1]``; only ``pref`` fields, none a grid axis) is
+searched per objective, setting and seed on the valid split (`setdpo.study.tune`): one pref run
+per combination of its values (tags carry them: ``loss=mult,beta=0.1,seed=0``), each evaluated
+on ``valid``, then a selection stage (``setdpo study select``) that reads those results only,
+keeps the best ``metric`` (ties: the first combination) and copies that run to the untuned
+run's folder: the test evaluation and everything after it are those of an untuned study.
+
 Layout of a study directory::
 
     study.yaml                   the study's configuration as run   (with --name N: in N/,
@@ -37,6 +44,8 @@ Layout of a study directory::
     data/<tag>/                  prepared data          (setdpo data prepare | import)
     runs/sft/<tag>/  runs/pref/<tag>/                     (setdpo train sft|pref)
     eval/<model>/<tag>.json      test results           (setdpo evaluate)
+    valid/<loss>/<tag>.json      with tune: each combination's valid results
+    select/<tag>.json            with tune: the choice  (setdpo study select)
     report.md  summary.json  plots/*.png                  (setdpo study report)
 
 Tags name the axis values a stage depends on and the seed: ``k=3,loss=mult,seed=0``.
@@ -49,6 +58,7 @@ import itertools
 import json
 import os
 import shlex
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -61,6 +71,14 @@ from setdpo.study.checks import (
     evaluate_settings,
     uses_import,
 )
+from setdpo.study.tune import SPLIT as TUNE_SPLIT
+from setdpo.study.tune import (
+    Combination,
+    check_evaluations,
+    check_valid_split,
+    combinations,
+)
+from setdpo.study.tune import labels as tune_labels
 
 SECTIONS = {
     "prepare": "setdpo.data.config:PrepareConfig",
@@ -101,6 +119,9 @@ class StudyConfig:
     pref: dict[str, Any] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, Any] = field(default_factory=dict)
+    # pref.field: [values], each combination trained and chosen on the valid split
+    # (setdpo.study.tune); the test split evaluates the chosen run only
+    tune: dict[str, Any] = field(default_factory=dict)
     # combinations left out: each entry maps axis names to values, e.g. {tier: llm, loss: dpo}
     exclude: list[dict[str, Any]] = field(default_factory=list)
     baselines: list[str] = field(default_factory=lambda: ["popularity"])
@@ -134,6 +155,7 @@ class StudyConfig:
                 raise InputError(f"compare_with {name!r}: not 'sft' nor one of the baselines")
         absolute_files(self.import_, self.grid, os.getcwd())
         self.axes = [_axis(name, values) for name, values in self.grid.items()]
+        self.tunings = _tunings(self)
         _check_fields(self)
         check_data(self)
         check_metrics(self)
@@ -154,7 +176,8 @@ class StudyConfig:
 
     def to_file(self) -> dict[str, Any]:
         """The keys of a study file (``import`` without its trailing underscore; only if set)."""
-        out = {k: v for k, v in asdict(self).items() if k != "import_"}
+        # without tune, the file of a study written before tune existed
+        out = {k: v for k, v in asdict(self).items() if k != "import_" and (k != "tune" or v)}
         return {**out, "import": self.import_} if self.import_ else out
 
     def excluded(self, labels: dict[str, str]) -> bool:
@@ -211,6 +234,22 @@ def _axis(key: str, values: Any) -> Axis:
     return Axis(key.split(".", 1)[1], key, tuple(AxisValue(str(v), {key: v}) for v in values))
 
 
+def _tunings(config: StudyConfig) -> list[Combination]:
+    """The tune section's combinations, after its checks (`setdpo.study.tune`)."""
+    for key in config.tune:
+        _split_key(str(key), "tune")
+    tunings = combinations(config.tune, config.axes)
+    if tunings:
+        evaluates = [
+            config.evaluate
+            | {k.split(".", 1)[1]: x for k, x in v.settings.items() if k.startswith("evaluate.")}
+            for a in config.axes
+            for v in a.values
+        ]
+        check_evaluations(config.metric, [config.evaluate, *evaluates])
+    return tunings
+
+
 def _check_fields(config: StudyConfig) -> None:
     """Unknown field names fail now, not after an hour of earlier stages."""
     from setdpo.commands.options import config_class
@@ -218,6 +257,7 @@ def _check_fields(config: StudyConfig) -> None:
     for section, path in SECTIONS.items():
         known = {f.name for f in fields(config_class(path)) if f.init}
         given = set(config.section(section))
+        given |= {k.split(".", 1)[1] for k in config.tune if k.startswith(f"{section}.")}
         for axis in config.axes:
             given |= {
                 k.split(".", 1)[1]
@@ -329,9 +369,6 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
             stages[stage.name] = stage
         return stage.name
 
-    def stage_file(stage_name: str) -> str:
-        return str(out / "stages" / f"{stage_name}.yaml")
-
     cells = []
     for combo in itertools.product(*(a.values for a in config.axes)):
         chosen = dict(zip(config.axes, combo, strict=True))
@@ -344,6 +381,7 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
                 return [*picked, ("seed", str(_s))]
 
             def section(section_name: str, _c=chosen, _s=seed) -> dict[str, Any]:
+                """The section's fields at this cell (``_c``: the axes applied)."""
                 values = dict(config.section(section_name))
                 for value in _c.values():
                     values.update(
@@ -355,8 +393,10 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
                     )
                 return {**values, "seed": _s}
 
-            data_stage = _data_stage(config, out, labels(DEPENDS["data"]), section, stage_file)
+            data_stage = _data_stage(config, out, labels(DEPENDS["data"]), section)
             data, data_dir = add(data_stage), data_stage.output
+            if config.tunings and not uses_import(config):
+                check_valid_split(section("prepare"), data_stage.name)
             sft_tag = _tag(labels(DEPENDS["sft"]))
             sft_dir = out / "runs" / "sft" / sft_tag
             sft_settings = {**section("sft"), "data": str(data_dir), "output_dir": str(sft_dir)}
@@ -364,7 +404,7 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
                 Stage(
                     f"sft/{sft_tag}",
                     "sft",
-                    ["train", "sft", "--config", stage_file(f"sft/{sft_tag}")],
+                    ["train", "sft", "--config", _stage_file(out, f"sft/{sft_tag}")],
                     sft_settings,
                     sft_dir,
                     [data],
@@ -372,21 +412,25 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
             )
             pref_tag = _tag(labels(DEPENDS["pref"]))
             pref_dir = out / "runs" / "pref" / pref_tag
-            pref = add(
-                Stage(
-                    f"pref/{pref_tag}",
-                    "pref",
-                    ["train", "pref", "--config", stage_file(f"pref/{pref_tag}")],
-                    {
-                        **section("pref"),
-                        "data": str(data_dir),
-                        "init": str(sft_dir),
-                        "output_dir": str(pref_dir),
-                    },
-                    pref_dir,
-                    [sft],
+            pref_settings = {**section("pref"), "data": str(data_dir), "init": str(sft_dir)}
+            loss = chosen[next(a for a in config.axes if a.key == LOSS_AXIS)].label
+            if config.tunings:
+                # chosen on the valid split by what the pref run depends on, not evaluate axes
+                pref_axes = {a: v for a, v in chosen.items() if a.sections & set(DEPENDS["pref"])}
+                valid = {**section("evaluate", pref_axes), "data": str(data_dir)}
+                runs = (labels(DEPENDS["pref"]), pref_settings, valid)
+                pref = _tuned_stages(add, config, out, loss, runs, sft)
+            else:
+                pref = add(
+                    Stage(
+                        f"pref/{pref_tag}",
+                        "pref",
+                        ["train", "pref", "--config", _stage_file(out, f"pref/{pref_tag}")],
+                        {**pref_settings, "output_dir": str(pref_dir)},
+                        pref_dir,
+                        [sft],
+                    )
                 )
-            )
             models = {name: (name, data, DEPENDS["data"]) for name in config.baselines}
             if "base" in models:
                 models["base"] = (
@@ -395,15 +439,13 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
                     DEPENDS["sft"],
                 )
             models["sft"] = (str(sft_dir), sft, DEPENDS["sft"])
-            loss = chosen[next(a for a in config.axes if a.key == LOSS_AXIS)].label
             models[loss] = (str(pref_dir), pref, DEPENDS["pref"])
             evals = {}
             for model_name, (model, upstream, sections) in models.items():
                 tag = _tag(labels((*sections, "evaluate")))
                 output = out / "eval" / model_name / f"{tag}.json"
                 stage_name = f"eval/{model_name}/{tag}"
-                command = ["evaluate", "--config", stage_file(stage_name), "--out", str(output)]
-                command += ["--threads", str(config.threads)]
+                command = _evaluate_command(out, stage_name, output, config.threads)
                 settings = {**section("evaluate"), "data": str(data_dir), "model": model}
                 settings = evaluate_settings(settings, model)
                 evals[model_name] = add(
@@ -424,7 +466,7 @@ def build_plan(config: StudyConfig, out: str | Path, name: str | None = None) ->
 
 
 def _data_stage(
-    config: StudyConfig, out: Path, labels: list[tuple[str, str]], section: Any, stage_file: Any
+    config: StudyConfig, out: Path, labels: list[tuple[str, str]], section: Any
 ) -> Stage:
     """`setdpo data prepare` per data setting and seed, or `setdpo data import` per import
     setting: an import reads the same files whatever the seed, so every seed shares it (its
@@ -436,8 +478,75 @@ def _data_stage(
     else:
         command, tag, settings = "prepare", _tag(labels), section("prepare")
     name, folder = f"data/{tag}", out / "data" / tag
-    command_line = ["data", command, "--config", stage_file(name)]
+    command_line = ["data", command, "--config", _stage_file(out, name)]
     return Stage(name, "data", command_line, {**settings, "out": str(folder)}, folder, [])
+
+
+def _stage_file(out: Path, stage_name: str) -> str:
+    return str(out / "stages" / f"{stage_name}.yaml")
+
+
+def _evaluate_command(out: Path, stage_name: str, output: Path, threads: int) -> list[str]:
+    command = ["evaluate", "--config", _stage_file(out, stage_name), "--out", str(output)]
+    return [*command, "--threads", str(threads)]
+
+
+def _tuned_stages(
+    add: Callable[[Stage], str],
+    config: StudyConfig,
+    out: Path,
+    loss: str,
+    runs: tuple[list[tuple[str, str]], dict[str, Any], dict[str, Any]],
+    sft: str,
+) -> str:
+    """One objective's stages at one setting and seed under ``tune``: a pref run per
+    combination, its evaluation on the valid split, then the selection, which reads those
+    evaluations only and copies the chosen run to the untuned run's folder. ``runs``: the
+    untuned run's tag labels, its settings and the valid evaluation's. Returns the
+    selection's name (the objective's run for everything downstream)."""
+    pref_labels, pref_settings, valid_settings = runs
+    head, seed = pref_labels[:-1], pref_labels[-1]
+    candidates, valid = [], []
+    for combination in config.tunings:
+        tag = _tag([*head, *tune_labels(combination), seed])
+        run = out / "runs" / "pref" / tag
+        pref = add(
+            Stage(
+                f"pref/{tag}",
+                "pref",
+                ["train", "pref", "--config", _stage_file(out, f"pref/{tag}")],
+                {**pref_settings, **dict(combination), "output_dir": str(run)},
+                run,
+                [sft],
+            )
+        )
+        name, results = f"valid/{loss}/{tag}", out / "valid" / loss / f"{tag}.json"
+        settings = {**valid_settings, "split": TUNE_SPLIT, "model": str(run)}
+        command = _evaluate_command(out, name, results, config.threads)
+        valid.append(
+            add(
+                Stage(
+                    name,
+                    "valid",
+                    command,
+                    settings,
+                    results,
+                    [pref],
+                    processes=config.evaluate_processes,
+                )
+            )
+        )
+        candidates.append({"values": dict(combination), "run": str(run), "results": str(results)})
+    tag = _tag(pref_labels)
+    run, name = out / "runs" / "pref" / tag, f"select/{tag}"
+    settings = {
+        "metric": config.metric,
+        "candidates": candidates,
+        "out": str(run),
+        "choice": str(out / "select" / f"{tag}.json"),
+    }
+    command = ["study", "select", "--config", _stage_file(out, name)]
+    return add(Stage(name, "select", command, settings, run, valid))
 
 
 def _hash(what: Any) -> str:
@@ -457,8 +566,9 @@ def _within(what: Any, out: Path, prefix: str) -> Any:
 
 
 def _dependency_order(stages: dict[str, Stage]) -> dict[str, Stage]:
-    """Stages by kind (data, sft, pref, eval): every stage after the ones it needs."""
-    order = {"data": 0, "sft": 1, "pref": 2, "eval": 3}
+    """Stages by kind (data, sft, pref, valid, select, eval): every stage after the ones it
+    needs."""
+    order = {"data": 0, "sft": 1, "pref": 2, "valid": 3, "select": 4, "eval": 5}
     return dict(sorted(stages.items(), key=lambda item: order[item[1].kind]))
 
 

@@ -5,6 +5,7 @@ Built from whatever evaluations exist (a study still running, or cut short, repo
 seeds it has, and says how many), reading only files the stages wrote:
 
     eval/<model>/<tag>.json         per-context metric values (setdpo evaluate)
+    select/<tag>.json               a tuned study's choices (setdpo study select)
     runs/pref/<tag>/trainer_state.json   per-step logs (bound gap and A/B of mult runs),
                                     valid evaluations (each run's valid curve)
     runs/pref/<tag>/setdpo_model.json    the restored best step of an early-stopped run
@@ -40,6 +41,7 @@ from setdpo.study.plots import VALID_PLOT, log_history, series
 from setdpo.study.runner import read_record
 from setdpo.study.runs import RUN_KEYS, pref_runs, trained_steps
 from setdpo.study.stats import holm, paired_difference, summarize_cell
+from setdpo.study.tune import read_choice
 
 Setting = tuple[tuple[str, str], ...]
 BOUND_KEYS = ("bound_gap", "bound_gap_max", "a_over_b")
@@ -149,11 +151,49 @@ def summarize(plan: Plan) -> dict[str, Any]:
         "n_comparisons": len(pairs),
         "cells": cells,
         "pairs": pairs,
+        "tuning": _tuning(plan),
         "agreement": _agreement(plan, data),
         "bound": _bound(plan),
         "times": _times(plan),
         "runs": pref_runs(plan),
     }
+
+
+def _tuning(plan: Plan) -> list[dict[str, Any]]:
+    """Per setting, objective and seed of a tuned study: the values chosen on the valid
+    split, every combination's valid metric and the chosen run's test metric (None until
+    its evaluation has finished)."""
+    rows = []
+    for cell in plan.cells:
+        for objective, name in cell.prefs.items():
+            stage = plan.stages[name]
+            choice = read_choice(stage.settings["choice"]) if stage.kind == "select" else None
+            if choice is None:
+                continue
+            test = _contexts(plan, cell, objective)
+            rows.append(
+                {
+                    "setting": dict(cell.setting),
+                    "objective": objective,
+                    "seed": cell.seed,
+                    "metric": choice["metric"],
+                    "chosen": choice["values"],
+                    "valid": [
+                        {"values": c["values"], "value": c["valid"]} for c in choice["candidates"]
+                    ],
+                    "test": float(np.mean(_column(test, choice["metric"]))) if test else None,
+                }
+            )
+    order = {s: i for i, s in enumerate(plan.settings())}
+    objectives = plan.objectives
+    return sorted(
+        rows,
+        key=lambda r: (
+            order[tuple(r["setting"].items())],
+            objectives.index(r["objective"]),
+            r["seed"],
+        ),
+    )
 
 
 def _agreement(plan: Plan, data: dict) -> list[dict[str, Any]]:
@@ -221,7 +261,8 @@ def _times(plan: Plan) -> list[dict[str, Any]]:
         record = read_record(plan, stage)
         if "seconds" not in record:
             continue
-        what = stage.name.split("/")[1] if stage.kind == "eval" else stage.settings.get("loss", "")
+        by_name = stage.kind in ("eval", "valid")  # eval/<model>/<tag>, valid/<loss>/<tag>
+        what = stage.name.split("/")[1] if by_name else stage.settings.get("loss", "")
         steps = None
         if stage.kind in ("sft", "pref"):  # taken, not the cap: early stopping ends sooner
             steps = trained_steps(stage.output) or stage.settings.get("max_steps")
@@ -362,8 +403,37 @@ def _not_applicable(rows: list[dict[str, Any]], metrics: list[str]) -> list[str]
     ]
 
 
+def _values(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
+def _tuning_table(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    metric = rows[0]["metric"]
+    lines = [
+        "## Tuning",
+        "",
+        f"Each objective's `tune` values, chosen per setting and seed by the mean {metric} over "
+        "the valid contexts (ties: the first combination written); the test split evaluated "
+        "the chosen run only.",
+        "",
+        f"| setting | objective | seed | chosen | valid {metric} per combination | "
+        f"test {metric} (chosen) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        valid = "; ".join(f"{_values(c['values'])}: {c['value']:.4f}" for c in row["valid"])
+        test = "" if row["test"] is None else f"{row['test']:.4f}"
+        lines.append(
+            f"| {setting_label(tuple(row['setting'].items()))} | {row['objective']} | "
+            f"{row['seed']} | {_values(row['chosen'])} | {valid} | {test} |"
+        )
+    return [*lines, ""]
+
+
 def _extra_tables(summary: dict[str, Any], metric: str) -> list[str]:
-    lines: list[str] = []
+    lines = _tuning_table(summary.get("tuning", []))
     if summary["agreement"]:
         lines += [
             "## mult against pl",
