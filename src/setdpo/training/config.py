@@ -168,7 +168,9 @@ class SFTConfig(_SetdpoArguments):
     model: str = field(
         default="embedded:smollm2-135m",
         metadata={
-            "help": "Base model: `tiny`, `embedded:smollm2-135m`, a hub id or a local folder."
+            "help": "Base model: `tiny`, `embedded:smollm2-135m`, a hub id, a local folder, "
+            "or a run directory (its adapters merged, a fresh adapter on top, as a preference "
+            "stage starts: `setdpo train selfplay`'s later rounds)."
         },
     )
     targets: Literal["answer", "sequence"] = field(
@@ -242,11 +244,14 @@ class PrefConfig(_SetdpoArguments):
         default=3,
         metadata={"help": "Negatives drawn per step from each example's negatives; 0 = all."},
     )
-    negatives: Literal["random", "hard"] = field(
+    negatives: Literal["random", "hard", "self"] = field(
         default="random",
         metadata={
             "help": "`random` = uniform draw; `hard` = drawn from the policy's softmax over the "
-            "negatives (temperature `hard_temperature`), refreshed each epoch."
+            "negatives (temperature `hard_temperature`), refreshed each epoch; `self` = the "
+            "`num_negatives` negatives the stage's starting model (`init`, the reference) "
+            "ranks highest, the same every epoch: its own top predictions that are not "
+            "positives, SPRec's self-play negatives (`setdpo train selfplay`)."
         },
     )
     hard_temperature: float = field(
@@ -333,7 +338,7 @@ class PrefConfig(_SetdpoArguments):
         super().__post_init__()
 
     def scoring_options(self) -> ScoringOptions:
-        """How the policy, the reference and hard negatives score candidates."""
+        """How the policy, the reference and hard or self negatives score candidates."""
         return ScoringOptions(self.share_prefix, self.average_logps, self.chunk_size)
 
     def loss_options(self) -> dict[str, float]:
