@@ -9,6 +9,7 @@ non-positive candidates, scored again here independently with `score_texts`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from setdpo.errors import InputError
 from setdpo.model import load, read_run_model
 from setdpo.scoring import score_texts
 from setdpo.training import PrefConfig, SFTConfig, load_config
+from setdpo.training.reference import MEMO_DIR
 from setdpo.training.selfplay import RECORD_FILE, SelfPlayConfig
 from setdpo.training.selfplay import load_config as load_selfplay
 
@@ -35,17 +37,9 @@ PREF |= {"loss": "dpo", "eval_on_start": False, "learning_rate": 1e-2}
 TRAIN_EXAMPLES = 8
 
 
-@pytest.fixture(scope="module")
-def selfplay(
-    ml100k_next_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, dict[str, list[dict[str, Any]]]]:
-    """OUT of `setdpo train selfplay` (2 rounds) and the draws of each preference run:
-    {run dir name: [{"index": [B], "kept": [B][k]}]}."""
-    from setdpo.cli import main
-
-    root = tmp_path_factory.mktemp("selfplay")
-    protocol = root / "protocol.yaml"
-    protocol.write_text(yaml.safe_dump({"sft": SFT, "pref": PREF, "selfplay": {"rounds": 2}}))
+def _recording_draws(train: Callable[[], Any]) -> dict[str, list[dict[str, Any]]]:
+    """Run `train` with every preference draw recorded: {round folder name: [{"index": [B],
+    "kept": [B][k]}]}."""
     draws: dict[str, list[dict[str, Any]]] = {}
     real = preference_module.PreferenceTrainer.draw_hard_negatives
 
@@ -56,12 +50,26 @@ def selfplay(
         draws.setdefault(name, []).append({"index": index, "kept": kept})
         return cut
 
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(preference_module.PreferenceTrainer, "draw_hard_negatives", recording)
+        train()
+    return draws
+
+
+@pytest.fixture(scope="module")
+def selfplay(
+    ml100k_next_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, list[dict[str, Any]]]]:
+    """OUT of `setdpo train selfplay` (2 rounds) and the draws of each preference run."""
+    from setdpo.cli import main
+
+    root = tmp_path_factory.mktemp("selfplay")
+    protocol = root / "protocol.yaml"
+    protocol.write_text(yaml.safe_dump({"sft": SFT, "pref": PREF, "selfplay": {"rounds": 2}}))
     out = root / "out"
     argv = ["train", "selfplay", "--config", str(protocol), "--data", str(ml100k_next_dir)]
     argv += ["--model", "tiny", "--out", str(out)]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(preference_module.PreferenceTrainer, "draw_hard_negatives", recording)
-        assert main(argv) == 0
+    draws = _recording_draws(lambda: main(argv) == 0 or pytest.fail("selfplay failed"))
     return out, draws
 
 
@@ -181,6 +189,37 @@ def test_self_negatives_are_fixed_and_need_a_starting_model(
     assert [set(row) for row in first] == [top[i] for i in indices]
 
 
+def test_negatives_from_the_previous_rounds_model(ml100k_next_dir: Path, tmp_path: Path) -> None:
+    """`negatives_from: previous` (the authors' code): round 2's negatives are round 1's
+    preference model's top non-positives; round 1's, started from a base model, its SFT's."""
+    from setdpo.training.selfplay import train_selfplay
+
+    out = tmp_path / "out"
+    values = {"output_dir": str(out), "data": str(ml100k_next_dir), "model": "tiny"}
+    values |= {"negatives_from": "previous", "sft": SFT, "pref": PREF}
+    config = load_selfplay(None, values)
+    draws = _recording_draws(lambda: train_selfplay(config))
+    resolved = yaml.safe_load((out / "round-2/pref/resolved_config.yaml").read_text())
+    assert resolved["negatives_from"] == "../../round-1/pref"
+    first = yaml.safe_load((out / "round-1/pref/resolved_config.yaml").read_text())
+    assert first["negatives_from"] is None
+    for round_, scorer in ((1, "round-1/sft"), (2, "round-1/pref")):
+        recorded = draws[f"round-{round_}"]
+        indices = sorted({i for draw in recorded for i in draw["index"]})
+        top = _top_non_positives(out / scorer, ml100k_next_dir, indices, k=1)
+        for draw in recorded:
+            for index, kept in zip(draw["index"], draw["kept"], strict=True):
+                assert {j for j in kept if j >= 0} == top[index]
+    # its log-probs are memoised in that run, as a reference's are in an SFT run
+    assert list((out / "round-1/pref" / MEMO_DIR).iterdir())
+
+
+def test_negatives_from_needs_self_negatives(ml100k_next_dir: Path, tmp_path: Path) -> None:
+    values = {"data": str(ml100k_next_dir), "init": "tiny", "output_dir": str(tmp_path)}
+    with pytest.raises(InputError, match="negatives_from"):
+        load_config(PrefConfig, None, {**values, "negatives_from": "tiny"})
+
+
 def _selfplay(tmp_path: Path, **values: Any) -> SelfPlayConfig:
     base = {"output_dir": str(tmp_path / "out"), "data": str(tmp_path), "model": "tiny"}
     return load_selfplay(None, {**base, **values})
@@ -194,7 +233,8 @@ def _selfplay(tmp_path: Path, **values: Any) -> SelfPlayConfig:
         ({"output_dir": None}, "output_dir"),
         ({"sft": {"output_dir": "x"}}, "output_dir"),
         ({"pref": {"init": "x"}}, "init"),
-        ({"pref": {"negatives": "random"}}, "negatives"),
+        ({"pref": {"negatives_from": "x"}}, "negatives_from"),
+        ({"negatives_from": "last"}, "negatives_from"),
         ({"pref": {"beta": -1.0}}, "beta"),
         ({"sft": {"max_stepz": 3}}, "max_stepz"),
         ({"pref": {"num_negatives": "one"}}, "num_negatives"),
@@ -215,7 +255,7 @@ def test_selfplay_reads_a_protocol_file_and_options_override_its_sections(tmp_pa
     sections = {"sft": {"max_steps": 7, "model": "tiny", "data": "one"}, "pref": {"beta": 0.1}}
     own = {"rounds": 3, "output_dir": "o", "data": "two"}  # every stage's data, over the sections
     protocol.write_text(yaml.safe_dump({**sections, "selfplay": own}))
-    argv = ["--sft", "max_steps=9,bf16=false", "--pref", "loss=dpo"]
+    argv = ["--sft", "max_steps=9,bf16=false", "--pref", "loss=dpo,negatives=random"]
     config = load_selfplay(protocol, parse_fields(SelfPlayConfig, argv))
     assert config.rounds == 3 and config.output_dir == str(tmp_path / "o")
     assert config.data == str(tmp_path / "two")
@@ -225,7 +265,7 @@ def test_selfplay_reads_a_protocol_file_and_options_override_its_sections(tmp_pa
         "model": "tiny",
         "data": str(tmp_path / "one"),
     }
-    assert config.pref == {"beta": 0.1, "loss": "dpo"}
+    assert config.pref == {"beta": 0.1, "loss": "dpo", "negatives": "random"}  # for train pref
     sft = config.stage("sft", 3)
     assert isinstance(sft, SFTConfig) and sft.model == str(tmp_path / "o/round-2/pref")
     assert sft.max_steps == 9 and sft.data == str(tmp_path / "two")
@@ -235,3 +275,25 @@ def test_selfplay_reads_a_protocol_file_and_options_override_its_sections(tmp_pa
         str(tmp_path / "o/round-2/pref"),
     )
     assert (pref.negatives, pref.num_negatives, pref.beta, pref.loss) == ("self", 1, 0.1, "dpo")
+
+
+def test_the_readme_selfplay_command_builds_its_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's command, configuration and all (S-DPO's protocol file, SPRec's settings
+    over its pref section), without training."""
+    import shlex
+
+    from setdpo.cli import build_parser
+    from setdpo.commands import options
+    from setdpo.training import selfplay
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    (line,) = [ln for ln in readme.splitlines() if ln.startswith("setdpo train selfplay")]
+    monkeypatch.chdir(root)
+    args = build_parser().parse_args(shlex.split(line)[1:])
+    config = options.build_config(args, load=selfplay.load_config)
+    assert config.rounds == 3 and config.model == "embedded:smollm2-135m"
+    pref = config.stage("pref", 3)
+    assert (pref.loss, pref.beta, pref.num_negatives, pref.negatives) == ("dpo", 0.1, 1, "self")
+    assert pref.lora_r == 8 and pref.init == "runs/selfplay/round-3/sft"
+    assert config.stage("sft", 3).model == "runs/selfplay/round-2/pref"

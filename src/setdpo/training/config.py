@@ -254,6 +254,16 @@ class PrefConfig(_SetdpoArguments):
             "positives, SPRec's self-play negatives (`setdpo train selfplay`)."
         },
     )
+    negatives_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "`negatives: self`: the model whose top predictions are the negatives (a "
+            "run directory or a model name, with the policy's tokenizer), scored at the "
+            "reference's precision and memoised as it is; None = `init`, the stage's starting "
+            "model. SPRec's code takes the model before the round's SFT (`setdpo train "
+            "selfplay --negatives-from previous`)."
+        },
+    )
     hard_temperature: float = field(
         default=1.0, metadata={"help": "Temperature of the hard-negative softmax."}
     )
@@ -326,6 +336,11 @@ class PrefConfig(_SetdpoArguments):
             self.average_logps = True
         if self.num_negatives < 0:
             raise InputError(f"num_negatives must be >= 0 (0 = all), got {self.num_negatives}")
+        if self.negatives_from is not None and self.negatives != "self":
+            raise InputError(
+                f"negatives_from names the model of negatives: self, and negatives is "
+                f"{self.negatives!r}"
+            )
         if self.hard_temperature <= 0:
             raise InputError(f"hard_temperature must be > 0, got {self.hard_temperature}")
         try:

@@ -95,8 +95,9 @@ class HardNegatives:
       examples and nothing is scored that training never reaches.
     - `negatives: self` (`initial` set, temperature 0): the scores of the model the stage
       starts from, the reference's memoised log-probs (the SFT model: with LoRA the policy
-      with its adapter off, else the frozen copy), and no draw: the `num_negatives` it ranks
-      highest, the same every epoch (SPRec's self-play negatives).
+      with its adapter off, else the frozen copy), or of `negatives_from`'s model, memoised
+      the same way; no draw: the `num_negatives` it ranks highest, the same every epoch
+      (SPRec's self-play negatives).
 
     Either way a resumed run draws as the uninterrupted one did.
     """
@@ -109,8 +110,8 @@ class HardNegatives:
 
     @classmethod
     def of(cls, config: PrefConfig, initial: Reference | None = None) -> HardNegatives | None:
-        """The config's draw (`initial`: the starting model's log-probs, for `self`), or None
-        under `negatives: random`."""
+        """The config's draw (`initial`: the memoised log-probs of `init` or `negatives_from`,
+        for `self`), or None under `negatives: random`."""
         if config.negatives == "random":
             return None
         options, k = config.scoring_options(), config.num_negatives
@@ -262,9 +263,10 @@ class PreferenceTrainer(RunTrainer):
         super().log(logs, start_time)
 
 
-def _frozen_copy(config: PrefConfig) -> torch.nn.Module:
-    """The SFT model as a separate frozen network: the reference of full fine-tuning."""
-    return models.load_reference(config.init, device=config.device, dtype=torch.float32)
+def _frozen_copy(config: PrefConfig, name: str | None = None) -> torch.nn.Module:
+    """The SFT model (or `name`) as a separate frozen network: the reference of full
+    fine-tuning, or the model `negatives_from` names."""
+    return models.load_reference(name or config.init, device=config.device, dtype=torch.float32)
 
 
 def reference_autocast(config: PrefConfig) -> torch.dtype | None:
@@ -276,21 +278,29 @@ def reference_autocast(config: PrefConfig) -> torch.dtype | None:
 
 
 def _reference(
-    model: torch.nn.Module, tokenizer: Any, config: PrefConfig, splits: dict[str, Any]
+    model: torch.nn.Module,
+    tokenizer: Any,
+    config: PrefConfig,
+    splits: dict[str, Any],
+    name: str | None = None,
 ) -> Reference:
-    """The reference of `config.init` with its memo, filled up front with `precompute_ref`.
+    """The reference of `config.init` with its memo, filled up front with `precompute_ref`;
+    with `name` (`negatives_from`), that model's log-probs the same way, from its own frozen
+    copy.
 
     The memo lives in the SFT run directory (shared by every objective aligned from it), or in
     the output directory when `init` is not a run directory (a model folder or hub id).
     """
+    source = name or config.init
     scoring = config.scoring_options()
-    load_copy = partial(_frozen_copy, config) if config.peft == "none" else None
+    own_copy = config.peft == "none" or source != config.init
+    load_copy = partial(_frozen_copy, config, source) if own_copy else None
     autocast = reference_autocast(config)
     settings = {**scoring.values(), "dtype": "float32", "bf16": config.bf16, "fp16": config.fp16}
     if autocast is not None:  # the key says it: memos of older versions mixed precisions
         settings["reference_autocast"] = str(autocast).removeprefix("torch.")
-    key = memo_key(config.init, settings)
-    root = Path(config.init) if models.is_run_dir(config.init) else Path(config.output_dir)
+    key = memo_key(source, settings)
+    root = Path(source) if models.is_run_dir(source) else Path(config.output_dir)
     memo = ReferenceMemo(root / MEMO_DIR / key[:16], key)
     reference = Reference(ReferenceModel(model, scoring, load_copy, autocast), memo)
     if config.precompute_ref:
@@ -332,12 +342,15 @@ def build_pref_trainer(config: PrefConfig) -> PreferenceTrainer:
         raise InputError(
             f"early_stopping_patience needs a valid split, and {config.data} has no hf/valid"
         )
-    initial = None  # the SFT model's memoised log-probs: the reference, and self negatives
     callbacks: list[Any] = [EpochCallback([train]), *early_stopping.callbacks(config)]
     reference_free = losses.OBJECTIVES[config.loss].reference_free
-    if not reference_free or config.negatives == "self":
-        initial = _reference(model, tokenizer, config, splits)
-        callbacks.append(MemoFlush(initial.memo))
+    # Memoised log-probs by model: the reference (init), and the model of self negatives.
+    drawn_by = config.negatives_from or config.init
+    needed = ([] if reference_free else [config.init]) + (
+        [drawn_by] if config.negatives == "self" else []
+    )
+    scorers = {n: _reference(model, tokenizer, config, splits, n) for n in dict.fromkeys(needed)}
+    callbacks += [MemoFlush(scorer.memo) for scorer in scorers.values()]
     args = config
     if not len(valid) and config.eval_on_start:  # nothing to evaluate at the start
         args = copy.copy(config)  # the trainer's own arguments: the user's config stays as given
@@ -350,8 +363,8 @@ def build_pref_trainer(config: PrefConfig) -> PreferenceTrainer:
         data_collator=PreferenceCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=callbacks,
-        reference=None if reference_free else initial,
-        hard_negatives=HardNegatives.of(config, initial),
+        reference=None if reference_free else scorers[config.init],
+        hard_negatives=HardNegatives.of(config, scorers.get(drawn_by)),
     )
 
 
@@ -369,7 +382,7 @@ def train_pref(config: PrefConfig, resume: bool = False) -> Path:
     trainer = build_pref_trainer(config)
     run_dir = train_and_close(trainer, config, resume, init_run=config.init)
     drawn = trainer.hard_negatives
-    initial = trainer.reference or (drawn.initial if drawn is not None else None)
-    if trainer.is_world_process_zero() and initial is not None:
-        initial.memo.merge_shards()
+    for scorer in {trainer.reference, drawn.initial if drawn else None} - {None}:
+        if trainer.is_world_process_zero():
+            scorer.memo.merge_shards()
     return run_dir

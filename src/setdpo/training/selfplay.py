@@ -21,10 +21,22 @@ The last round's preference run is the result. Paths in `selfplay.json` are rela
 and every run's `resolved_config.yaml` names its `init` / `model` relative to itself
 (`setdpo.paths`), so OUT trains on, evaluates and serves after a move.
 
-The stages' fields are a protocol file's ``sft:`` and ``pref:`` sections (`load_config`);
-selfplay sets `output_dir`, the SFT `model` of later rounds, the preference `init` and, unless
-the section says otherwise, `negatives: self` with `num_negatives: 1` (`PREF_DEFAULTS`, SPRec's
-one rejected item). SPRec's own settings are ``pref: {loss: dpo, beta: 0.1}``.
+`negatives_from: previous` takes each round's negatives from the model before its SFT
+instead (round r - 1's preference run), as the authors' code does.
+
+The stages' fields are a protocol file's ``sft:`` and ``pref:`` sections (`load_config`).
+Selfplay sets, in every round, the stages' `output_dir`, the SFT `model` of later rounds, and
+the preference `init`, `negatives_from` (from its own `negatives_from`) and `negatives: self`:
+a section naming one of the first three is refused; a pref section's other `negatives`, meant
+for `setdpo train pref`, is replaced with a warning. Unless the pref section says otherwise,
+`num_negatives` is 1 (`PREF_DEFAULTS`, SPRec's one rejected item). SPRec's own settings are
+``pref: {loss: dpo, beta: 0.1}``.
+
+Not SPRec's: the negatives are chosen among each context's candidates in the data, by their
+log-probs, not generated over the whole catalog; and by default by the round's SFT model,
+the stage's starting policy and reference, where the authors' loop generates them with the
+model before that SFT (`negatives_from: previous`). Each round trains on the whole training
+split (the authors draw a fresh sample of 2048 contexts per round).
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from setdpo import protocol
 from setdpo.atomic import atomic_write_json
@@ -45,10 +57,11 @@ logger = logging.getLogger(__name__)
 
 RECORD_FILE = "selfplay.json"
 RECORD_VERSION = 1
-# What selfplay gives the preference stage unless its section says otherwise.
-PREF_DEFAULTS = {"negatives": "self", "num_negatives": 1}
+# What selfplay gives the preference stage unless its section says otherwise (SPRec: one
+# rejected item per context).
+PREF_DEFAULTS = {"num_negatives": 1}
 # Fields selfplay sets in every round (a section naming them is refused).
-_SET = {"sft": ("output_dir",), "pref": ("output_dir", "init")}
+_SET = {"sft": ("output_dir",), "pref": ("output_dir", "init", "negatives_from")}
 
 
 @dataclass
@@ -74,6 +87,15 @@ class SelfPlayConfig:
         metadata={
             "help": "What round 1's SFT starts from (else the sft section's `model`): a base "
             "model, or an SFT run to continue from (SPRec starts from an SFT model)."
+        },
+    )
+    negatives_from: Literal["sft", "previous"] = field(
+        default="sft",
+        metadata={
+            "help": "Which model's top predictions are round r's negatives: `sft` = round r's "
+            "SFT model (the preference stage's starting policy and reference); `previous` = "
+            "the model before that SFT, round r - 1's preference run (round 1: `model` if it "
+            "is a run directory, else round 1's SFT model), as the authors' code does."
         },
     )
     sft: dict[str, Any] = field(
@@ -105,9 +127,10 @@ class SelfPlayConfig:
                     "remove them"
                 )
             if name == "pref" and section.get("negatives", "self") != "self":
-                raise InputError(
-                    f"pref section: negatives must be self in self-play (the model's own top "
-                    f"predictions), got {section['negatives']!r}"
+                logger.warning(
+                    "self-play's preference stages use negatives: self (the pref section's "
+                    "negatives: %s is for `setdpo train pref`)",
+                    section["negatives"],
                 )
             self.stage(name, 1)  # every field checked now, not after round 1's SFT
 
@@ -124,6 +147,8 @@ class SelfPlayConfig:
             values["data"] = self.data
         if name == "pref":
             values["init"] = str(self.run_dir("sft", round_))
+            values["negatives"] = "self"
+            values["negatives_from"] = self._previous(round_)
         elif round_ > 1:
             values["model"] = str(self.run_dir("pref", round_ - 1))
             values["item_init"] = "default"  # the item tokens were trained in round 1
@@ -134,6 +159,15 @@ class SelfPlayConfig:
             return protocol.load_config(cls, name, None, values)
         except InputError as err:
             raise InputError(f"selfplay {name} section (round {round_}): {err}") from err
+
+    def _previous(self, round_: int) -> str | None:
+        """`negatives_from` of round `round_`'s preference stage (None: its `init`)."""
+        if self.negatives_from == "sft":
+            return None
+        if round_ > 1:
+            return str(self.run_dir("pref", round_ - 1))
+        start = self.model or self.sft.get("model")
+        return start if start and is_run_dir(start) else None
 
 
 def stage_sections(config_file: str | Path) -> dict[str, dict[str, Any]]:
