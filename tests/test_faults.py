@@ -23,6 +23,7 @@ from faults import (
     read_prepared,
     read_results,
     read_run,
+    read_selfplay,
     read_study,
     run_case,
     run_setdpo,
@@ -37,7 +38,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("faults")]
 POINTS = int(os.environ.get("SETDPO_FAULT_POINTS", "0"))
 # Points per command in the default run. A study pays a worker process's start (imports) per
 # run; the quickstart is a study too, run by the same runner: only with SETDPO_FAULT_POINTS.
-CI_POINTS = {"prepare": 2, "sft": 2, "pref": 2, "evaluate": 2, "study": 1, "quickstart": 0}
+CI_POINTS = {"prepare": 2, "sft": 2, "pref": 2, "selfplay": 1, "evaluate": 2, "study": 1}
+CI_POINTS["quickstart"] = 0
 QUIET = ["--disable-tqdm", "true", "--logging-steps", "1", "--seed", "0"]
 STUDY = {
     "description": "kill harness: tiny model, a slice of ML-100K",
@@ -106,6 +108,13 @@ def make_case(name: str, work: Path, inputs: dict[str, Path]) -> Case:
             shutil.copytree(inputs["sft"], init)
 
         return Case(name, argv, out, read_run, rerun=["--resume"], setup=fresh_init)
+    if name == "selfplay":  # 2 rounds of both stages, each checkpointed
+        out = work / "selfplay"
+        argv = ["train", "selfplay", "--data", data, "--model", "tiny", "--out", str(out)]
+        stage = "save_steps=2,disable_tqdm=true,logging_steps=1,seed=0,max_eval_examples=4"
+        argv += ["--sft", f"{stage},max_steps=4,learning_rate=0.003,max_train_examples=16"]
+        argv += ["--pref", f"{stage},max_steps=4,max_train_examples=8"]
+        return Case(name, argv, out, read_selfplay, rerun=["--resume"])
     if name == "evaluate":
         out = work / "eval.json"
         argv = ["evaluate", "--model", str(inputs["sft"]), "--data", data, "--limit", "16"]
