@@ -21,7 +21,8 @@ import setdpo.training.preference as preference_module
 from setdpo.data import load_split
 from setdpo.errors import InputError
 from setdpo.model import load, read_run_model
-from setdpo.scoring import score_texts
+from setdpo.scoring import ScoringOptions, score_texts
+from setdpo.serving.info import read_info
 from setdpo.training import PrefConfig, SFTConfig, load_config
 from setdpo.training.reference import MEMO_DIR
 from setdpo.training.selfplay import RECORD_FILE, SelfPlayConfig
@@ -73,15 +74,16 @@ def selfplay(
     return out, draws
 
 
-def _top_non_positives(run: Path, data: Path, indices: list[int], k: int) -> dict[int, set]:
+def _top_non_positives(
+    run: Path, data: Path, indices: list[int], k: int, average: bool = False
+) -> dict[int, set]:
     """Per training example: the `k` negatives `run` scores highest (score_texts), and the
     k-th and (k+1)-th scores (the margin a float tolerance must not cross)."""
     examples = load_split(data, "train")[:TRAIN_EXAMPLES]
     model, tokenizer = load(run, device="cpu", dtype=torch.float32)
     chosen = [examples[i] for i in indices]
-    scores = score_texts(
-        model, tokenizer, [e.prompt for e in chosen], [e.candidates for e in chosen]
-    )
+    prompts, titles = [e.prompt for e in chosen], [e.candidates for e in chosen]
+    scores = score_texts(model, tokenizer, prompts, titles, ScoringOptions(average=average))
     top = {}
     for i, example, row in zip(indices, chosen, scores, strict=True):
         negatives = [j for j, level in enumerate(example.levels) if level == 2]
@@ -130,6 +132,9 @@ def test_selfplay_layout_record_and_portable_runs(
     assert adapters[1, "sft"] == ["sft"] and adapters[1, "pref"] == ["sft", "pref"]
     assert adapters[2, "sft"] == ["sft", "pref", "sft-2"]
     assert adapters[2, "pref"] == ["sft", "pref", "sft-2", "pref-2"]
+    # Served or exported, the result names the base model the chain started from.
+    assert read_info(out / "round-2/pref").base_model == "tiny"
+    assert read_info(out / "round-2/sft").base_model == "tiny"
     # Round 2 trained (its SFT log is there, its loss finite).
     history = json.loads((out / "round-2/sft/trainer_state.json").read_text())["log_history"]
     assert len([entry for entry in history if "loss" in entry]) == 4
@@ -212,6 +217,25 @@ def test_negatives_from_the_previous_rounds_model(ml100k_next_dir: Path, tmp_pat
                 assert {j for j in kept if j >= 0} == top[index]
     # its log-probs are memoised in that run, as a reference's are in an SFT run
     assert list((out / "round-1/pref" / MEMO_DIR).iterdir())
+
+
+def test_a_reference_free_objective_draws_self_negatives_by_its_scores(
+    selfplay: tuple[Path, dict], ml100k_next_dir: Path, tmp_path: Path
+) -> None:
+    """simpo has no reference, yet `negatives: self` ranks by the starting model's
+    length-averaged log-probs (simpo's scores), memoised for the draw only."""
+    from setdpo.training.preference import build_pref_trainer
+
+    init = selfplay[0] / "round-1/sft"
+    values = {**PREF, "loss": "simpo", "negatives": "self", "num_negatives": 2}
+    values |= {"data": str(ml100k_next_dir), "init": str(init), "output_dir": str(tmp_path)}
+    trainer = build_pref_trainer(load_config(PrefConfig, None, values))
+    assert trainer.reference is None and trainer.hard_negatives.initial is not None
+    batch = next(iter(trainer.get_train_dataloader()))
+    kept = trainer.draw_hard_negatives(trainer.model, batch)["candidate_index"].tolist()
+    indices = batch["example_index"].tolist()
+    top = _top_non_positives(init, ml100k_next_dir, indices, k=2, average=True)
+    assert [set(row) - {-1} for row in kept] == [top[i] for i in indices]
 
 
 def test_negatives_from_needs_self_negatives(ml100k_next_dir: Path, tmp_path: Path) -> None:
