@@ -200,6 +200,18 @@ def read_selection(out: Path) -> dict[str, Any] | None:
     return {"choice": _json(choice), "run": read_prepared(out)}
 
 
+def read_selfplay(out: Path) -> dict[str, Any] | None:
+    """A finished self-play folder: its record and every round's runs (`read_run`)."""
+    path = out / "selfplay.json"
+    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not record.get("result"):
+        return None
+    stages = [
+        (r["round"], stage, r[stage]) for r in record["completed"] for stage in ("sft", "pref")
+    ]
+    return {"record": record, **{f"{r}/{stage}": read_run(out / run) for r, stage, run in stages}}
+
+
 def read_results(out: Path) -> dict[str, Any] | None:
     """An evaluation results file, untimed."""
     return _json(out) if out.is_file() else None

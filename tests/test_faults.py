@@ -25,6 +25,7 @@ from faults import (
     read_results,
     read_run,
     read_selection,
+    read_selfplay,
     read_study,
     run_case,
     run_setdpo,
@@ -43,6 +44,7 @@ CI_POINTS = {
     "prepare": 2,
     "sft": 2,
     "pref": 2,
+    "selfplay": 1,
     "evaluate": 2,
     "select": 2,  # `setdpo study select` (a tuned study's selection stage)
     "study": 1,
@@ -116,6 +118,13 @@ def make_case(name: str, work: Path, inputs: dict[str, Path]) -> Case:
             shutil.copytree(inputs["sft"], init)
 
         return Case(name, argv, out, read_run, rerun=["--resume"], setup=fresh_init)
+    if name == "selfplay":  # 2 rounds of both stages, each checkpointed
+        out = work / "selfplay"
+        argv = ["train", "selfplay", "--data", data, "--model", "tiny", "--out", str(out)]
+        stage = "save_steps=2,disable_tqdm=true,logging_steps=1,seed=0,max_eval_examples=4"
+        argv += ["--sft", f"{stage},max_steps=4,learning_rate=0.003,max_train_examples=16"]
+        argv += ["--pref", f"{stage},max_steps=4,max_train_examples=8"]
+        return Case(name, argv, out, read_selfplay, rerun=["--resume"])
     if name == "evaluate":
         out = work / "eval.json"
         argv = ["evaluate", "--model", str(inputs["sft"]), "--data", data, "--limit", "16"]

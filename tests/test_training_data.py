@@ -82,6 +82,17 @@ def test_draw_negatives_all_uniform_and_deterministic() -> None:
     assert len(a) == 3 and set(a) <= set(negatives) and a == sorted(a)
 
 
+def test_temperature_zero_keeps_the_top_scores_without_a_draw() -> None:
+    # `negatives: self`: the k highest scores, ties to the earlier candidate, whatever the rng.
+    negatives, scores = [3, 5, 8, 9, 12], [0.5, 2.0, -1.0, 2.0, 1.0]
+    for i in range(20):
+        assert draw_negatives(example_rng(0, 0, i), negatives, 2, scores, 0.0) == [5, 9]
+        assert draw_negatives(example_rng(0, 0, i), negatives, 1, scores, 0.0) == [5]
+    levels = [2, 1, 2, 2, 2]
+    # the positive scores highest and is kept; the top of the other (lowest) level joins it
+    assert keep_candidates(levels, example_rng(0, 0, 0), 1, [1.0, 9.0, 0.0, 3.0, 2.0], 0) == [1, 3]
+
+
 def test_hard_draw_follows_the_tempered_softmax() -> None:
     # k=1 from scores [0, log 3]: P(second) = 3 / (1 + 3) = 0.75 at temperature 1;
     # at temperature 2 the weights are [1, sqrt 3]: P = sqrt3 / (1 + sqrt3) = 0.634.

@@ -4,8 +4,8 @@ being moved or copied together with what it names.
 
 A configuration file's fields that hold paths are named in `PATH_FIELDS`: ``data``,
 ``output_dir``, ``out`` (folders), ``interactions``, ``items``, ``catalog`` (files) are always
-paths; ``model`` and ``init`` are paths only when they name something that exists (else a hub
-id, ``embedded:...``, ``tiny``, ``lab``). `stored` writes such a value relative to a folder,
+paths; ``model``, ``init`` and ``negatives_from`` are paths only when they name something that
+exists (else a hub id, ``embedded:...``, ``tiny``, ``lab``). `stored` writes such a value relative to a folder,
 `resolved` reads it back. A relative value that names nothing beside the file but exists from
 the working directory is taken from there: files written before paths were relative (a
 ``resolved_config.yaml`` holding ``data: runs/quickstart/data/seed=0``) keep working from
@@ -20,7 +20,8 @@ from typing import Any
 
 # field name -> True: always a path; False: a path only when it names an existing file or folder
 PATH_FIELDS = {"data": True, "output_dir": True, "out": True, "interactions": True,
-               "items": True, "catalog": True, "init": False, "model": False}  # fmt: skip
+               "items": True, "catalog": True, "init": False, "model": False,
+               "negatives_from": False}  # fmt: skip
 
 
 def _absolute(path: str | os.PathLike) -> str:

@@ -2,7 +2,8 @@
 
 A protocol file (``configs/*_protocol.yaml``) describes a whole experiment, one section per
 command: ``prepare`` (`setdpo data prepare`), ``import`` (`setdpo data import`), ``sft`` and
-``pref`` (`setdpo train`), ``evaluate``, ``recommend`` and ``quickstart``; each command reads
+``pref`` (`setdpo train`), ``selfplay`` (`setdpo train selfplay`, which also reads ``sft`` and
+``pref`` for its stages), ``evaluate``, ``recommend`` and ``quickstart``; each command reads
 its own section (`load_config`), and the command line's `--field value` options override it
 (`setdpo.commands.options`).
 """
@@ -29,6 +30,7 @@ PROTOCOL_SECTIONS = (
     "import",
     "sft",
     "pref",
+    "selfplay",
     "evaluate",
     "recommend",
     "quickstart",

@@ -20,6 +20,7 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 HELP_TITLE = "configuration fields (override --config; --field_name also accepted)"
@@ -32,18 +33,32 @@ def config_class(path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def _mapping(value_type: type) -> Any:
+def _mapping(value_type: Any) -> Any:
+    """A parser of ``key=value[,key=value]``; values of an ``Any`` mapping are read as YAML
+    scalars (``max_steps=20,bf16=true`` -> 20 and True)."""
+    convert = yaml_scalar if value_type is Any else value_type
+
     def parse(text: str) -> dict[str, Any]:
         """ "train=200,valid=50" -> {"train": 200, "valid": 50}."""
         try:
             pairs = (part.split("=") for part in text.split(","))
-            return {k.strip(): value_type(v.strip()) for k, v in pairs}
+            return {k.strip(): convert(v.strip()) for k, v in pairs}
         except ValueError as err:
             raise argparse.ArgumentTypeError(
                 f"expected key=value[,key=value], got {text!r}"
             ) from err
 
     return parse
+
+
+def yaml_scalar(text: str) -> Any:
+    """``text`` as a YAML file would read it (``20`` an int, ``true`` a bool, ``a`` a str)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(str(err)) from err
 
 
 def _without_none(hint: Any) -> Any:
@@ -150,14 +165,22 @@ def config_command(
     return parser
 
 
-def build_config(args: argparse.Namespace, named: dict[str, Any] | None = None) -> Any:
+def build_config(
+    args: argparse.Namespace,
+    named: dict[str, Any] | None = None,
+    load: Callable[[Any, dict[str, Any]], Any] | None = None,
+) -> Any:
     """The command's configuration: its file section, then its own options (`config_command`'s
     `named`, and `named` here: field values its options spell otherwise; None = not given),
-    then the `--field value` options."""
+    then the `--field value` options. `load(file, values)` builds it (default
+    `setdpo.protocol.load_config` of the command's section; `train selfplay` passes its own,
+    which also reads the file's stage sections)."""
     from setdpo.protocol import load_config
 
     cls = config_class(args.config_class)
     given = {k: getattr(args, k, None) for k in args.config_named} | (named or {})
     values = {k: v for k, v in given.items() if v is not None}
     values.update(parse_fields(cls, args.overrides, args.config_prog))
+    if load is not None:
+        return load(args.config, values)
     return load_config(cls, args.config_section, args.config, values)

@@ -72,6 +72,7 @@ def save_run_model(
     adapter_dir: str | None = None,
     trust_remote_code: bool = False,
     best: dict[str, Any] | None = None,
+    adapter_stem: str | None = None,
 ) -> Path:
     """Save a trained model into ``run_dir`` so that ``load(run_dir)`` rebuilds it; returns
     the ``setdpo_model.json`` written (atomically, after everything else).
@@ -86,8 +87,10 @@ def save_run_model(
       ``run_dir/adapters/`` and listed first, and its saved ``base`` is copied too, so the
       run directory does not depend on the init run's.
 
-    A peft model's active adapter goes to ``adapter_dir`` (default ``adapters/sft`` after
-    ``base_model``, ``adapters/pref`` after ``init_run``). A model without adapter (full
+    A peft model's active adapter goes to ``adapter_dir``, default ``adapter_stem``
+    (``adapters/sft`` after ``base_model``, ``adapters/pref`` after ``init_run``) or, when an
+    adopted adapter has that name, ``<stem>-2``, ``<stem>-3``... (an SFT run started from a
+    preference run: ``adapters/sft``, ``adapters/pref``, ``adapters/sft-2``). A model without adapter (full
     fine-tuning) is saved whole as ``run_dir/base``, with no adapters. ``best`` (the
     checkpoint an early-stopped run restored: ``step``, ``metric``, ``value``) is recorded as
     given.
@@ -102,7 +105,7 @@ def save_run_model(
         adapters: list[str] = []
         for folder in merged:
             adapters.append(_adopt_adapter(run_dir, folder, adapters))
-        stem = "adapters/sft" if init_run is None else "adapters/pref"
+        stem = adapter_stem or ("adapters/sft" if init_run is None else "adapters/pref")
         adapters.append(adapter_dir or _free_name(stem, adapters))
         model.save_pretrained(run_dir / adapters[-1])
     else:

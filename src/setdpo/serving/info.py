@@ -124,7 +124,7 @@ def run_info(run: str | os.PathLike) -> ModelInfo:
     catalog = Path(data, "items.json")
     base = spec.base_model
     if Path(base).is_relative_to(run):  # tiny / lab / full fine-tuning: the weights are in the run
-        base = config.get("model") or _init_base(config.get("init")) or "base (inside the run)"
+        base = _base_name(config) or "base (inside the run)"
     return ModelInfo(
         template=prepared.get("template") or "listing",
         domain=prepared.get("domain") or "movie",
@@ -142,11 +142,13 @@ def run_info(run: str | os.PathLike) -> ModelInfo:
     )
 
 
-def _init_base(init: str | None) -> str | None:
-    """The base model name of the SFT run a preference run started from."""
-    if not init or not is_run_dir(init):
-        return None
-    return run_config(Path(init)).get("model")
+def _base_name(config: dict[str, Any]) -> str | None:
+    """The base model a run's configuration started from: its `model`, or the base of the run
+    it started from (a preference run's `init`; a self-play SFT run's `model`), recursively."""
+    start = config.get("model") or config.get("init")
+    if start and is_run_dir(start):
+        return _base_name(run_config(Path(start)))
+    return config.get("model")
 
 
 def load_served(path: str | os.PathLike, device: str = "auto") -> tuple[Any, Any]:

@@ -168,7 +168,9 @@ class SFTConfig(_SetdpoArguments):
     model: str = field(
         default="embedded:smollm2-135m",
         metadata={
-            "help": "Base model: `tiny`, `embedded:smollm2-135m`, a hub id or a local folder."
+            "help": "Base model: `tiny`, `embedded:smollm2-135m`, a hub id, a local folder, "
+            "or a run directory (its adapters merged, a fresh adapter on top, as a preference "
+            "stage starts: `setdpo train selfplay`'s later rounds)."
         },
     )
     targets: Literal["answer", "sequence"] = field(
@@ -242,11 +244,24 @@ class PrefConfig(_SetdpoArguments):
         default=3,
         metadata={"help": "Negatives drawn per step from each example's negatives; 0 = all."},
     )
-    negatives: Literal["random", "hard"] = field(
+    negatives: Literal["random", "hard", "self"] = field(
         default="random",
         metadata={
             "help": "`random` = uniform draw; `hard` = drawn from the policy's softmax over the "
-            "negatives (temperature `hard_temperature`), refreshed each epoch."
+            "negatives (temperature `hard_temperature`), refreshed each epoch; `self` = the "
+            "`num_negatives` negatives the stage's starting model (`init`, the reference) "
+            "ranks highest, the same every epoch: its own top predictions that are not "
+            "positives, SPRec's self-play negatives (`setdpo train selfplay`)."
+        },
+    )
+    negatives_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "`negatives: self`: the model whose top predictions are the negatives (a "
+            "run directory or a model name, with the policy's tokenizer), scored at the "
+            "reference's precision and memoised as it is; None = `init`, the stage's starting "
+            "model. SPRec's code takes the model before the round's SFT (`setdpo train "
+            "selfplay --negatives-from previous`)."
         },
     )
     hard_temperature: float = field(
@@ -321,6 +336,11 @@ class PrefConfig(_SetdpoArguments):
             self.average_logps = True
         if self.num_negatives < 0:
             raise InputError(f"num_negatives must be >= 0 (0 = all), got {self.num_negatives}")
+        if self.negatives_from is not None and self.negatives != "self":
+            raise InputError(
+                f"negatives_from names the model of negatives: self, and negatives is "
+                f"{self.negatives!r}"
+            )
         if self.hard_temperature <= 0:
             raise InputError(f"hard_temperature must be > 0, got {self.hard_temperature}")
         try:
@@ -333,7 +353,7 @@ class PrefConfig(_SetdpoArguments):
         super().__post_init__()
 
     def scoring_options(self) -> ScoringOptions:
-        """How the policy, the reference and hard negatives score candidates."""
+        """How the policy, the reference and hard or self negatives score candidates."""
         return ScoringOptions(self.share_prefix, self.average_logps, self.chunk_size)
 
     def loss_options(self) -> dict[str, float]:

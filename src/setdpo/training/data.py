@@ -50,14 +50,18 @@ def draw_negatives(
     """Pick `k` of `negatives` (candidate indices) without replacement; all of them if k is 0.
 
     Uniform without `scores`; otherwise from softmax(scores / temperature) by the Gumbel top-k
-    trick (a draw without replacement in proportion to those weights). Returned sorted, so the
-    candidates keep their original order.
+    trick (a draw without replacement in proportion to those weights); temperature 0 is its
+    limit, no draw: the `k` highest scores (ties to the earlier candidate). Returned sorted,
+    so the candidates keep their original order.
     """
     if k == 0 or k >= len(negatives):
         return list(negatives)
-    keys = rng.gumbel(size=len(negatives))
-    if scores is not None:
-        keys = keys + np.asarray(scores, dtype=np.float64) / temperature
+    if scores is None:
+        keys = rng.gumbel(size=len(negatives))
+    elif temperature == 0:  # the tempered draw's limit: no noise left
+        keys = np.asarray(scores, dtype=np.float64)
+    else:
+        keys = rng.gumbel(size=len(negatives)) + np.asarray(scores, dtype=np.float64) / temperature
     chosen = np.argsort(-keys, kind="stable")[:k]
     return sorted(negatives[i] for i in chosen)
 
@@ -252,7 +256,8 @@ def keep_candidates(
     The lowest level is the pool of negatives (sampled unobserved items, explicit negatives):
     only it is subsampled. With levels [1, 2, 3, 4 x 17] every draw keeps the candidates of
     levels 1, 2 and 3. `scores` (one per candidate) make the draw follow
-    softmax(scores / temperature) over the pool (`draw_negatives`).
+    softmax(scores / temperature) over the pool, or at temperature 0 keep its highest scores
+    (`draw_negatives`).
     """
     last = max(levels)
     if last == 1:  # positives only: nothing to draw from

@@ -8,7 +8,8 @@ missing from the memo. Either way the reference is the SFT model, its log-probs 
 when a batch first needs them and memoised in the SFT run directory (`training.reference`),
 and the model's dropout is off (`disable_dropout`), so every reward is 0 at the first step.
 A reference-free objective (its `ObjectiveEntry.reference_free`: simpo) has no reference at
-all: nothing is scored, loaded or memoised for it.
+all: nothing is scored, loaded or memoised for it, unless `negatives: self` picks negatives by
+the SFT model's log-probs (memoised the same way, used for the draw only).
 """
 
 from __future__ import annotations
@@ -86,33 +87,47 @@ class _DistributedView:
 
 @dataclass(frozen=True)
 class HardNegatives:
-    """Cuts a batch (every candidate) to the candidates of `keep_candidates` drawn from the
-    current policy's softmax over each example's negatives (`negatives: hard`), at
-    `temperature`, with the example's own generator (`example_rng`).
+    """Cuts a batch (every candidate) to the candidates of `keep_candidates` drawn by scores
+    of each example's negatives, with the example's own generator (`example_rng`):
 
-    Scored when drawn, so a step costs one extra no-grad pass over its own examples and
-    nothing is scored that training never reaches; a resumed run draws as the
-    uninterrupted one did.
+    - `negatives: hard`: the current policy's scores, a draw from their softmax at
+      `temperature`. Scored when drawn, so a step costs one extra no-grad pass over its own
+      examples and nothing is scored that training never reaches.
+    - `negatives: self` (`initial` set, temperature 0): the scores of the model the stage
+      starts from, the reference's memoised log-probs (the SFT model: with LoRA the policy
+      with its adapter off, else the frozen copy), or of `negatives_from`'s model, memoised
+      the same way; no draw: the `num_negatives` it ranks highest, the same every epoch
+      (SPRec's self-play negatives).
+
+    Either way a resumed run draws as the uninterrupted one did.
     """
 
     options: ScoringOptions
     seed: int
     num_negatives: int
     temperature: float
+    initial: Reference | None = None
 
     @classmethod
-    def of(cls, config: PrefConfig) -> HardNegatives | None:
-        """The config's hard-negative draw, or None under `negatives: random`."""
-        if config.negatives != "hard":
+    def of(cls, config: PrefConfig, initial: Reference | None = None) -> HardNegatives | None:
+        """The config's draw (`initial`: the memoised log-probs of `init` or `negatives_from`,
+        for `self`), or None under `negatives: random`."""
+        if config.negatives == "random":
             return None
-        return cls(
-            config.scoring_options(), config.seed, config.num_negatives, config.hard_temperature
-        )
+        options, k = config.scoring_options(), config.num_negatives
+        if config.negatives == "self":
+            if initial is None:
+                raise ValueError("negatives: self needs the starting model's log-probs")
+            return cls(options, config.seed, k, 0.0, initial)
+        return cls(options, config.seed, k, config.hard_temperature)
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, Any], epoch: int) -> Any:
         """`batch` cut to the drawn candidates; `model` is the unwrapped policy."""
-        with torch.no_grad(), eval_mode(model):
-            scores = self.options.score(model, batch).logps.float().cpu()
+        if self.initial is not None:
+            scores = self.initial(batch)  # [B, n] float32 on the CPU
+        else:
+            with torch.no_grad(), eval_mode(model):
+                scores = self.options.score(model, batch).logps.float().cpu()
         keep = []
         for b, index in enumerate(batch["example_index"].tolist()):
             real = int((batch["levels"][b] > 0).sum())
@@ -149,7 +164,8 @@ class PreferenceTrainer(RunTrainer):
         self._counts = {"tokens": 0, "contexts": 0, "since": time.perf_counter()}
 
     def draw_hard_negatives(self, model: torch.nn.Module, batch: dict[str, Any]) -> Any:
-        """`batch` cut by `hard_negatives` under the current policy, this epoch."""
+        """`batch` cut by `hard_negatives` (by the current policy's scores, or the starting
+        model's for `negatives: self`), this epoch."""
         inner = self.accelerator.unwrap_model(model)
         return self.hard_negatives(inner, batch, self.train_dataset.epoch)
 
@@ -247,9 +263,10 @@ class PreferenceTrainer(RunTrainer):
         super().log(logs, start_time)
 
 
-def _frozen_copy(config: PrefConfig) -> torch.nn.Module:
-    """The SFT model as a separate frozen network: the reference of full fine-tuning."""
-    return models.load_reference(config.init, device=config.device, dtype=torch.float32)
+def _frozen_copy(config: PrefConfig, name: str | None = None) -> torch.nn.Module:
+    """The SFT model (or `name`) as a separate frozen network: the reference of full
+    fine-tuning, or the model `negatives_from` names."""
+    return models.load_reference(name or config.init, device=config.device, dtype=torch.float32)
 
 
 def reference_autocast(config: PrefConfig) -> torch.dtype | None:
@@ -261,21 +278,29 @@ def reference_autocast(config: PrefConfig) -> torch.dtype | None:
 
 
 def _reference(
-    model: torch.nn.Module, tokenizer: Any, config: PrefConfig, splits: dict[str, Any]
+    model: torch.nn.Module,
+    tokenizer: Any,
+    config: PrefConfig,
+    splits: dict[str, Any],
+    name: str | None = None,
 ) -> Reference:
-    """The reference of `config.init` with its memo, filled up front with `precompute_ref`.
+    """The reference of `config.init` with its memo, filled up front with `precompute_ref`;
+    with `name` (`negatives_from`), that model's log-probs the same way, from its own frozen
+    copy.
 
     The memo lives in the SFT run directory (shared by every objective aligned from it), or in
     the output directory when `init` is not a run directory (a model folder or hub id).
     """
+    source = name or config.init
     scoring = config.scoring_options()
-    load_copy = partial(_frozen_copy, config) if config.peft == "none" else None
+    own_copy = config.peft == "none" or source != config.init
+    load_copy = partial(_frozen_copy, config, source) if own_copy else None
     autocast = reference_autocast(config)
     settings = {**scoring.values(), "dtype": "float32", "bf16": config.bf16, "fp16": config.fp16}
     if autocast is not None:  # the key says it: memos of older versions mixed precisions
         settings["reference_autocast"] = str(autocast).removeprefix("torch.")
-    key = memo_key(config.init, settings)
-    root = Path(config.init) if models.is_run_dir(config.init) else Path(config.output_dir)
+    key = memo_key(source, settings)
+    root = Path(source) if models.is_run_dir(source) else Path(config.output_dir)
     memo = ReferenceMemo(root / MEMO_DIR / key[:16], key)
     reference = Reference(ReferenceModel(model, scoring, load_copy, autocast), memo)
     if config.precompute_ref:
@@ -306,8 +331,8 @@ def build_pref_trainer(config: PrefConfig) -> PreferenceTrainer:
         models.disable_dropout(model)
     train_examples = load_examples(config.data, "train", config.max_train_examples)
     valid_examples = load_examples(config.data, "valid", config.max_eval_examples, config.seed)
-    # Hard negatives are drawn in the trainer from the policy's scores over every candidate.
-    drawn = 0 if config.negatives == "hard" else config.num_negatives
+    # Hard and self negatives are drawn in the trainer from scores of every candidate.
+    drawn = config.num_negatives if config.negatives == "random" else 0
     train = PreferenceDataset(
         tokenize_lazily(train_examples, tokenizer, config), config.seed, drawn
     )
@@ -317,11 +342,15 @@ def build_pref_trainer(config: PrefConfig) -> PreferenceTrainer:
         raise InputError(
             f"early_stopping_patience needs a valid split, and {config.data} has no hf/valid"
         )
-    reference = None
     callbacks: list[Any] = [EpochCallback([train]), *early_stopping.callbacks(config)]
-    if not losses.OBJECTIVES[config.loss].reference_free:
-        reference = _reference(model, tokenizer, config, splits)
-        callbacks.append(MemoFlush(reference.memo))
+    reference_free = losses.OBJECTIVES[config.loss].reference_free
+    # Memoised log-probs by model: the reference (init), and the model of self negatives.
+    drawn_by = config.negatives_from or config.init
+    needed = ([] if reference_free else [config.init]) + (
+        [drawn_by] if config.negatives == "self" else []
+    )
+    scorers = {n: _reference(model, tokenizer, config, splits, n) for n in dict.fromkeys(needed)}
+    callbacks += [MemoFlush(scorer.memo) for scorer in scorers.values()]
     args = config
     if not len(valid) and config.eval_on_start:  # nothing to evaluate at the start
         args = copy.copy(config)  # the trainer's own arguments: the user's config stays as given
@@ -334,8 +363,8 @@ def build_pref_trainer(config: PrefConfig) -> PreferenceTrainer:
         data_collator=PreferenceCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=callbacks,
-        reference=reference,
-        hard_negatives=HardNegatives.of(config),
+        reference=None if reference_free else scorers[config.init],
+        hard_negatives=HardNegatives.of(config, scorers.get(drawn_by)),
     )
 
 
@@ -352,6 +381,8 @@ def train_pref(config: PrefConfig, resume: bool = False) -> Path:
     """
     trainer = build_pref_trainer(config)
     run_dir = train_and_close(trainer, config, resume, init_run=config.init)
-    if trainer.is_world_process_zero() and trainer.reference is not None:
-        trainer.reference.memo.merge_shards()
+    drawn = trainer.hard_negatives
+    for scorer in {trainer.reference, drawn.initial if drawn else None} - {None}:
+        if trainer.is_world_process_zero():
+            scorer.memo.merge_shards()
     return run_dir

@@ -64,19 +64,32 @@ def _start_items_from_sasrec(model: Any, tokenizer: Any, config: SFTConfig) -> N
     set_item_rows(model, add_item_tokens(tokenizer, len(titles)), vectors, config.seed)
 
 
+def _load_start(config: SFTConfig, examples: list[Any]) -> tuple[Any, Any]:
+    """The model SFT starts from: a base model, or a run directory with every adapter merged
+    (self-play's next round starts from the previous round's preference run)."""
+    if not models.is_run_dir(config.model):
+        return models.load(
+            config.model,
+            device="cpu",  # the Trainer moves it to `config.device`
+            dtype=torch.float32,
+            tiny_texts=_tiny_texts(examples),
+            lab_data=config.data,
+            item_titles=token_catalog(config.data),
+        )
+    if config.item_init == "sasrec":
+        raise InputError(
+            f"item_init: sasrec starts the item tokens of a base model, and model "
+            f"{config.model} is a run directory whose item tokens are trained already"
+        )
+    return models.load(config.model, device="cpu", dtype=torch.float32, merge_all=True)
+
+
 def build_sft_trainer(config: SFTConfig) -> SFTTrainer:
-    """Load the base model, add a fresh LoRA adapter (or train every weight with `peft: none`)
-    and wire data, collator and callbacks."""
+    """Load the base model (or a run's, its adapters merged), add a fresh LoRA adapter (or
+    train every weight with `peft: none`) and wire data, collator and callbacks."""
     train_examples = load_examples(config.data, "train", config.max_train_examples)
     eval_examples = load_examples(config.data, "valid", config.max_eval_examples, config.seed)
-    model, tokenizer = models.load(
-        config.model,
-        device="cpu",  # the Trainer moves it to `config.device`
-        dtype=torch.float32,
-        tiny_texts=_tiny_texts([*train_examples, *eval_examples]),
-        lab_data=config.data,
-        item_titles=token_catalog(config.data),
-    )
+    model, tokenizer = _load_start(config, [*train_examples, *eval_examples])
     if config.item_init == "sasrec":
         _start_items_from_sasrec(model, tokenizer, config)
     set_seed(config.seed)  # LoRA's A matrices draw from the global generator
@@ -102,6 +115,13 @@ def train_sft(config: SFTConfig, resume: bool = False) -> Path:
 
     The run directory ends with the adapter (full fine-tuning: the whole model as `base/`), the
     tokenizer and `setdpo_model.json` (so `setdpo.model.load(run_dir)` reloads the model),
-    `resolved_config.yaml` and `trainer_state.json`.
+    `resolved_config.yaml` and `trainer_state.json`. A run started from another run lists
+    that run's adapters first (copied in, as a preference run does) and its own as
+    `adapters/sft-2` (or the next free name).
     """
-    return train_and_close(build_sft_trainer(config), config, resume, base_model=config.model)
+    trainer = build_sft_trainer(config)
+    if models.is_run_dir(config.model):
+        start = {"init_run": config.model, "adapter_stem": "adapters/sft"}
+    else:
+        start = {"base_model": config.model}
+    return train_and_close(trainer, config, resume, **start)
