@@ -21,7 +21,7 @@ from setdpo.cli import main
 from setdpo.errors import InputError
 from setdpo.study import build_plan, load_study
 from setdpo.study.plan import StudyConfig
-from setdpo.study.runner import commands_text, record_path, run_stages
+from setdpo.study.runner import check_not_held, commands_text, owner, record_path, run_stages
 from setdpo.study.stats import holm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,6 +113,31 @@ def test_named_studies_share_the_equal_stages_of_one_directory(tmp_path: Path) -
     assert (first.home, second.home) == (tmp_path / "first", tmp_path / "second")
     with pytest.raises(InputError, match="plain folder name"):
         build_plan(smoke_config(), tmp_path, "../elsewhere")
+
+
+def test_a_study_does_not_overwrite_another_studys_stage_of_the_same_name(tmp_path: Path) -> None:
+    """A tuned or otherwise changed study given another study's directory: the stages whose
+    names it shares with other settings are refused before anything is written."""
+    first = build_plan(smoke_config(), tmp_path, "first")
+    for stage in first.stages.values():  # as if `first` had run: its records
+        record_path(first, stage).parent.mkdir(parents=True, exist_ok=True)
+        record_path(first, stage).write_text(json.dumps({"key": stage.key, "study": "first"}))
+    changed = smoke_config()
+    changed.pref["beta"] = 0.5  # pref and its evaluations change; data, sft, baselines do not
+    second = build_plan(changed, tmp_path, "second")
+    before = {p: p.read_bytes() for p in (tmp_path / "stages").rglob("*") if p.is_file()}
+    with pytest.raises(
+        InputError, match=r"another study's stages.*pref/loss=sdpo,seed=0 \(study 'first'\)"
+    ):
+        run_stages(second, jobs=1)
+    after = {p: p.read_bytes() for p in (tmp_path / "stages").rglob("*") if p.is_file()}
+    assert after == before and not (tmp_path / "second").exists()  # nothing written
+    # the study that wrote them may change its own stages; equal stages stay shared
+    assert owner(first) == "first" and owner(build_plan(smoke_config(), tmp_path)) == "."
+    same = build_plan(smoke_config(), tmp_path, "third")
+    check_not_held(same)  # equal keys: shared, not refused
+    rename = build_plan(changed, tmp_path, "first")
+    check_not_held(rename)  # its own records
 
 
 def test_evaluate_processes_launch_evaluations_under_torchrun_with_the_same_keys(

@@ -67,6 +67,36 @@ def is_finished(plan: Plan, stage: Stage) -> bool:
     return record.get("key") == stage.key
 
 
+def owner(plan: Plan) -> str:
+    """The name a stage record gives the study that wrote it: its ``--name``, or ``.``."""
+    return plan.home.relative_to(plan.out).as_posix()
+
+
+def check_not_held(plan: Plan) -> None:
+    """Refuse to overwrite a stage another study of the directory wrote with other settings.
+
+    Studies share a directory (``--name``) by stage name: an equal stage (same name, same key)
+    runs once. A stage of the same name and another key, whose record names another study,
+    would be re-run here and replace that study's result under it (and its configuration
+    file): a tuned and an untuned study with equal tags, say. Records older than the ``study``
+    field are not checked.
+    """
+    mine, held = owner(plan), []
+    for stage in plan.stages.values():
+        record = read_record(plan, stage)
+        other = record.get("study")
+        if other is not None and other != mine and record.get("key") != stage.key:
+            held.append(f"{stage.name} (study {other!r})")
+    if held:
+        shown = "; ".join(held[:3]) + (f"; and {len(held) - 3} more" if len(held) > 3 else "")
+        raise InputError(
+            f"{plan.out}: {len(held)} stage(s) of this study have the names of another study's "
+            f"stages with other settings, and would overwrite them: {shown}. Give this study "
+            "its own --out (copying the other's data/, runs/sft/ and their stages/ records in "
+            "reuses those that are equal)"
+        )
+
+
 def write_plan_files(plan: Plan) -> None:
     """study.yaml, commands.sh and every stage's configuration file."""
     study = plan.config.to_file()
@@ -190,6 +220,7 @@ def run_stages(plan: Plan, jobs: int = 1, fresh: bool = False) -> dict[str, str]
     """
     if jobs < 1:
         raise InputError(f"jobs must be >= 1, got {jobs}")
+    check_not_held(plan)
     write_plan_files(plan)
     status: dict[str, str] = {}
     for stage in plan.stages.values():
@@ -242,6 +273,7 @@ def run_stages(plan: Plan, jobs: int = 1, fresh: bool = False) -> dict[str, str]
                     continue
                 record = {
                     "key": stage.key,
+                    "study": owner(plan),
                     "command": stage.command_line(plan.config.threads),
                     "seconds": seconds,
                     "cpu_seconds": cpu_seconds,
